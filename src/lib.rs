@@ -1,7 +1,13 @@
 //! fifod: a daemon that creates named pipes safely and relays bytes between them.
 //!
-//! The binary is a thin wrapper around [`cli::main`]; see ARCHITECTURE.md for
-//! how the modules fit together.
+//! The binary is a thin wrapper around [`cli::main`]; ARCHITECTURE.md maps
+//! the modules and the invariants they keep.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod event_loop;
+pub mod fifo;
+pub mod pipe;
+pub mod relay;
 pub mod units;

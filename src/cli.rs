@@ -1,0 +1,111 @@
+//! The command line: `fifod run` and `fifod check`, and their exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use log::error;
+
+use crate::config::{self, Environment, LoadError};
+use crate::daemon;
+
+/// The config was invalid (sysexits' EX_CONFIG), so that a unit can say
+/// `RestartPreventExitStatus=78`.
+pub const EXIT_CONFIG: u8 = 78;
+/// The start or the run failed for another reason.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fifod",
+    version,
+    about = "Creates named pipes (FIFOs) safely and relays bytes between them",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run in the foreground until SIGTERM or SIGINT, then drain and clean up
+    Run(ConfigArgs),
+    /// Validate the config without touching the filesystem
+    Check(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// The config file
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        env = "FIFOD_CONFIG",
+        default_value = "/etc/fifod/fifod.toml"
+    )]
+    config: PathBuf,
+}
+
+/// Parses the command line (usage errors exit 2) and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check(&args.config),
+        Command::Run(args) => run(&args.config),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path, &Environment::from_process()) {
+        Ok(config) => {
+            for line in config.summary() {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report_load_error(&e);
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match config::load(path, &Environment::from_process()) {
+        Ok(config) => config,
+        Err(e) => {
+            report_load_error(&e);
+            return ExitCode::from(match e {
+                LoadError::Invalid(_) => EXIT_CONFIG,
+                LoadError::Unreadable { .. } => EXIT_FAILURE,
+            });
+        }
+    };
+    init_logging(config.daemon.log_level);
+    match daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn report_load_error(e: &LoadError) {
+    eprintln!("{e}");
+    if let LoadError::Invalid(diagnostics) = e {
+        let n = diagnostics.len();
+        eprintln!("{n} error{} found", if n == 1 { "" } else { "s" });
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the config's `log_level`.
+fn init_logging(level: log::LevelFilter) {
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("RUST_LOG")
+        .format_target(false)
+        .init();
+}

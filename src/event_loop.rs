@@ -1,0 +1,152 @@
+//! The one place epoll is called. Level-triggered throughout: a sink that
+//! cannot take more is watched for writability only while it holds bytes, and
+//! a source whose sinks are full is not watched at all, so a full pipe never
+//! causes a wake-up storm and an idle daemon sleeps in `epoll_wait` for good.
+//!
+//! Signals arrive here too: each handled signal writes a byte into its own
+//! socket pair (signal-hook's self-pipe), and the loop reports it as an event.
+
+use std::io::{self, Read};
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+/// What a registered fd stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    Source(usize),
+    Sink(usize),
+}
+
+/// Which readiness to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    None,
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A handled signal was delivered (coalesced: one event however many came).
+    Signal(libc::c_int),
+    Ready {
+        token: Token,
+        readable: bool,
+        writable: bool,
+        /// EPOLLERR or EPOLLHUP.
+        failed: bool,
+    },
+}
+
+const KIND_SIGNAL: u64 = 0;
+const KIND_SOURCE: u64 = 1;
+const KIND_SINK: u64 = 2;
+
+fn encode(token: Token) -> u64 {
+    match token {
+        Token::Source(i) => (KIND_SOURCE << 32) | i as u64,
+        Token::Sink(i) => (KIND_SINK << 32) | i as u64,
+    }
+}
+
+fn flags(interest: Interest) -> EpollFlags {
+    match interest {
+        Interest::None => EpollFlags::empty(),
+        Interest::Read => EpollFlags::EPOLLIN,
+        Interest::Write => EpollFlags::EPOLLOUT,
+    }
+}
+
+#[derive(Debug)]
+pub struct EventLoop {
+    epoll: Epoll,
+    /// The read ends of the self-pipes, by signal number.
+    signals: Vec<(libc::c_int, UnixStream)>,
+    ready: Vec<EpollEvent>,
+}
+
+impl EventLoop {
+    /// Creates the epoll instance and installs handlers for `signals`.
+    pub fn new(signals: &[libc::c_int]) -> io::Result<EventLoop> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let mut pipes = Vec::new();
+        for (index, &signal) in signals.iter().enumerate() {
+            let (read_end, write_end) = UnixStream::pair()?;
+            read_end.set_nonblocking(true)?;
+            write_end.set_nonblocking(true)?;
+            signal_hook::low_level::pipe::register(signal, write_end)?;
+            let data = (KIND_SIGNAL << 32) | index as u64;
+            epoll.add(&read_end, EpollEvent::new(EpollFlags::EPOLLIN, data))?;
+            pipes.push((signal, read_end));
+        }
+        Ok(EventLoop {
+            epoll,
+            signals: pipes,
+            ready: vec![EpollEvent::empty(); 256],
+        })
+    }
+
+    pub fn add(&self, fd: BorrowedFd<'_>, token: Token, interest: Interest) -> io::Result<()> {
+        self.epoll
+            .add(fd, EpollEvent::new(flags(interest), encode(token)))?;
+        Ok(())
+    }
+
+    pub fn set(&self, fd: BorrowedFd<'_>, token: Token, interest: Interest) -> io::Result<()> {
+        let mut event = EpollEvent::new(flags(interest), encode(token));
+        self.epoll.modify(fd, &mut event)?;
+        Ok(())
+    }
+
+    /// Waits for events, at most `timeout` (forever with `None`), and appends
+    /// them to `out`. An interrupted wait returns no events.
+    pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        let timeout = match timeout {
+            None => EpollTimeout::NONE,
+            // Round up, so that a deadline is never woken for just before it.
+            Some(d) => {
+                let millis = d.as_micros().div_ceil(1000);
+                EpollTimeout::try_from(millis).unwrap_or(EpollTimeout::MAX)
+            }
+        };
+        let n = match self.epoll.wait(&mut self.ready, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        for event in &self.ready[..n] {
+            let data = event.data();
+            let index = (data & 0xffff_ffff) as usize;
+            let got = event.events();
+            match data >> 32 {
+                KIND_SIGNAL => {
+                    if let Some((signal, pipe)) = self.signals.get(index) {
+                        // Clear the pipe first, then act (signal-hook's rule):
+                        // a signal arriving after this is not lost.
+                        let mut sink = [0u8; 64];
+                        while matches!((&*pipe).read(&mut sink), Ok(n) if n > 0) {}
+                        out.push(Event::Signal(*signal));
+                    }
+                }
+                kind => {
+                    let token = if kind == KIND_SOURCE {
+                        Token::Source(index)
+                    } else {
+                        Token::Sink(index)
+                    };
+                    out.push(Event::Ready {
+                        token,
+                        readable: got.contains(EpollFlags::EPOLLIN),
+                        writable: got.contains(EpollFlags::EPOLLOUT),
+                        failed: got.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,552 @@
+//! The filesystem side: resolving directories without following symlinks,
+//! creating, adopting and refusing FIFOs, the instance lock, and removing
+//! exactly what fifod made. No other module creates or removes a path.
+//!
+//! Every operation goes through a directory fd (`*at` calls) once the
+//! directory has been resolved, so a path cannot be redirected under us.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use log::{info, warn};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
+use nix::sys::stat::{FileStat, Mode as NixMode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, mkfifoat, unlinkat};
+
+use crate::config::{Config, FifoConfig, LOCK_FILE_NAME};
+use crate::units::Mode;
+
+/// How many symlinks one directory lookup may pass through (as the kernel's
+/// own limit for path resolution).
+const MAX_SYMLINKS: usize = 40;
+
+#[derive(Debug)]
+pub enum FsError {
+    /// Something is at a path that fifod will not touch.
+    Refused { path: PathBuf, reason: String },
+    /// A system call failed.
+    Failed {
+        path: PathBuf,
+        action: &'static str,
+        errno: Errno,
+    },
+    /// Another instance holds the lock on the directory.
+    Locked { dir: PathBuf, pid: Option<u32> },
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsError::Refused { path, reason } => {
+                write!(f, "refusing {}: {reason}", path.display())
+            }
+            FsError::Failed {
+                path,
+                action,
+                errno,
+            } => write!(f, "cannot {action} {}: {}", path.display(), errno.desc()),
+            FsError::Locked { dir, pid } => {
+                write!(f, "another fifod is already running on {}", dir.display())?;
+                match pid {
+                    Some(pid) => write!(f, " (pid {pid})"),
+                    None => write!(f, " (pid unknown)"),
+                }
+            }
+        }
+    }
+}
+
+fn refused(path: &Path, reason: impl Into<String>) -> FsError {
+    FsError::Refused {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn failed<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(Errno) -> FsError + 'a {
+    move |errno| FsError::Failed {
+        path: path.to_owned(),
+        action,
+        errno,
+    }
+}
+
+/// `(st_dev, st_ino)`: how fifod recognises a node it made or adopted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodeId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NodeId {
+    fn of(st: &FileStat) -> NodeId {
+        NodeId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+fn file_kind(st: &FileStat) -> &'static str {
+    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => "a regular file",
+        SFlag::S_IFDIR => "a directory",
+        SFlag::S_IFLNK => "a symbolic link",
+        SFlag::S_IFSOCK => "a socket",
+        SFlag::S_IFCHR => "a character device",
+        SFlag::S_IFBLK => "a block device",
+        SFlag::S_IFIFO => "a FIFO",
+        _ => "an unknown kind of file",
+    }
+}
+
+fn is_kind(st: &FileStat, kind: SFlag) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == kind
+}
+
+/// A directory entry fifod may remove at the end: the directory that holds
+/// it, its name there, and the node it must still be.
+#[derive(Debug)]
+struct Entry {
+    parent: Rc<OwnedFd>,
+    name: OsString,
+    path: PathBuf,
+    id: NodeId,
+}
+
+impl Entry {
+    /// Removes the entry if it still is the same node; says why not otherwise.
+    fn remove(&self, flags: UnlinkatFlags) -> Result<(), String> {
+        match fstatat(
+            self.parent.as_fd(),
+            self.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if NodeId::of(&st) == self.id => {}
+            Ok(st) => {
+                return Err(format!(
+                    "it was replaced by {} that fifod did not make",
+                    file_kind(&st)
+                ));
+            }
+            Err(Errno::ENOENT) => return Err("it is already gone".to_string()),
+            Err(e) => return Err(e.desc().to_string()),
+        }
+        unlinkat(self.parent.as_fd(), self.name.as_os_str(), flags)
+            .map_err(|e| e.desc().to_string())
+    }
+}
+
+/// A FIFO fifod created or adopted, held open read-write and non-blocking:
+/// an input never sees EOF between writers, an output never raises EPIPE and
+/// keeps its bytes while no reader is there.
+#[derive(Debug)]
+pub struct ManagedFifo {
+    pub name: String,
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    /// It was already there at start (left by a crash, say).
+    pub adopted: bool,
+    entry: Entry,
+}
+
+/// Everything fifod made or adopted on disk, so that it can be undone exactly.
+#[derive(Debug, Default)]
+pub struct Footprint {
+    pub fifos: Vec<ManagedFifo>,
+    created_dirs: Vec<Entry>,
+    dirs: HashMap<PathBuf, Rc<OwnedFd>>,
+    lock: Option<(File, Entry)>,
+}
+
+impl Footprint {
+    /// Creates the directory, takes the lock, and creates or adopts every
+    /// FIFO of `config`, in that order. On failure, undoes what it did and
+    /// leaves adopted nodes in place.
+    pub fn create(config: &Config) -> Result<Footprint, FsError> {
+        let mut footprint = Footprint::default();
+        match footprint.populate(config) {
+            Ok(()) => Ok(footprint),
+            Err(e) => {
+                // What was there before fifod started stays.
+                footprint.remove_paths(|fifo| !fifo.adopted);
+                Err(e)
+            }
+        }
+    }
+
+    fn populate(&mut self, config: &Config) -> Result<(), FsError> {
+        let daemon = &config.daemon;
+        let dir = self.open_dir(&daemon.dir, Some(daemon.dir_mode))?;
+        self.lock = Some(take_lock(&dir, &daemon.dir)?);
+        for spec in &config.fifos {
+            let parent_path = spec.path.parent().unwrap_or(Path::new("/"));
+            let create = parent_path
+                .starts_with(&daemon.dir)
+                .then_some(daemon.dir_mode);
+            let parent = self.open_dir(parent_path, create)?;
+            let fifo = open_fifo(&parent, spec)?;
+            self.fifos.push(fifo);
+        }
+        Ok(())
+    }
+
+    /// Opens `path` as a directory, one component at a time and never
+    /// following a symlink, except root-owned ones above the last component
+    /// (such as `/var/run`). Missing components are made with `create`.
+    fn open_dir(&mut self, path: &Path, create: Option<Mode>) -> Result<Rc<OwnedFd>, FsError> {
+        if let Some(fd) = self.dirs.get(path) {
+            return Ok(Rc::clone(fd));
+        }
+        let root = openat(
+            nix::fcntl::AT_FDCWD,
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            NixMode::empty(),
+        )
+        .map_err(failed(Path::new("/"), "open"))?;
+        let root = Rc::new(root);
+        // The directories walked so far; `..` from a symlink target pops one.
+        let mut stack: Vec<Rc<OwnedFd>> = Vec::new();
+        let mut shown = PathBuf::from("/");
+        let mut pending: VecDeque<OsString> = components(path);
+        let mut links = 0;
+        while let Some(name) = pending.pop_front() {
+            if name == ".." {
+                stack.pop();
+                shown.pop();
+                continue;
+            }
+            let current = Rc::clone(stack.last().unwrap_or(&root));
+            shown.push(&name);
+            let opened = openat(
+                current.as_fd(),
+                name.as_os_str(),
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                NixMode::empty(),
+            );
+            match opened {
+                Ok(fd) => {
+                    let st = fstat(&fd).map_err(failed(&shown, "inspect"))?;
+                    if is_kind(&st, SFlag::S_IFDIR) {
+                        stack.push(Rc::new(fd));
+                    } else if is_kind(&st, SFlag::S_IFLNK) {
+                        if pending.is_empty() {
+                            return Err(refused(
+                                &shown,
+                                "it is a symbolic link, which fifod never follows",
+                            ));
+                        }
+                        if st.st_uid != 0 {
+                            return Err(refused(
+                                &shown,
+                                "it is a symbolic link not owned by root, which fifod never follows",
+                            ));
+                        }
+                        links += 1;
+                        if links > MAX_SYMLINKS {
+                            return Err(refused(&shown, "too many levels of symbolic links"));
+                        }
+                        let target = readlinkat(current.as_fd(), name.as_os_str())
+                            .map_err(failed(&shown, "read link"))?;
+                        shown.pop();
+                        let target = PathBuf::from(target);
+                        if target.is_absolute() {
+                            stack.clear();
+                            shown = PathBuf::from("/");
+                        }
+                        for part in components(&target).into_iter().rev() {
+                            pending.push_front(part);
+                        }
+                    } else {
+                        return Err(refused(
+                            &shown,
+                            format!("it is {}, not a directory", file_kind(&st)),
+                        ));
+                    }
+                }
+                Err(Errno::ENOENT) if let Some(mode) = create => {
+                    let fd = make_dir(&current, &name, &shown, mode)?;
+                    let st = fstat(&fd).map_err(failed(&shown, "inspect"))?;
+                    self.created_dirs.push(Entry {
+                        parent: Rc::clone(&current),
+                        name: name.clone(),
+                        path: shown.clone(),
+                        id: NodeId::of(&st),
+                    });
+                    info!("created directory {} (mode {mode})", shown.display());
+                    stack.push(Rc::new(fd));
+                }
+                Err(e) => return Err(failed(&shown, "open directory")(e)),
+            }
+        }
+        let dir = stack.pop().unwrap_or(root);
+        self.dirs.insert(path.to_owned(), Rc::clone(&dir));
+        Ok(dir)
+    }
+
+    /// Removes the FIFOs that `which` selects, the lock and the directories
+    /// fifod created, each only if it still is the node fifod made.
+    fn remove_paths(&mut self, which: impl Fn(&ManagedFifo) -> bool) {
+        for fifo in &self.fifos {
+            if !which(fifo) {
+                continue;
+            }
+            match fifo.entry.remove(UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => info!("removed fifo {} at {}", fifo.name, fifo.path.display()),
+                Err(why) => warn!(
+                    "not removing {} (fifo {}): {why}",
+                    fifo.path.display(),
+                    fifo.name
+                ),
+            }
+        }
+        self.remove_lock_and_dirs();
+    }
+
+    /// Removes every managed FIFO, the lock file and the directories fifod
+    /// created (only if empty). Called once, at shutdown.
+    pub fn remove(&mut self) {
+        self.remove_paths(|_| true);
+    }
+
+    fn remove_lock_and_dirs(&mut self) {
+        if let Some((file, entry)) = self.lock.take() {
+            if let Err(why) = entry.remove(UnlinkatFlags::NoRemoveDir) {
+                warn!("not removing lock file {}: {why}", entry.path.display());
+            }
+            drop(file);
+        }
+        for dir in self.created_dirs.drain(..).rev() {
+            match dir.remove(UnlinkatFlags::RemoveDir) {
+                Ok(()) => info!("removed directory {}", dir.path.display()),
+                Err(why) => info!("leaving directory {}: {why}", dir.path.display()),
+            }
+        }
+    }
+}
+
+fn components(path: &Path) -> VecDeque<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(part) => Some(part.to_owned()),
+            std::path::Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Makes a directory and sets its exact mode through its own fd: it is
+/// created 0700 (so it is never wider than meant) and chmod'ed after.
+fn make_dir(parent: &OwnedFd, name: &OsStr, shown: &Path, mode: Mode) -> Result<OwnedFd, FsError> {
+    mkdirat(parent.as_fd(), name, NixMode::S_IRWXU).map_err(failed(shown, "create directory"))?;
+    let fd = openat(
+        parent.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        NixMode::empty(),
+    )
+    .map_err(failed(shown, "open directory"))?;
+    fchmod(&fd, NixMode::from_bits_truncate(mode.bits()))
+        .map_err(failed(shown, "set the mode of"))?;
+    Ok(fd)
+}
+
+/// Creates the FIFO, or adopts one already there, following the safe order:
+/// inspect without opening, open non-blocking without following, check the
+/// opened node is the inspected one, then chown, then chmod.
+fn open_fifo(parent: &Rc<OwnedFd>, spec: &FifoConfig) -> Result<ManagedFifo, FsError> {
+    let path = spec.path.as_path();
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused(path, "no file name"))?;
+    let before = match fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            check_adoptable(path, &st, spec)?;
+            Some(st)
+        }
+        Err(Errno::ENOENT) => {
+            // The umask is 077 while fifod runs, so the node starts private.
+            mkfifoat(parent.as_fd(), name, NixMode::S_IRUSR | NixMode::S_IWUSR)
+                .map_err(failed(path, "create FIFO"))?;
+            None
+        }
+        Err(e) => return Err(failed(path, "inspect")(e)),
+    };
+    let created_entry = |id| Entry {
+        parent: Rc::clone(parent),
+        name: name.to_owned(),
+        path: path.to_owned(),
+        id,
+    };
+    let fd = openat(
+        parent.as_fd(),
+        name,
+        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        NixMode::empty(),
+    )
+    .map_err(failed(path, "open FIFO"))?;
+    let st = fstat(&fd).map_err(failed(path, "inspect"))?;
+    let entry = created_entry(NodeId::of(&st));
+    let undo = |e: FsError| {
+        if before.is_none() {
+            let _ = entry.remove(UnlinkatFlags::NoRemoveDir);
+        }
+        e
+    };
+    if !is_kind(&st, SFlag::S_IFIFO) || before.is_some_and(|b| NodeId::of(&b) != NodeId::of(&st)) {
+        return Err(undo(refused(path, "it was replaced while fifod opened it")));
+    }
+    if st.st_nlink != 1 {
+        return Err(undo(refused(
+            path,
+            format!("it has {} hard links", st.st_nlink),
+        )));
+    }
+    if spec.owner.is_some() || spec.group.is_some() {
+        fchown(
+            &fd,
+            spec.owner.map(Uid::from_raw),
+            spec.group.map(Gid::from_raw),
+        )
+        .map_err(|e| undo(failed(path, "change the owner of")(e)))?;
+    }
+    fchmod(&fd, NixMode::from_bits_truncate(spec.mode.bits()))
+        .map_err(|e| undo(failed(path, "set the mode of")(e)))?;
+    match before {
+        None => info!(
+            "created fifo {} at {} (mode {})",
+            spec.name,
+            path.display(),
+            spec.mode
+        ),
+        Some(b) => info!(
+            "adopted fifo {} at {} (mode {:04o} -> {}, owner {}:{})",
+            spec.name,
+            path.display(),
+            b.st_mode & 0o7777,
+            spec.mode,
+            b.st_uid,
+            b.st_gid
+        ),
+    }
+    Ok(ManagedFifo {
+        name: spec.name.clone(),
+        path: path.to_owned(),
+        fd,
+        adopted: before.is_some(),
+        entry,
+    })
+}
+
+/// A node left at a FIFO path (by a crash, or by an admin) is adopted only if
+/// it is a FIFO with one link, owned by us or by the configured owner.
+fn check_adoptable(path: &Path, st: &FileStat, spec: &FifoConfig) -> Result<(), FsError> {
+    if !is_kind(st, SFlag::S_IFIFO) {
+        let mut reason = format!("it is {}, not a FIFO", file_kind(st));
+        if is_kind(st, SFlag::S_IFLNK) {
+            reason.push_str(" (fifod never follows symbolic links)");
+        }
+        return Err(refused(path, reason));
+    }
+    if st.st_nlink != 1 {
+        return Err(refused(
+            path,
+            format!("it is a FIFO with {} hard links", st.st_nlink),
+        ));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if st.st_uid != euid && Some(st.st_uid) != spec.owner {
+        return Err(refused(
+            path,
+            format!(
+                "it is a FIFO owned by uid {}, neither fifod's user nor the configured owner",
+                st.st_uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the per-directory lock: an flock on `.fifod.lock`, which holds the
+/// holder's pid. A crash releases an flock; a stale pid file alone would not.
+fn take_lock(dir: &Rc<OwnedFd>, dir_path: &Path) -> Result<(File, Entry), FsError> {
+    let path = dir_path.join(LOCK_FILE_NAME);
+    // The holder unlinks the file as it stops: if it did so between our open
+    // and our lock, we hold a lock on a file nobody else sees. Try again.
+    for _ in 0..3 {
+        let fd = openat(
+            dir.as_fd(),
+            LOCK_FILE_NAME,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            NixMode::S_IRUSR | NixMode::S_IWUSR,
+        )
+        .map_err(|e| match e {
+            Errno::ELOOP => refused(&path, "the lock file is a symbolic link"),
+            e => failed(&path, "open lock file")(e),
+        })?;
+        let st = fstat(&fd).map_err(failed(&path, "inspect"))?;
+        if !is_kind(&st, SFlag::S_IFREG) || st.st_nlink != 1 {
+            return Err(refused(
+                &path,
+                format!(
+                    "the lock file is {} with {} links",
+                    file_kind(&st),
+                    st.st_nlink
+                ),
+            ));
+        }
+        let mut file = File::from(fd);
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(FsError::Locked {
+                    dir: dir_path.to_owned(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(failed(&path, "lock")(Errno::from_raw(
+                    e.raw_os_error().unwrap_or(0),
+                )));
+            }
+        }
+        let still_there = fstatat(dir.as_fd(), LOCK_FILE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|now| NodeId::of(&now) == NodeId::of(&st));
+        if !still_there {
+            continue;
+        }
+        let pid = format!("{}\n", std::process::id());
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(pid.as_bytes()));
+        written.map_err(|e| {
+            failed(&path, "write lock file")(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+        let _ = fchmod(file.as_fd(), NixMode::from_bits_truncate(0o644));
+        let entry = Entry {
+            parent: Rc::clone(dir),
+            name: OsString::from(LOCK_FILE_NAME),
+            path,
+            id: NodeId::of(&st),
+        };
+        return Ok((file, entry));
+    }
+    Err(refused(&path, "the lock file keeps being replaced"))
+}
+
+impl ManagedFifo {
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
