@@ -516,7 +516,18 @@ fn validate_daemon(
                 ok = false;
             }
         };
-    field(&raw.dir_mode, "dir_mode", &|s| Mode::parse(s).map(drop));
+    field(&raw.dir_mode, "dir_mode", &|s| {
+        Mode::parse(s).and_then(|mode| {
+            if mode.bits() & 0o002 != 0 {
+                Err(format!(
+                    "{mode} lets everyone write to the directory, where they could swap a FIFO \
+                     for something else; drop the last digit's write bit"
+                ))
+            } else {
+                Ok(())
+            }
+        })
+    });
     field(&raw.pipe_size, "pipe_size", &|s| {
         Size::parse(s).and_then(|size| check_range(size, 4096, MAX_BUFFER))
     });

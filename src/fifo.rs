@@ -288,6 +288,8 @@ impl Footprint {
             }
         }
         let dir = stack.pop().unwrap_or(root);
+        let st = fstat(dir.as_ref()).map_err(failed(path, "inspect"))?;
+        check_dir_is_safe(path, &st)?;
         self.dirs.insert(path.to_owned(), Rc::clone(&dir));
         Ok(dir)
     }
@@ -341,6 +343,28 @@ fn components(path: &Path) -> VecDeque<OsString> {
             _ => None,
         })
         .collect()
+}
+
+/// FIFOs are only as safe as the directory that holds them: whoever may
+/// rename entries in it can swap a FIFO for something else.
+fn check_dir_is_safe(path: &Path, st: &FileStat) -> Result<(), FsError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if st.st_uid != euid && st.st_uid != 0 {
+        return Err(refused(
+            path,
+            format!(
+                "the directory is owned by uid {}, neither fifod's user nor root",
+                st.st_uid
+            ),
+        ));
+    }
+    if st.st_mode & 0o002 != 0 && st.st_mode & 0o1000 == 0 {
+        return Err(refused(
+            path,
+            "the directory is writable by everyone and has no sticky bit",
+        ));
+    }
+    Ok(())
 }
 
 /// Makes a directory and sets its exact mode through its own fd: it is
