@@ -37,6 +37,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// In the order the file lists them.
     pub fifos: Vec<FifoConfig>,
+    pub processes: Vec<ProcessConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -71,12 +72,99 @@ pub enum Role {
     Unrouted,
 }
 
+/// A program fifod runs, with anonymous pipes on its standard streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessConfig {
+    pub name: String,
+    /// argv; `command[0]` is looked up on `PATH` unless it contains a `/`.
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// Added to the inherited environment.
+    pub env: Vec<(String, String)>,
+    pub stderr: StderrMode,
+    pub restart: Restart,
+    pub restart_delay: Duration,
+}
+
+/// Where a process's standard error goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrMode {
+    /// The same pipe as stdout, so the two keep the order they were written in.
+    Merge,
+    /// Its own source, named `NAME.stderr` in routes.
+    Separate,
+    /// Each line is logged by fifod at warn level.
+    Log,
+    Null,
+    /// fifod's own standard error.
+    Inherit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    Never,
+    /// After a non-zero exit or a signal.
+    OnFailure,
+    Always,
+}
+
+/// Whether a route passes on the end of its sources' sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eof {
+    /// Sinks stay open; the ends of writers are not passed on.
+    Hold,
+    /// When every source has ended, every sink gets an end after the last byte.
+    Forward,
+}
+
+/// Where a route takes bytes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SourceRef {
+    Fifo(String),
+    /// A process's stdout (and stderr when merged).
+    Process(String),
+    /// A process's stderr, with `stderr = "separate"`.
+    Stderr(String),
+    /// fifod's own standard input.
+    Stdin,
+}
+
+/// Where a route puts bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SinkRef {
+    Fifo(String),
+    /// A process's stdin.
+    Process(String),
+    /// fifod's own standard output.
+    Stdout,
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceRef::Fifo(name) | SourceRef::Process(name) => f.write_str(name),
+            SourceRef::Stderr(name) => write!(f, "{name}.stderr"),
+            SourceRef::Stdin => f.write_str("stdin"),
+        }
+    }
+}
+
+impl fmt::Display for SinkRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkRef::Fifo(name) | SinkRef::Process(name) => f.write_str(name),
+            SinkRef::Stdout => f.write_str("stdout"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
-    pub from: Vec<String>,
-    pub to: Vec<String>,
+    pub from: Vec<SourceRef>,
+    pub to: Vec<SinkRef>,
     pub buffer: Size,
     pub when_full: WhenFull,
+    pub eof: Eof,
 }
 
 /// What a route does when a sink's buffer is full.
@@ -291,6 +379,18 @@ struct RawRoute {
     to: Spanned<Vec<Spanned<String>>>,
     buffer: Option<Spanned<String>>,
     when_full: Option<Spanned<String>>,
+    eof: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    command: Spanned<Vec<Spanned<String>>>,
+    cwd: Option<Spanned<String>>,
+    env: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    stderr: Option<Spanned<String>>,
+    restart: Option<Spanned<String>>,
+    restart_delay: Option<Spanned<String>>,
 }
 
 /// Errors gathered while loading, still as byte spans.
@@ -362,6 +462,7 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
 
     let mut raw_daemon = RawDaemon::default();
     let mut raw_fifos = Vec::new();
+    let mut raw_processes = Vec::new();
     let mut raw_routes = Vec::new();
     // Names declared even by entries that fail to parse, so that a route
     // naming them does not add a misleading "unknown endpoint".
@@ -376,14 +477,32 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
             "fifo" => match value.get_ref() {
                 DeValue::Table(table) => {
                     for (name, entry) in table {
-                        declared.insert(name.get_ref().to_string());
                         let key = format!("fifo.{}", name.get_ref());
+                        if !declared.insert(name.get_ref().to_string()) {
+                            problems.at(name, &key, "the name is already used by a [process.*] table");
+                            continue;
+                        }
                         if let Some(f) = deserialize_table::<RawFifo>(entry, &key, problems) {
                             raw_fifos.push((name.clone(), f));
                         }
                     }
                 }
                 _ => problems.at(value, "fifo", "expected tables such as [fifo.in]"),
+            },
+            "process" => match value.get_ref() {
+                DeValue::Table(table) => {
+                    for (name, entry) in table {
+                        let key = format!("process.{}", name.get_ref());
+                        if !declared.insert(name.get_ref().to_string()) {
+                            problems.at(name, &key, "the name is already used by a [fifo.*] table");
+                            continue;
+                        }
+                        if let Some(p) = deserialize_table::<RawProcess>(entry, &key, problems) {
+                            raw_processes.push((name.clone(), p));
+                        }
+                    }
+                }
+                _ => problems.at(value, "process", "expected tables such as [process.tool]"),
             },
             "route" => match value.get_ref() {
                 DeValue::Array(routes) => {
@@ -399,7 +518,7 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
             other => problems.at(
                 key,
                 other,
-                "unknown key; the top level has [daemon], [fifo.NAME] and [[route]]",
+                "unknown key; the top level has [daemon], [fifo.NAME], [process.NAME] and [[route]]",
             ),
         }
     }
@@ -414,11 +533,16 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
         }
     }
     check_paths(&fifos, &path_spans, daemon.as_ref(), problems);
-    let routes = validate_routes(raw_routes, &mut fifos, &declared, problems);
+    let processes: Vec<ProcessConfig> = raw_processes
+        .into_iter()
+        .filter_map(|(name, raw)| validate_process(&name, raw, problems))
+        .collect();
+    let routes = validate_routes(raw_routes, &mut fifos, &processes, &declared, problems);
     let daemon = daemon?;
     Some(Config {
         daemon,
         fifos,
+        processes,
         routes,
     })
 }
@@ -761,76 +885,296 @@ fn check_paths(
     }
 }
 
+fn validate_process(
+    name: &Spanned<std::borrow::Cow<'_, str>>,
+    raw: RawProcess,
+    problems: &mut Problems,
+) -> Option<ProcessConfig> {
+    let key = format!("process.{}", name.get_ref());
+    let before = problems.0.len();
+    if let Err(e) = check_name(name.get_ref()) {
+        problems.at(name, &key, e);
+    }
+    let command: Vec<String> = raw
+        .command
+        .get_ref()
+        .iter()
+        .map(|a| a.get_ref().clone())
+        .collect();
+    let cwd = raw
+        .cwd
+        .as_ref()
+        .and_then(|c| match normalize_path(c.get_ref()) {
+            Ok(p) if p.is_absolute() => Some(p),
+            Ok(_) => {
+                problems.at(c, format!("{key}.cwd"), "must be an absolute path");
+                None
+            }
+            Err(e) => {
+                problems.at(c, format!("{key}.cwd"), e);
+                None
+            }
+        });
+    let env: Vec<(String, String)> = raw
+        .env
+        .as_ref()
+        .map(|e| e.get_ref().clone().into_iter().collect())
+        .unwrap_or_default();
+    if let Some(e) = &raw.env {
+        for (var, value) in e.get_ref() {
+            if var.is_empty() || var.contains('=') || var.contains('\0') || value.contains('\0') {
+                problems.at(
+                    e,
+                    format!("{key}.env"),
+                    format!("invalid variable \"{}\"", var.escape_debug()),
+                );
+            }
+        }
+    }
+    match raw.command.get_ref().first() {
+        None => problems.at(
+            &raw.command,
+            format!("{key}.command"),
+            "must name a program",
+        ),
+        Some(program)
+            if program.get_ref().contains('\0') || command.iter().any(|a| a.contains('\0')) =>
+        {
+            problems.at(
+                program,
+                format!("{key}.command"),
+                "must not contain a NUL byte",
+            );
+        }
+        Some(program) => {
+            let path_var = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var("PATH").ok());
+            if let Err(e) = find_program(program.get_ref(), cwd.as_deref(), path_var.as_deref()) {
+                problems.at(program, format!("{key}.command"), e);
+            }
+        }
+    }
+    let mut choice = |value: &Option<Spanned<String>>, field: &str, options: &[&str]| -> usize {
+        let Some(v) = value else { return 0 };
+        match options.iter().position(|o| o == v.get_ref()) {
+            Some(i) => i,
+            None => {
+                let quoted: Vec<String> = options.iter().map(|o| format!("\"{o}\"")).collect();
+                problems.at(
+                    v,
+                    format!("{key}.{field}"),
+                    format!(
+                        "invalid value \"{}\": expected {}",
+                        v.get_ref(),
+                        quoted.join(", ")
+                    ),
+                );
+                0
+            }
+        }
+    };
+    let stderr = [
+        StderrMode::Merge,
+        StderrMode::Separate,
+        StderrMode::Log,
+        StderrMode::Null,
+        StderrMode::Inherit,
+    ][choice(
+        &raw.stderr,
+        "stderr",
+        &["merge", "separate", "log", "null", "inherit"],
+    )];
+    let restart = [Restart::OnFailure, Restart::Never, Restart::Always]
+        [choice(&raw.restart, "restart", &["on-failure", "never", "always"])];
+    let restart_delay = match &raw.restart_delay {
+        None => Duration::from_millis(100),
+        Some(d) => match parse_duration(d.get_ref()) {
+            Ok(delay) if delay <= MAX_SHUTDOWN_TIMEOUT => delay,
+            Ok(_) => {
+                problems.at(d, format!("{key}.restart_delay"), "must be at most 60m");
+                Duration::ZERO
+            }
+            Err(e) => {
+                problems.at(d, format!("{key}.restart_delay"), e);
+                Duration::ZERO
+            }
+        },
+    };
+    if problems.0.len() > before {
+        return None;
+    }
+    Some(ProcessConfig {
+        name: name.get_ref().to_string(),
+        command,
+        cwd,
+        env,
+        stderr,
+        restart,
+        restart_delay,
+    })
+}
+
+/// Finds the program as `exec` would: a name with a `/` is a path (relative
+/// to `cwd`), any other is looked up in `PATH`.
+pub fn find_program(
+    program: &str,
+    cwd: Option<&Path>,
+    path_var: Option<&str>,
+) -> Result<PathBuf, String> {
+    let runnable = |candidate: &Path| {
+        candidate.is_file()
+            && nix::unistd::access(candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+    };
+    if program.contains('/') {
+        let path = match cwd {
+            Some(dir) => dir.join(program),
+            None => PathBuf::from(program),
+        };
+        return if runnable(&path) {
+            Ok(path)
+        } else if path.exists() {
+            Err(format!("program \"{program}\" is not an executable file"))
+        } else {
+            Err(format!("program \"{program}\" does not exist"))
+        };
+    }
+    let path_var = path_var.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path_var
+        .split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(program))
+        .find(|candidate| runnable(candidate))
+        .ok_or_else(|| format!("program \"{program}\" not found on PATH"))
+}
+
+/// What a name in a route's `from` or `to` can refer to.
+enum Named<'a> {
+    Fifo(usize),
+    Process(&'a ProcessConfig),
+    Stderr(&'a ProcessConfig),
+    Std,
+}
+
 fn validate_routes(
     raw_routes: Vec<(usize, RawRoute)>,
     fifos: &mut [FifoConfig],
+    processes: &[ProcessConfig],
     declared: &HashSet<String>,
     problems: &mut Problems,
 ) -> Vec<RouteConfig> {
-    let index: HashMap<String, usize> = fifos
+    let fifo_index: HashMap<String, usize> = fifos
         .iter()
         .enumerate()
         .map(|(i, f)| (f.name.clone(), i))
         .collect();
+    let lookup = |name: &str| -> Option<Named<'_>> {
+        if name == "stdin" || name == "stdout" {
+            return Some(Named::Std);
+        }
+        if let Some(&i) = fifo_index.get(name) {
+            return Some(Named::Fifo(i));
+        }
+        if let Some(p) = processes.iter().find(|p| p.name == name) {
+            return Some(Named::Process(p));
+        }
+        let base = name.strip_suffix(".stderr")?;
+        processes.iter().find(|p| p.name == base).map(Named::Stderr)
+    };
+    let mut known: Vec<String> = fifo_index.keys().cloned().collect();
+    known.extend(processes.iter().map(|p| p.name.clone()));
+    known.extend(["stdin".to_string(), "stdout".to_string()]);
+
     let mut routes = Vec::new();
     for (i, raw) in raw_routes {
         let mut ok = true;
-        let mut sides = [Vec::new(), Vec::new()];
-        for (side_index, (side, role, name)) in [
-            (&raw.from, Role::Input, "from"),
-            (&raw.to, Role::Output, "to"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let key = format!("route[{i}].{name}");
+        let mut from = Vec::new();
+        let mut to = Vec::new();
+        for (side, is_from) in [(&raw.from, true), (&raw.to, false)] {
+            let key = format!("route[{i}].{}", if is_from { "from" } else { "to" });
             if side.get_ref().is_empty() {
                 problems.at(side, &key, "must name at least one endpoint");
                 ok = false;
             }
             let mut named_here = HashSet::new();
             for endpoint in side.get_ref() {
-                let endpoint_name = endpoint.get_ref();
-                let Some(&fifo_index) = index.get(endpoint_name) else {
+                let name = endpoint.get_ref().as_str();
+                let mut fail = |message: String| {
+                    problems.at(endpoint, &key, message);
+                };
+                if !named_here.insert(name) {
+                    fail(format!("\"{name}\" is named twice"));
                     ok = false;
-                    if declared.contains(endpoint_name) {
+                    continue;
+                }
+                let Some(named) = lookup(name) else {
+                    ok = false;
+                    let base = name.strip_suffix(".stderr").unwrap_or(name);
+                    if declared.contains(name) || declared.contains(base) {
                         continue; // its own entry already has an error
                     }
-                    let message = match suggest(endpoint_name, index.keys()) {
-                        Some(close) => format!(
-                            "unknown endpoint \"{endpoint_name}\" (did you mean \"{close}\"?)"
-                        ),
-                        None => format!("unknown endpoint \"{endpoint_name}\""),
-                    };
-                    problems.at(endpoint, &key, message);
+                    fail(match suggest(name, known.iter()) {
+                        Some(close) => {
+                            format!("unknown endpoint \"{name}\" (did you mean \"{close}\"?)")
+                        }
+                        None => format!("unknown endpoint \"{name}\""),
+                    });
                     continue;
                 };
-                if !named_here.insert(endpoint_name) {
-                    problems.at(
-                        endpoint,
-                        &key,
-                        format!("\"{endpoint_name}\" is named twice"),
-                    );
-                    ok = false;
-                    continue;
-                }
-                let fifo = &mut fifos[fifo_index];
-                match fifo.role {
-                    Role::Unrouted => fifo.role = role,
-                    existing if existing != role => {
-                        problems.at(
-                            endpoint,
-                            &key,
-                            format!(
-                                "fifo \"{endpoint_name}\" cannot be both an input and an output \
-                                 (a FIFO is read by fifod or written by it, not both)"
-                            ),
-                        );
+                match (named, is_from) {
+                    (Named::Std, true) if name == "stdin" => from.push(SourceRef::Stdin),
+                    (Named::Std, false) if name == "stdout" => to.push(SinkRef::Stdout),
+                    (Named::Std, _) => {
                         ok = false;
+                        fail(format!(
+                            "\"{name}\" is fifod's standard {}; it can only be {}",
+                            if name == "stdin" { "input" } else { "output" },
+                            if name == "stdin" {
+                                "a source (in from)"
+                            } else {
+                                "a sink (in to)"
+                            }
+                        ));
                     }
-                    _ => {}
+                    (Named::Process(p), true) => from.push(SourceRef::Process(p.name.clone())),
+                    (Named::Process(p), false) => to.push(SinkRef::Process(p.name.clone())),
+                    (Named::Stderr(p), true) if p.stderr == StderrMode::Separate => {
+                        from.push(SourceRef::Stderr(p.name.clone()));
+                    }
+                    (Named::Stderr(p), true) => {
+                        ok = false;
+                        fail(format!(
+                            "\"{name}\" is a source only when process.{} has stderr = \"separate\"",
+                            p.name
+                        ));
+                    }
+                    (Named::Stderr(_), false) => {
+                        ok = false;
+                        fail(format!("\"{name}\" is a source; it cannot be in to"));
+                    }
+                    (Named::Fifo(index), is_from) => {
+                        let role = if is_from { Role::Input } else { Role::Output };
+                        let fifo = &mut fifos[index];
+                        match fifo.role {
+                            Role::Unrouted => fifo.role = role,
+                            existing if existing != role => {
+                                ok = false;
+                                fail(format!(
+                                    "fifo \"{name}\" cannot be both an input and an output \
+                                     (a FIFO is read by fifod or written by it, not both)"
+                                ));
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        if is_from {
+                            from.push(SourceRef::Fifo(name.to_string()));
+                        } else {
+                            to.push(SinkRef::Fifo(name.to_string()));
+                        }
+                    }
                 }
-                sides[side_index].push(endpoint_name.clone());
             }
         }
         let buffer = match &raw.buffer {
@@ -846,13 +1190,25 @@ fn validate_routes(
                 .map_err(|e| problems.at(w, format!("route[{i}].when_full"), e))
                 .ok(),
         };
-        if let (true, Some(buffer), Some(when_full)) = (ok, buffer, when_full) {
-            let [from, to] = sides;
+        let eof = match raw.eof.as_ref().map(|e| (e, e.get_ref().as_str())) {
+            None | Some((_, "hold")) => Some(Eof::Hold),
+            Some((_, "forward")) => Some(Eof::Forward),
+            Some((e, other)) => {
+                problems.at(
+                    e,
+                    format!("route[{i}].eof"),
+                    format!("invalid value \"{other}\": expected \"hold\" or \"forward\""),
+                );
+                None
+            }
+        };
+        if let (true, Some(buffer), Some(when_full), Some(eof)) = (ok, buffer, when_full, eof) {
             routes.push(RouteConfig {
                 from,
                 to,
                 buffer,
                 when_full,
+                eof,
             });
         }
     }
@@ -915,13 +1271,32 @@ impl Config {
             line.push(')');
             lines.push(line);
         }
-        for (i, route) in self.routes.iter().enumerate() {
+        for p in &self.processes {
+            let restart = match p.restart {
+                Restart::Never => "never",
+                Restart::OnFailure => "on-failure",
+                Restart::Always => "always",
+            };
             lines.push(format!(
-                "route[{i}]: {} -> {} (buffer {}, when_full {})",
-                route.from.join(", "),
-                route.to.join(", "),
+                "process {}: {:?} (stderr {}, restart {restart})",
+                p.name,
+                p.command,
+                format!("{:?}", p.stderr).to_lowercase(),
+            ));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let names = |v: Vec<String>| v.join(", ");
+            lines.push(format!(
+                "route[{i}]: {} -> {} (buffer {}, when_full {}, eof {})",
+                names(route.from.iter().map(ToString::to_string).collect()),
+                names(route.to.iter().map(ToString::to_string).collect()),
                 route.buffer,
-                route.when_full
+                route.when_full,
+                if route.eof == Eof::Forward {
+                    "forward"
+                } else {
+                    "hold"
+                },
             ));
         }
         lines
@@ -1012,11 +1387,13 @@ when_full = "drop-oldest"
                         role: Role::Unrouted,
                     },
                 ],
+                processes: vec![],
                 routes: vec![RouteConfig {
-                    from: vec!["in".into()],
-                    to: vec!["out".into()],
+                    from: vec![SourceRef::Fifo("in".into())],
+                    to: vec![SinkRef::Fifo("out".into())],
                     buffer: Size(65536),
                     when_full: WhenFull::DropOldest,
+                    eof: Eof::Hold,
                 }],
             }
         );
@@ -1138,7 +1515,7 @@ when_full = "sometimes"
         assert_eq!(
             errors("colour = 1\n"),
             [
-                "f.toml:1:1: colour: unknown key; the top level has [daemon], [fifo.NAME] and [[route]]"
+                "f.toml:1:1: colour: unknown key; the top level has [daemon], [fifo.NAME], [process.NAME] and [[route]]"
             ]
         );
     }

@@ -1,21 +1,25 @@
-//! `fifod run`: sets up the footprint on disk, then runs the event loop that
-//! moves bytes between FIFOs, then drains and cleans up.
+//! `fifod run`: sets up the footprint on disk, starts the processes, runs the
+//! event loop that moves bytes between endpoints, then drains and cleans up.
 //!
-//! This is where the pieces meet: `fifo` owns the paths and fds, `relay` owns
-//! the held bytes and the accounting, `event_loop` owns epoll; the daemon
-//! performs the reads and writes the relay asks for.
+//! This is where the pieces meet: `fifo` owns the paths, `child` starts and
+//! reaps processes, `relay` owns the held bytes and the accounting,
+//! `event_loop` owns epoll; the daemon performs the reads and writes the
+//! relay asks for and keeps every endpoint's fd.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use nix::errno::Errno;
-use nix::sys::stat::{Mode as NixMode, umask};
+use nix::sys::signal::Signal;
+use nix::sys::stat::{Mode as NixMode, SFlag, fstat, umask};
 
-use crate::config::{Config, Role};
+use crate::child::{self, Exit, Supervised, Wiring};
+use crate::config::{Config, Eof, Role, SinkRef, SourceRef, StderrMode};
 use crate::event_loop::{Event, EventLoop, Interest, Token};
-use crate::fifo::{Footprint, FsError};
+use crate::fifo::{Access, Footprint, FsError};
 use crate::pipe::{self, Resized};
 use crate::relay::{LaneId, Relay, RouteSpec, SinkId, SourceId};
 use crate::units::{Size, format_duration};
@@ -30,20 +34,26 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// While draining, how often to look whether readers emptied the outputs
 /// (the kernel does not announce that a pipe became empty).
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// An output FIFO gets its end once its reader has emptied it; how soon to
+/// look again, doubling up to the maximum.
+const END_POLL_FIRST: Duration = Duration::from_millis(10);
+const END_POLL_MAX: Duration = Duration::from_secs(1);
+/// Between SIGTERM and SIGKILL to a child's process group at shutdown.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+/// A `stderr = "log"` line longer than this is logged in pieces.
+const MAX_LOG_LINE: usize = 4096;
 
 /// Why `run` failed.
 #[derive(Debug)]
 pub enum RunError {
     /// The start failed: nothing is left behind.
     Start(String),
-    /// The loop failed after start; the footprint was removed.
-    Runtime(String),
 }
 
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunError::Start(why) | RunError::Runtime(why) => f.write_str(why),
+            RunError::Start(why) => f.write_str(why),
         }
     }
 }
@@ -54,21 +64,61 @@ impl From<FsError> for RunError {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    /// An input FIFO; with `sessions`, held read-only so that the end of
+    /// its writers shows (it is in a route that forwards ends).
+    Fifo { fifo: usize, sessions: bool },
+    /// A process's stdout (with stderr when merged).
+    Stdout(usize),
+    /// A process's separate stderr.
+    Stderr(usize),
+    /// A process's stderr, logged line by line (in no route).
+    Log(usize),
+    /// fifod's standard input.
+    Stdin,
+}
+
 #[derive(Debug)]
 struct Source {
-    /// Index into `Footprint::fifos`.
-    fifo: usize,
-    /// Not watched because a blocking sink is full (or the drain is done).
+    kind: SourceKind,
+    name: String,
+    fd: Option<OwnedFd>,
+    /// Registered with epoll (only while it has an fd and is not paused).
+    watched: bool,
+    /// Not read because a blocking sink is full (or the drain took its share).
     paused: bool,
     /// While draining: bytes still to take, counted when shutdown began.
     quota: Option<usize>,
+    /// `Log` sources: the start of a line not yet complete.
+    partial: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkKind {
+    Fifo(usize),
+    /// A process's stdin.
+    Stdin(usize),
+    /// fifod's standard output.
+    Stdout,
 }
 
 #[derive(Debug)]
 struct Sink {
-    fifo: usize,
-    /// Watched for writability: it holds bytes the pipe could not take.
-    waiting: bool,
+    kind: SinkKind,
+    name: String,
+    /// None while a process is down, or an output FIFO is between sessions.
+    fd: Option<OwnedFd>,
+    /// An output FIFO between sessions: a read-only fd that keeps the pipe,
+    /// and the bytes in it, alive without counting as a writer.
+    keep_alive: Option<OwnedFd>,
+    /// Registered for writability: it holds bytes the pipe could not take.
+    watched: bool,
+    /// It cannot take bytes for now (its process closed stdin or is gone for
+    /// good, or fifod's stdout is not a pipe): what comes is dropped, counted.
+    refusing: bool,
+    /// An output FIFO's end waits for its reader to empty it: when to look.
+    end_check: Option<(Instant, Duration)>,
 }
 
 /// Rate-limiting of drop messages for one lane.
@@ -82,8 +132,26 @@ struct DropLog {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Running,
-    Draining { deadline: Instant },
+    /// Taking what the inputs hold, then ending the processes' input, then
+    /// delivering their output, until everything is out or `deadline`.
+    Draining {
+        deadline: Instant,
+        stdins_closed: bool,
+    },
+    /// Processes got SIGTERM (then SIGKILL at `next`).
+    Killing {
+        next: Instant,
+        killed: bool,
+    },
     Done,
+}
+
+/// A process's endpoints, by index.
+#[derive(Debug, Default, Clone, Copy)]
+struct ProcessEnds {
+    stdin: Option<SinkId>,
+    stdout: Option<SourceId>,
+    stderr: Option<SourceId>,
 }
 
 #[derive(Debug)]
@@ -94,62 +162,105 @@ pub struct Daemon {
     relay: Relay,
     sources: Vec<Source>,
     sinks: Vec<Sink>,
+    children: Vec<Supervised>,
+    ends: Vec<ProcessEnds>,
     drop_logs: Vec<DropLog>,
     scratch: Vec<u8>,
     state: State,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
-    match signal {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGHUP => "SIGHUP",
-        _ => "a signal",
-    }
+    Signal::try_from(signal).map_or("a signal", Signal::as_str)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT and a clean shutdown.
 pub fn run(config: Config) -> Result<(), RunError> {
     // Handlers first: a SIGTERM during start must not kill fifod before it
     // can remove what it made.
-    let events = EventLoop::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+    let events = EventLoop::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
         .map_err(|e| RunError::Start(format!("cannot set up the event loop: {e}")))?;
     // Nodes are created private and given their exact mode by fchmod; the
-    // umask must not narrow the first step.
-    umask(NixMode::from_bits_truncate(0o077));
-    let footprint = Footprint::create(&config)?;
-    let mut daemon = Daemon::new(config, footprint, events);
-    if let Err(e) = daemon.watch_all() {
-        daemon.footprint.remove();
-        return Err(RunError::Start(format!("cannot watch the FIFOs: {e}")));
-    }
+    // umask must not narrow that first step. Children get the umask back.
+    let old_umask = umask(NixMode::from_bits_truncate(0o077));
+    let footprint = Footprint::create(&config);
+    umask(old_umask);
+    let mut daemon = Daemon::new(config, footprint?, events)?;
+    daemon.start_all();
     daemon.run_loop();
     Ok(())
 }
 
+/// Whether fifod's own fd 0 or 1 is something epoll can wait on.
+fn is_pipe_or_socket(fd: BorrowedFd<'_>) -> bool {
+    fstat(fd).is_ok_and(|st| {
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        kind == SFlag::S_IFIFO || kind == SFlag::S_IFSOCK
+    })
+}
+
+fn std_stream(raw: libc::c_int) -> Option<OwnedFd> {
+    // SAFETY: fd 0 and 1 are open for the life of the process (or the
+    // borrow is refused by fstat below); the borrow ends before any close.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    if !is_pipe_or_socket(fd) {
+        return None;
+    }
+    let owned = fd.try_clone_to_owned().ok()?;
+    let flags = nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+    Some(owned)
+}
+
 impl Daemon {
-    fn new(config: Config, footprint: Footprint, events: EventLoop) -> Daemon {
-        let position = |name: &str| footprint.fifos.iter().position(|f| f.name == name);
-        let mut sources: Vec<Source> = Vec::new();
-        let mut sinks: Vec<Sink> = Vec::new();
-        let mut source_of = vec![None; footprint.fifos.len()];
-        let mut sink_of = vec![None; footprint.fifos.len()];
+    fn new(
+        config: Config,
+        mut footprint: Footprint,
+        events: EventLoop,
+    ) -> Result<Daemon, RunError> {
+        let forwards_from = |r: &SourceRef| {
+            config
+                .routes
+                .iter()
+                .any(|route| route.eof == Eof::Forward && route.from.contains(r))
+        };
+        let mut sources = Vec::new();
+        let mut sinks = Vec::new();
+        let mut source_ids: HashMap<SourceRef, SourceId> = HashMap::new();
+        let mut sink_ids: HashMap<SinkRef, SinkId> = HashMap::new();
+        let new_source = |kind, name: String| Source {
+            kind,
+            name,
+            fd: None,
+            watched: false,
+            paused: false,
+            quota: None,
+            partial: Vec::new(),
+        };
+        let new_sink = |kind, name: String| Sink {
+            kind,
+            name,
+            fd: None,
+            keep_alive: None,
+            watched: false,
+            refusing: false,
+            end_check: None,
+        };
+
         for (i, spec) in config.fifos.iter().enumerate() {
             match spec.role {
                 Role::Input => {
-                    source_of[i] = Some(sources.len());
-                    sources.push(Source {
-                        fifo: i,
-                        paused: false,
-                        quota: None,
-                    });
+                    let r = SourceRef::Fifo(spec.name.clone());
+                    let sessions = forwards_from(&r);
+                    source_ids.insert(r, sources.len());
+                    sources.push(new_source(
+                        SourceKind::Fifo { fifo: i, sessions },
+                        spec.name.clone(),
+                    ));
                 }
                 Role::Output => {
-                    sink_of[i] = Some(sinks.len());
-                    sinks.push(Sink {
-                        fifo: i,
-                        waiting: false,
-                    });
+                    sink_ids.insert(SinkRef::Fifo(spec.name.clone()), sinks.len());
+                    sinks.push(new_sink(SinkKind::Fifo(i), spec.name.clone()));
                 }
                 Role::Unrouted => info!(
                     "fifo {} is in no route: it is held open but nothing is relayed",
@@ -157,6 +268,56 @@ impl Daemon {
                 ),
             }
         }
+        let named_in_from =
+            |r: &SourceRef| config.routes.iter().any(|route| route.from.contains(r));
+        let named_in_to = |r: &SinkRef| config.routes.iter().any(|route| route.to.contains(r));
+        let mut ends = Vec::new();
+        for (c, spec) in config.processes.iter().enumerate() {
+            let mut e = ProcessEnds::default();
+            let name = &spec.name;
+            if named_in_to(&SinkRef::Process(name.clone())) {
+                e.stdin = Some(sinks.len());
+                sink_ids.insert(SinkRef::Process(name.clone()), sinks.len());
+                sinks.push(new_sink(SinkKind::Stdin(c), name.clone()));
+            }
+            if named_in_from(&SourceRef::Process(name.clone())) {
+                e.stdout = Some(sources.len());
+                source_ids.insert(SourceRef::Process(name.clone()), sources.len());
+                sources.push(new_source(SourceKind::Stdout(c), name.clone()));
+            }
+            let stderr_ref = SourceRef::Stderr(name.clone());
+            if spec.stderr == StderrMode::Separate && named_in_from(&stderr_ref) {
+                e.stderr = Some(sources.len());
+                source_ids.insert(stderr_ref, sources.len());
+                sources.push(new_source(SourceKind::Stderr(c), format!("{name}.stderr")));
+            } else if spec.stderr == StderrMode::Log {
+                e.stderr = Some(sources.len());
+                sources.push(new_source(SourceKind::Log(c), format!("{name}.stderr")));
+            }
+            ends.push(e);
+        }
+        if named_in_from(&SourceRef::Stdin) {
+            let mut source = new_source(SourceKind::Stdin, "stdin".to_string());
+            source.fd = std_stream(libc::STDIN_FILENO);
+            if source.fd.is_none() {
+                info!("stdin is not a pipe: the stdin endpoint carries nothing");
+            }
+            source_ids.insert(SourceRef::Stdin, sources.len());
+            sources.push(source);
+        }
+        if named_in_to(&SinkRef::Stdout) {
+            let mut sink = new_sink(SinkKind::Stdout, "stdout".to_string());
+            sink.fd = std_stream(libc::STDOUT_FILENO);
+            if sink.fd.is_none() {
+                info!(
+                    "stdout is not a pipe: the stdout endpoint carries nothing (bytes are counted as dropped)"
+                );
+                sink.refusing = true;
+            }
+            sink_ids.insert(SinkRef::Stdout, sinks.len());
+            sinks.push(sink);
+        }
+
         let routes: Vec<RouteSpec> = config
             .routes
             .iter()
@@ -164,65 +325,118 @@ impl Daemon {
                 sources: r
                     .from
                     .iter()
-                    .filter_map(|n| position(n).and_then(|i| source_of[i]))
+                    .filter_map(|e| source_ids.get(e).copied())
                     .collect(),
                 sinks: r
                     .to
                     .iter()
-                    .filter_map(|n| position(n).and_then(|i| sink_of[i]))
+                    .filter_map(|e| sink_ids.get(e).copied())
                     .collect(),
                 buffer: usize::try_from(r.buffer.bytes()).unwrap_or(usize::MAX),
                 when_full: r.when_full,
+                forward_eof: r.eof == Eof::Forward,
             })
             .collect();
         let relay = Relay::new(&routes, sources.len(), sinks.len());
 
+        // Take the FIFOs' fds. An input whose ends are forwarded is held
+        // read-only: a write side of fifod's own would hide its writers' end.
+        let mut fail = None;
+        for source in &mut sources {
+            if let SourceKind::Fifo { fifo, sessions } = source.kind {
+                let managed = &mut footprint.fifos[fifo];
+                source.fd = if sessions {
+                    // Linux reports hang-up to a reader that saw a writer
+                    // leave, fifod's own write side included; a reader opened
+                    // after that waits quietly for the first real writer.
+                    // The pipe is never without an fd, so nothing in it is lost.
+                    let first = managed.reopen(Access::Read);
+                    drop(managed.take_fd());
+                    let reader = first.and_then(|first| {
+                        let quiet = managed.reopen(Access::Read);
+                        drop(first);
+                        quiet
+                    });
+                    reader.map_err(|e| fail = Some(e)).ok()
+                } else {
+                    managed.take_fd()
+                };
+            }
+        }
+        for sink in &mut sinks {
+            if let SinkKind::Fifo(fifo) = sink.kind {
+                sink.fd = footprint.fifos[fifo].take_fd();
+            }
+        }
         if let Some(size) = config.daemon.pipe_size {
+            let source_fds = sources
+                .iter()
+                .filter(|s| matches!(s.kind, SourceKind::Fifo { .. }));
+            let sink_fds = sinks.iter().filter(|k| matches!(k.kind, SinkKind::Fifo(_)));
+            for (name, fd) in source_fds
+                .map(|s| (&s.name, s.fd.as_ref()))
+                .chain(sink_fds.map(|k| (&k.name, k.fd.as_ref())))
+            {
+                if let Some(fd) = fd {
+                    resize_pipe(name, fd.as_fd(), size);
+                }
+            }
             for fifo in &footprint.fifos {
-                resize_pipe(&fifo.name, fifo.as_fd(), size);
+                if let Some(fd) = fifo.fd() {
+                    resize_pipe(&fifo.name, fd, size);
+                }
             }
         }
         let drop_logs = relay.lanes().iter().map(|_| DropLog::default()).collect();
-        Daemon {
+        let children = config
+            .processes
+            .iter()
+            .cloned()
+            .map(Supervised::new)
+            .collect();
+        let mut daemon = Daemon {
             config,
             footprint,
             events,
             relay,
             sources,
             sinks,
+            children,
+            ends,
             drop_logs,
             scratch: vec![0; READ_CHUNK],
             state: State::Running,
+        };
+        if let Some(e) = fail {
+            daemon.footprint.remove();
+            return Err(e.into());
         }
+        Ok(daemon)
     }
 
-    /// Registers every source for reading; sinks are watched only while
-    /// they hold bytes.
-    fn watch_all(&self) -> std::io::Result<()> {
-        for (i, source) in self.sources.iter().enumerate() {
-            self.events
-                .add(self.fd(source.fifo), Token::Source(i), Interest::Read)?;
+    fn start_all(&mut self) {
+        for s in 0..self.sources.len() {
+            self.watch_source(s);
         }
-        for (i, sink) in self.sinks.iter().enumerate() {
-            self.events
-                .add(self.fd(sink.fifo), Token::Sink(i), Interest::None)?;
+        for c in 0..self.children.len() {
+            self.start_child(c);
         }
-        Ok(())
-    }
-
-    fn run_loop(&mut self) {
         info!(
-            "ready: {} fifos, {} routes in {}",
+            "ready: {} fifos, {} processes, {} routes in {}",
             self.footprint.fifos.len(),
+            self.children.len(),
             self.config.routes.len(),
             self.config.daemon.dir.display()
         );
+    }
+
+    fn run_loop(&mut self) {
         let mut events = Vec::new();
         while self.state != State::Done {
             events.clear();
             let timeout = self.next_timeout();
             if let Err(e) = self.events.wait(timeout, &mut events) {
-                error!("waiting for events failed: {e}; shutting down");
+                error!("waiting for events failed: {e}; stopping");
                 break;
             }
             for &event in &events {
@@ -238,20 +452,12 @@ impl Daemon {
             Event::Signal(libc::SIGHUP) => {
                 warn!("received SIGHUP: reloading is not supported yet; the running config stays");
             }
+            Event::Signal(libc::SIGCHLD) => self.on_children_exited(),
             Event::Signal(signal) => self.on_stop_signal(signal),
-            Event::Ready { token, .. } if self.state == State::Done => {
-                debug!("ignoring {token:?} after the drain");
-            }
             Event::Ready {
                 token: Token::Source(s),
-                readable,
-                failed,
                 ..
-            } => {
-                if readable || failed {
-                    self.read_source(s);
-                }
-            }
+            } => self.read_source(s),
             Event::Ready {
                 token: Token::Sink(k),
                 ..
@@ -259,116 +465,41 @@ impl Daemon {
         }
     }
 
-    fn fd(&self, fifo: usize) -> BorrowedFd<'_> {
-        self.footprint.fifos[fifo].as_fd()
-    }
+    // ---- Watching fds -------------------------------------------------------
 
-    fn read_source(&mut self, s: SourceId) {
-        let quota = self.sources[s].quota.unwrap_or(usize::MAX);
-        let budget = self.relay.read_budget(s, quota.min(READ_CHUNK));
-        if budget == 0 {
-            self.pause(s);
+    fn watch_source(&mut self, s: SourceId) {
+        let source = &mut self.sources[s];
+        if source.watched || source.paused {
             return;
         }
-        let fifo = self.sources[s].fifo;
-        let fds = &self.footprint.fifos;
-        let n = match nix::unistd::read(fds[fifo].as_fd(), &mut self.scratch[..budget]) {
-            Ok(n) => n,
-            Err(Errno::EAGAIN | Errno::EINTR) => return,
-            Err(e) => {
-                error!(
-                    "fifo {}: read failed: {}; no longer reading it",
-                    fds[fifo].name,
-                    e.desc()
-                );
-                self.pause(s);
-                return;
+        if let Some(fd) = &source.fd {
+            match self
+                .events
+                .add(fd.as_fd(), Token::Source(s), Interest::Read)
+            {
+                Ok(()) => source.watched = true,
+                Err(e) => error!("{}: cannot watch: {e}", source.name),
             }
-        };
-        if n == 0 {
-            // fifod holds the write side too, so this cannot be a writer's EOF.
-            return;
-        }
-        if let Some(q) = &mut self.sources[s].quota {
-            *q = q.saturating_sub(n);
-        }
-        let sinks = &self.sinks;
-        self.relay.ingest(s, &self.scratch[..n], |k, bytes| {
-            write_some(fds[sinks[k].fifo].as_fd(), bytes)
-        });
-        let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
-        for k in fed {
-            if !self.sinks[k].waiting && self.relay.held_for(k) > 0 {
-                self.flush(k);
-            }
-        }
-        let lanes: Vec<LaneId> = (0..self.relay.lanes().len())
-            .filter(|&l| self.relay.lanes()[l].stats().dropped > self.drop_logs[l].reported)
-            .collect();
-        for l in lanes {
-            self.note_drops(l);
-        }
-        let done = self.sources[s].quota == Some(0);
-        if done || self.relay.read_budget(s, 1) == 0 {
-            self.pause(s);
         }
     }
 
-    /// Writes what `sink` holds until it is empty or the pipe is full.
-    fn flush(&mut self, k: SinkId) {
-        let fifo = self.sinks[k].fifo;
-        while let Some((lane, bytes)) = self.relay.pending(k) {
-            let len = bytes.len();
-            match nix::unistd::write(self.footprint.fifos[fifo].as_fd(), bytes) {
-                Ok(n) => {
-                    self.relay.delivered(lane, n);
-                    if n < len {
-                        break;
-                    }
-                }
-                Err(Errno::EAGAIN) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    let lost = self.relay.discard(k);
-                    error!(
-                        "fifo {}: write failed: {}; {lost} held bytes dropped",
-                        self.footprint.fifos[fifo].name,
-                        e.desc()
-                    );
-                    break;
-                }
-            }
+    fn unwatch_source(&mut self, s: SourceId) {
+        let source = &mut self.sources[s];
+        if let (true, Some(fd)) = (source.watched, &source.fd) {
+            let _ = self.events.remove(fd.as_fd());
         }
-        let waiting = self.relay.held_for(k) > 0;
-        if waiting != self.sinks[k].waiting {
-            self.sinks[k].waiting = waiting;
-            let interest = if waiting {
-                Interest::Write
-            } else {
-                Interest::None
-            };
-            self.watch(fifo, Token::Sink(k), interest);
-        }
-        let feeding: Vec<SourceId> = self.relay.sources_feeding(k).collect();
-        for s in feeding {
-            self.resume_if_room(s);
-        }
+        source.watched = false;
     }
 
-    fn watch(&self, fifo: usize, token: Token, interest: Interest) {
-        if let Err(e) = self.events.set(self.fd(fifo), token, interest) {
-            error!(
-                "fifo {}: cannot change what is watched: {e}",
-                self.footprint.fifos[fifo].name
-            );
-        }
+    fn set_source_fd(&mut self, s: SourceId, fd: Option<OwnedFd>) {
+        self.unwatch_source(s);
+        self.sources[s].fd = fd;
+        self.watch_source(s);
     }
 
     fn pause(&mut self, s: SourceId) {
-        if !self.sources[s].paused {
-            self.sources[s].paused = true;
-            self.watch(self.sources[s].fifo, Token::Source(s), Interest::None);
-        }
+        self.unwatch_source(s);
+        self.sources[s].paused = true;
     }
 
     fn resume_if_room(&mut self, s: SourceId) {
@@ -378,7 +509,652 @@ impl Daemon {
         }
         if self.relay.read_budget(s, RESUME_AT) >= RESUME_AT {
             self.sources[s].paused = false;
-            self.watch(self.sources[s].fifo, Token::Source(s), Interest::Read);
+            self.watch_source(s);
+        }
+    }
+
+    fn set_sink_watched(&mut self, k: SinkId, watched: bool) {
+        let sink = &mut self.sinks[k];
+        let Some(fd) = &sink.fd else {
+            sink.watched = false;
+            return;
+        };
+        if sink.watched == watched {
+            return;
+        }
+        let result = if watched {
+            self.events.add(fd.as_fd(), Token::Sink(k), Interest::Write)
+        } else {
+            self.events.remove(fd.as_fd())
+        };
+        match result {
+            Ok(()) => sink.watched = watched,
+            Err(e) => error!("{}: cannot watch: {e}", sink.name),
+        }
+    }
+
+    fn set_sink_fd(&mut self, k: SinkId, fd: Option<OwnedFd>) {
+        self.set_sink_watched(k, false);
+        self.sinks[k].fd = fd;
+    }
+
+    // ---- Moving bytes -------------------------------------------------------
+
+    fn read_source(&mut self, s: SourceId) {
+        let quota = self.sources[s].quota.unwrap_or(usize::MAX);
+        let budget = self.relay.read_budget(s, quota.min(READ_CHUNK));
+        if budget == 0 {
+            self.pause(s);
+            return;
+        }
+        let Some(fd) = &self.sources[s].fd else {
+            return;
+        };
+        let n = match nix::unistd::read(fd.as_fd(), &mut self.scratch[..budget]) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN | Errno::EINTR) => return,
+            Err(e) => {
+                error!(
+                    "{}: read failed: {}; no longer reading it",
+                    self.sources[s].name,
+                    e.desc()
+                );
+                self.set_source_fd(s, None);
+                return;
+            }
+        };
+        if n == 0 {
+            self.source_ended(s);
+            return;
+        }
+        if let Some(q) = &mut self.sources[s].quota {
+            *q = q.saturating_sub(n);
+        }
+        if matches!(self.sources[s].kind, SourceKind::Log(_)) {
+            self.log_lines(s, n);
+        } else {
+            let sinks = &self.sinks;
+            self.relay
+                .ingest(s, &self.scratch[..n], |k, bytes| match &sinks[k] {
+                    Sink {
+                        fd: Some(fd),
+                        refusing: false,
+                        ..
+                    } => write_some(fd.as_fd(), bytes),
+                    _ => 0,
+                });
+            let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
+            for k in fed {
+                if !self.sinks[k].watched && self.relay.held_for(k) > 0 {
+                    self.flush(k);
+                }
+                self.note_drops_of_sink(k);
+            }
+        }
+        if self.sources[s].quota == Some(0) || self.relay.read_budget(s, 1) == 0 {
+            self.pause(s);
+        }
+    }
+
+    /// A source's session ended: its writers all left, its process closed
+    /// stdout, or fifod's stdin reached EOF.
+    fn source_ended(&mut self, s: SourceId) {
+        match self.sources[s].kind {
+            SourceKind::Fifo {
+                fifo,
+                sessions: true,
+            } => {
+                // Open it afresh: the new fd waits quietly for the next writer.
+                let fresh = self.footprint.fifos[fifo].reopen(Access::Read);
+                match fresh {
+                    Ok(fd) => self.set_source_fd(s, Some(fd)),
+                    Err(e) => {
+                        error!("fifo {}: {e}; no longer reading it", self.sources[s].name);
+                        self.set_source_fd(s, None);
+                    }
+                }
+            }
+            // fifod holds the write side too: a writer's close is no EOF.
+            SourceKind::Fifo {
+                sessions: false, ..
+            } => return,
+            SourceKind::Log(_) => {
+                self.flush_log_line(s);
+                self.set_source_fd(s, None);
+            }
+            SourceKind::Stdout(_) | SourceKind::Stderr(_) => self.set_source_fd(s, None),
+            SourceKind::Stdin => {
+                info!("stdin reached EOF");
+                self.set_source_fd(s, None);
+            }
+        }
+        debug!("{}: end of session", self.sources[s].name);
+        if self.relay.source_ended(s) {
+            let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
+            for k in fed {
+                self.flush(k);
+            }
+        }
+    }
+
+    /// Writes what `sink` holds until it is empty, the pipe is full, or an
+    /// end must wait; delivers ends that are due.
+    fn flush(&mut self, k: SinkId) {
+        loop {
+            if self.sinks[k].refusing {
+                self.relay.discard(k);
+                break;
+            }
+            if self.relay.end_due(k) {
+                if !self.deliver_end(k) {
+                    break;
+                }
+                self.relay.end_delivered(k);
+                continue;
+            }
+            let Some((lane, bytes)) = self.relay.pending(k) else {
+                break;
+            };
+            let len = bytes.len();
+            let Some(fd) = &self.sinks[k].fd else {
+                if self.reopen_sink(k) {
+                    continue;
+                }
+                break;
+            };
+            match nix::unistd::write(fd.as_fd(), bytes) {
+                Ok(n) => {
+                    self.relay.delivered(lane, n);
+                    if n < len {
+                        break;
+                    }
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EPIPE) => self.sink_closed(k),
+                Err(e) => {
+                    let lost = self.relay.discard(k);
+                    error!(
+                        "{}: write failed: {}; {lost} held bytes dropped",
+                        self.sinks[k].name,
+                        e.desc()
+                    );
+                    break;
+                }
+            }
+        }
+        let sink = &self.sinks[k];
+        let waiting = sink.fd.is_some() && !sink.refusing && self.relay.pending(k).is_some();
+        self.set_sink_watched(k, waiting);
+        self.note_drops_of_sink(k);
+        let feeding: Vec<SourceId> = self.relay.sources_feeding(k).collect();
+        for s in feeding {
+            self.resume_if_room(s);
+        }
+    }
+
+    /// The reader of a sink went away for good (EPIPE): a process closed its
+    /// stdin, or the consumer of fifod's stdout left.
+    fn sink_closed(&mut self, k: SinkId) {
+        let name = &self.sinks[k].name;
+        match self.sinks[k].kind {
+            SinkKind::Stdin(_) => warn!(
+                "process {name} closed its stdin: what it did not take is dropped until it restarts"
+            ),
+            SinkKind::Stdout => {
+                warn!("the reader of stdout went away: what is routed there is dropped")
+            }
+            SinkKind::Fifo(_) => warn!("fifo {name}: unexpected EPIPE"),
+        }
+        self.set_sink_fd(k, None);
+        self.sinks[k].refusing = true;
+    }
+
+    /// Gives `sink` the end of a session. Returns false when it must wait.
+    fn deliver_end(&mut self, k: SinkId) -> bool {
+        match self.sinks[k].kind {
+            SinkKind::Stdin(_) => {
+                if self.sinks[k].fd.is_some() {
+                    debug!(
+                        "process {}: closing stdin at the end of a session",
+                        self.sinks[k].name
+                    );
+                }
+                self.set_sink_fd(k, None);
+                true
+            }
+            SinkKind::Stdout => {
+                self.set_sink_fd(k, None);
+                self.sinks[k].refusing = true;
+                true
+            }
+            SinkKind::Fifo(fifo) => {
+                let Some(fd) = &self.sinks[k].fd else {
+                    return true;
+                };
+                // The reader gets EOF once fifod's write side is closed and
+                // the pipe is empty; closing earlier would make a reader
+                // that comes later wait for the next session's writer.
+                if pipe::queued_bytes(fd.as_fd()) > 0 {
+                    let now = Instant::now();
+                    let delay = match self.sinks[k].end_check {
+                        Some((_, last)) => (last * 2).min(END_POLL_MAX),
+                        None => END_POLL_FIRST,
+                    };
+                    self.sinks[k].end_check = Some((now + delay, delay));
+                    return false;
+                }
+                self.sinks[k].end_check = None;
+                match self.footprint.fifos[fifo].reopen(Access::Read) {
+                    Ok(keep_alive) => {
+                        self.sinks[k].keep_alive = Some(keep_alive);
+                        self.set_sink_fd(k, None);
+                        debug!("fifo {}: end of session delivered", self.sinks[k].name);
+                        true
+                    }
+                    Err(e) => {
+                        error!(
+                            "fifo {}: {e}; its bytes are dropped from now on",
+                            self.sinks[k].name
+                        );
+                        self.set_sink_fd(k, None);
+                        self.sinks[k].refusing = true;
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens an output FIFO's write side again for a new session. A process
+    /// that is down has no stdin: its bytes wait for the restart.
+    fn reopen_sink(&mut self, k: SinkId) -> bool {
+        let SinkKind::Fifo(fifo) = self.sinks[k].kind else {
+            return false;
+        };
+        match self.footprint.fifos[fifo].reopen(Access::ReadWrite) {
+            Ok(fd) => {
+                self.sinks[k].fd = Some(fd);
+                self.sinks[k].keep_alive = None;
+                true
+            }
+            Err(e) => {
+                error!(
+                    "fifo {}: {e}; its bytes are dropped from now on",
+                    self.sinks[k].name
+                );
+                self.sinks[k].refusing = true;
+                false
+            }
+        }
+    }
+
+    fn log_lines(&mut self, s: SourceId, n: usize) {
+        let source = &mut self.sources[s];
+        source.partial.extend_from_slice(&self.scratch[..n]);
+        while let Some(end) = source.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = source.partial.drain(..=end).collect();
+            warn!(
+                "{}: {}",
+                source.name,
+                String::from_utf8_lossy(&line[..line.len() - 1])
+            );
+        }
+        if source.partial.len() > MAX_LOG_LINE {
+            self.flush_log_line(s);
+        }
+    }
+
+    fn flush_log_line(&mut self, s: SourceId) {
+        let source = &mut self.sources[s];
+        if !source.partial.is_empty() {
+            warn!(
+                "{}: {}",
+                source.name,
+                String::from_utf8_lossy(&source.partial)
+            );
+            source.partial.clear();
+        }
+    }
+
+    // ---- Processes ----------------------------------------------------------
+
+    fn start_child(&mut self, c: usize) {
+        let ends = self.ends[c];
+        let wiring = Wiring {
+            stdin: ends.stdin.is_some(),
+            stdout: ends.stdout.is_some(),
+            stderr: ends.stderr.is_some(),
+        };
+        let now = Instant::now();
+        match child::spawn(&self.children[c].spec, wiring) {
+            Ok((pid, pipes)) => {
+                info!("started process {} (pid {pid})", self.children[c].name());
+                self.children[c].started(pid, now);
+                if let Some(k) = ends.stdin {
+                    self.set_sink_fd(k, pipes.stdin);
+                    self.sinks[k].refusing = false;
+                    self.flush(k);
+                }
+                for (s, fd) in [(ends.stdout, pipes.stdout), (ends.stderr, pipes.stderr)] {
+                    if let Some(s) = s {
+                        if self.sources[s].fd.is_some() {
+                            warn!(
+                                "{}: the previous instance's output is still open (held by a \
+                                 process it started?); fifod stops reading it",
+                                self.sources[s].name
+                            );
+                        }
+                        self.sources[s].partial.clear();
+                        self.set_source_fd(s, fd);
+                    }
+                }
+            }
+            Err(e) => {
+                error!("cannot start process {}: {e}", self.children[c].name());
+                self.child_exited(c, None, Exit::SpawnFailed);
+            }
+        }
+    }
+
+    fn on_children_exited(&mut self) {
+        for (pid, how) in child::reap() {
+            match self.children.iter().position(|c| c.pid == Some(pid)) {
+                Some(c) => self.child_exited(c, Some(pid), how),
+                None => debug!("reaped pid {pid}, {how}"),
+            }
+        }
+    }
+
+    fn child_exited(&mut self, c: usize, pid: Option<nix::unistd::Pid>, how: Exit) {
+        let stopping = self.state != State::Running;
+        let now = Instant::now();
+        let restart_at = self.children[c].exited(how, now, stopping);
+        let name = self.children[c].name().to_string();
+        let pid = pid.map_or(String::new(), |p| format!(" (pid {p})"));
+        let next = match restart_at {
+            Some(at) => format!("; restarting in {}", format_duration(at - now)),
+            None if stopping => String::new(),
+            None => "; it will not be restarted".to_string(),
+        };
+        if how.success() {
+            info!("process {name}{pid} {how}{next}");
+        } else {
+            warn!("process {name}{pid} {how}{next}");
+        }
+        // Its stdout and stderr are read to their end; its stdin is gone.
+        if let Some(k) = self.ends[c].stdin {
+            self.set_sink_fd(k, None);
+            if restart_at.is_none() {
+                self.sinks[k].refusing = true;
+                let lost = self.relay.discard(k);
+                if lost > 0 {
+                    warn!("process {name}: {lost} bytes held for its stdin are dropped");
+                }
+                self.flush(k);
+            }
+        }
+    }
+
+    // ---- Timers and shutdown ------------------------------------------------
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next = self.drop_logs.iter().filter_map(|d| d.due).min();
+        let mut consider = |at: Option<Instant>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        };
+        for child in &self.children {
+            consider(child.restart_at);
+        }
+        for sink in &self.sinks {
+            consider(sink.end_check.map(|(at, _)| at));
+        }
+        match self.state {
+            State::Draining { deadline, .. } => {
+                consider(Some(deadline));
+                consider(Some(now + DRAIN_POLL));
+            }
+            State::Killing { next, .. } => consider(Some(next)),
+            State::Running | State::Done => {}
+        }
+        next.map(|at| at.saturating_duration_since(now))
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        for l in 0..self.drop_logs.len() {
+            if self.drop_logs[l].due.is_some_and(|due| due <= now) {
+                self.log_drops(l, now);
+            }
+        }
+        for k in 0..self.sinks.len() {
+            if self.sinks[k].end_check.is_some_and(|(at, _)| at <= now) {
+                self.flush(k);
+            }
+        }
+        if self.state == State::Running {
+            for c in 0..self.children.len() {
+                if self.children[c].restart_at.is_some_and(|at| at <= now) {
+                    self.start_child(c);
+                }
+            }
+        }
+        self.advance_shutdown(now);
+    }
+
+    fn on_stop_signal(&mut self, signal: libc::c_int) {
+        let name = signal_name(signal);
+        match self.state {
+            State::Running => {
+                let timeout = self.config.daemon.shutdown_timeout;
+                info!(
+                    "received {name}: draining for up to {} (send it again to stop at once)",
+                    format_duration(timeout)
+                );
+                self.state = State::Draining {
+                    deadline: Instant::now() + timeout,
+                    stdins_closed: false,
+                };
+                for child in &mut self.children {
+                    child.restart_at = None;
+                }
+                // Take what writers already put in the inputs, and no more.
+                for s in 0..self.sources.len() {
+                    if matches!(
+                        self.sources[s].kind,
+                        SourceKind::Fifo { .. } | SourceKind::Stdin
+                    ) {
+                        let queued = self.sources[s]
+                            .fd
+                            .as_ref()
+                            .map_or(0, |fd| pipe::queued_bytes(fd.as_fd()));
+                        self.sources[s].quota = Some(queued);
+                        if queued == 0 {
+                            self.pause(s);
+                        }
+                    }
+                }
+            }
+            State::Draining { .. } => {
+                info!("received {name} again: skipping the rest of the drain");
+                self.stop_children(Instant::now());
+            }
+            State::Killing { .. } | State::Done => {}
+        }
+    }
+
+    fn advance_shutdown(&mut self, now: Instant) {
+        match self.state {
+            State::Running | State::Done => {}
+            State::Draining {
+                deadline,
+                stdins_closed,
+            } => {
+                let inputs_done = self.sources.iter().all(|s| s.quota.is_none_or(|q| q == 0));
+                if !stdins_closed && inputs_done {
+                    let held_for_children = self
+                        .ends
+                        .iter()
+                        .filter_map(|e| e.stdin)
+                        .any(|k| self.relay.held_for(k) > 0 && !self.sinks[k].refusing);
+                    if !held_for_children {
+                        self.close_child_stdins();
+                        self.state = State::Draining {
+                            deadline,
+                            stdins_closed: true,
+                        };
+                    }
+                }
+                if self.drained() {
+                    info!("drain complete");
+                    self.state = State::Done;
+                } else if now >= deadline {
+                    warn!(
+                        "shutdown_timeout ({}) reached before everything was delivered",
+                        format_duration(self.config.daemon.shutdown_timeout)
+                    );
+                    self.stop_children(now);
+                }
+            }
+            State::Killing { next, killed } => {
+                if self.children.iter().all(|c| c.pid.is_none()) {
+                    self.state = State::Done;
+                } else if now >= next && !killed {
+                    for child in &self.children {
+                        if let Some(pid) = child.pid {
+                            warn!("process {} did not exit: sending SIGKILL", child.name());
+                            child::signal_group(pid, Signal::SIGKILL);
+                        }
+                    }
+                    self.state = State::Killing {
+                        next: now + KILL_GRACE,
+                        killed: true,
+                    };
+                } else if now >= next {
+                    // SIGKILL cannot be ignored; leave the waiting to finish().
+                    self.state = State::Done;
+                }
+            }
+        }
+    }
+
+    fn close_child_stdins(&mut self) {
+        for c in 0..self.ends.len() {
+            if let Some(k) = self.ends[c].stdin {
+                self.set_sink_fd(k, None);
+                self.sinks[k].refusing = true;
+            }
+        }
+    }
+
+    /// SIGTERM to every running process's group; SIGKILL follows.
+    fn stop_children(&mut self, now: Instant) {
+        self.close_child_stdins();
+        let mut any = false;
+        for child in &self.children {
+            if let Some(pid) = child.pid {
+                info!("sending SIGTERM to process {} (pid {pid})", child.name());
+                child::signal_group(pid, Signal::SIGTERM);
+                any = true;
+            }
+        }
+        self.state = if any {
+            State::Killing {
+                next: now + KILL_GRACE,
+                killed: false,
+            }
+        } else {
+            State::Done
+        };
+    }
+
+    fn drained(&self) -> bool {
+        let State::Draining {
+            stdins_closed: true,
+            ..
+        } = self.state
+        else {
+            return false;
+        };
+        self.children.iter().all(|c| c.pid.is_none())
+            && self.sources.iter().all(|s| match s.kind {
+                SourceKind::Fifo { .. } | SourceKind::Stdin => s.quota.is_none_or(|q| q == 0),
+                _ => s.fd.is_none(),
+            })
+            && self.relay.held_total() == self.refused_held()
+            && self.sinks.iter().all(|k| match (&k.kind, &k.fd) {
+                (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()) == 0,
+                _ => true,
+            })
+    }
+
+    /// Bytes held for sinks that will never take them.
+    fn refused_held(&self) -> usize {
+        (0..self.sinks.len())
+            .filter(|&k| self.sinks[k].refusing)
+            .map(|k| self.relay.held_for(k))
+            .sum()
+    }
+
+    /// Reports what was relayed and what is left, makes sure no process is
+    /// left, then removes the footprint.
+    fn finish(&mut self) {
+        for child in &mut self.children {
+            if let Some(pid) = child.pid.take() {
+                child::signal_group(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+        }
+        for l in 0..self.relay.lanes().len() {
+            let lane = &self.relay.lanes()[l];
+            let s = lane.stats();
+            info!(
+                "stats {}: accepted={} delivered={} dropped={} undelivered={}",
+                self.lane_name(l),
+                s.accepted,
+                s.delivered,
+                s.dropped,
+                lane.held()
+            );
+        }
+        for (k, sink) in self.sinks.iter().enumerate() {
+            let held = self.relay.held_for(k);
+            let unread = match (&sink.kind, sink.fd.as_ref().or(sink.keep_alive.as_ref())) {
+                (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()),
+                _ => 0,
+            };
+            if held + unread > 0 {
+                warn!(
+                    "{}: {} bytes undelivered ({held} held by fifod, {unread} unread in the pipe)",
+                    sink.name,
+                    held + unread
+                );
+            }
+        }
+        for source in &self.sources {
+            let left = source
+                .fd
+                .as_ref()
+                .map_or(0, |fd| pipe::queued_bytes(fd.as_fd()));
+            if left > 0 {
+                warn!("{}: {left} bytes left unread", source.name);
+            }
+        }
+        self.footprint.remove();
+        info!("stopped");
+    }
+
+    // ---- Drop reports -------------------------------------------------------
+
+    fn note_drops_of_sink(&mut self, k: SinkId) {
+        let lanes: Vec<LaneId> = self.relay.lanes_of_sink(k).to_vec();
+        for l in lanes {
+            if self.relay.lanes()[l].stats().dropped > self.drop_logs[l].reported {
+                self.note_drops(l);
+            }
         }
     }
 
@@ -413,114 +1189,7 @@ impl Daemon {
 
     fn lane_name(&self, l: LaneId) -> String {
         let lane = &self.relay.lanes()[l];
-        let sink = &self.footprint.fifos[self.sinks[lane.sink].fifo].name;
-        format!("route[{}] -> {sink}", lane.route)
-    }
-
-    fn next_timeout(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let mut next = self.drop_logs.iter().filter_map(|d| d.due).min();
-        if let State::Draining { deadline } = self.state {
-            let tick = now + DRAIN_POLL;
-            next = Some(next.map_or(tick, |n| n.min(tick)).min(deadline));
-        }
-        next.map(|at| at.saturating_duration_since(now))
-    }
-
-    fn on_timers(&mut self) {
-        let now = Instant::now();
-        for l in 0..self.drop_logs.len() {
-            if self.drop_logs[l].due.is_some_and(|due| due <= now) {
-                self.log_drops(l, now);
-            }
-        }
-        if let State::Draining { deadline } = self.state {
-            if self.drained() {
-                info!("drain complete");
-                self.state = State::Done;
-            } else if now >= deadline {
-                warn!(
-                    "shutdown_timeout ({}) reached before everything was delivered",
-                    format_duration(self.config.daemon.shutdown_timeout)
-                );
-                self.state = State::Done;
-            }
-        }
-    }
-
-    fn on_stop_signal(&mut self, signal: libc::c_int) {
-        let name = signal_name(signal);
-        match self.state {
-            State::Running => {
-                let timeout = self.config.daemon.shutdown_timeout;
-                info!(
-                    "received {name}: draining for up to {} (send it again to stop at once)",
-                    format_duration(timeout)
-                );
-                self.state = State::Draining {
-                    deadline: Instant::now() + timeout,
-                };
-                // Take what writers already put in the inputs, and no more.
-                for s in 0..self.sources.len() {
-                    let queued = pipe::queued_bytes(self.fd(self.sources[s].fifo));
-                    self.sources[s].quota = Some(queued);
-                    if queued == 0 {
-                        self.pause(s);
-                    }
-                }
-            }
-            State::Draining { .. } => {
-                info!("received {name} again: skipping the rest of the drain");
-                self.state = State::Done;
-            }
-            State::Done => {}
-        }
-    }
-
-    fn drained(&self) -> bool {
-        self.sources.iter().all(|s| s.quota == Some(0))
-            && self.relay.held_total() == 0
-            && self
-                .sinks
-                .iter()
-                .all(|k| pipe::queued_bytes(self.fd(k.fifo)) == 0)
-    }
-
-    /// Reports what was relayed and what is left, then removes the footprint.
-    fn finish(&mut self) {
-        for (l, lane) in self.relay.lanes().iter().enumerate() {
-            let s = lane.stats();
-            info!(
-                "stats {}: accepted={} delivered={} dropped={} undelivered={}",
-                self.lane_name(l),
-                s.accepted,
-                s.delivered,
-                s.dropped,
-                lane.held()
-            );
-        }
-        for (k, sink) in self.sinks.iter().enumerate() {
-            let held = self.relay.held_for(k);
-            let unread = pipe::queued_bytes(self.fd(sink.fifo));
-            if held + unread > 0 {
-                warn!(
-                    "fifo {}: {} bytes undelivered ({held} held by fifod, {unread} unread in the pipe)",
-                    self.footprint.fifos[sink.fifo].name,
-                    held + unread
-                );
-            }
-        }
-        for source in &self.sources {
-            let left = pipe::queued_bytes(self.fd(source.fifo));
-            if left > 0 {
-                warn!(
-                    "fifo {}: {left} bytes left unread in the input",
-                    self.footprint.fifos[source.fifo].name
-                );
-            }
-        }
-        self.footprint.remove();
-        info!("stopped");
+        format!("route[{}] -> {}", lane.route, self.sinks[lane.sink].name)
     }
 }
 

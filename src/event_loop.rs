@@ -1,7 +1,7 @@
-//! The one place epoll is called. Level-triggered throughout: a sink that
-//! cannot take more is watched for writability only while it holds bytes, and
-//! a source whose sinks are full is not watched at all, so a full pipe never
-//! causes a wake-up storm and an idle daemon sleeps in `epoll_wait` for good.
+//! The one place epoll is called. Level-triggered throughout: a sink is
+//! watched for writability only while it holds bytes the pipe could not take,
+//! and a source whose sinks are full is not watched at all, so a full pipe
+//! never causes a wake-up storm and an idle daemon sleeps in `epoll_wait`.
 //!
 //! Signals arrive here too: each handled signal writes a byte into its own
 //! socket pair (signal-hook's self-pipe), and the loop reports it as an event.
@@ -24,7 +24,6 @@ pub enum Token {
 /// Which readiness to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interest {
-    None,
     Read,
     Write,
 }
@@ -55,7 +54,6 @@ fn encode(token: Token) -> u64 {
 
 fn flags(interest: Interest) -> EpollFlags {
     match interest {
-        Interest::None => EpollFlags::empty(),
         Interest::Read => EpollFlags::EPOLLIN,
         Interest::Write => EpollFlags::EPOLLOUT,
     }
@@ -96,9 +94,11 @@ impl EventLoop {
         Ok(())
     }
 
-    pub fn set(&self, fd: BorrowedFd<'_>, token: Token, interest: Interest) -> io::Result<()> {
-        let mut event = EpollEvent::new(flags(interest), encode(token));
-        self.epoll.modify(fd, &mut event)?;
+    /// Stops watching `fd`. Sources and sinks are removed rather than given
+    /// an empty interest, because hang-up and error are reported whatever
+    /// the interest, and a closed pipe would otherwise wake the loop forever.
+    pub fn remove(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.epoll.delete(fd)?;
         Ok(())
     }
 

@@ -151,7 +151,8 @@ impl Entry {
 pub struct ManagedFifo {
     pub name: String,
     pub path: PathBuf,
-    pub fd: OwnedFd,
+    /// The read-write fd opened at start, until the daemon takes it.
+    fd: Option<OwnedFd>,
     /// It was already there at start (left by a crash, say).
     pub adopted: bool,
     entry: Entry,
@@ -464,7 +465,7 @@ fn open_fifo(parent: &Rc<OwnedFd>, spec: &FifoConfig) -> Result<ManagedFifo, FsE
     Ok(ManagedFifo {
         name: spec.name.clone(),
         path: path.to_owned(),
-        fd,
+        fd: Some(fd),
         adopted: before.is_some(),
         entry,
     })
@@ -569,8 +570,49 @@ fn take_lock(dir: &Rc<OwnedFd>, dir_path: &Path) -> Result<(File, Entry), FsErro
     Err(refused(&path, "the lock file keeps being replaced"))
 }
 
+/// How to open a managed FIFO again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read-only: as an input, it reports hang-up once its writers have all
+    /// gone; as a spare fd on an output, it keeps the pipe and its bytes
+    /// alive without counting as a writer.
+    Read,
+    /// Read-write: never sees EOF nor EPIPE.
+    ReadWrite,
+}
+
 impl ManagedFifo {
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The read-write fd opened at start, if the daemon has not taken it.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Hands the read-write fd opened at start to the caller.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+
+    /// Opens the FIFO again, non-blocking, and only if the path still names
+    /// the node fifod made or adopted.
+    pub fn reopen(&self, access: Access) -> Result<OwnedFd, FsError> {
+        let mode = match access {
+            Access::Read => OFlag::O_RDONLY,
+            Access::ReadWrite => OFlag::O_RDWR,
+        };
+        let fd = openat(
+            self.entry.parent.as_fd(),
+            self.entry.name.as_os_str(),
+            mode | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            NixMode::empty(),
+        )
+        .map_err(failed(&self.path, "open FIFO"))?;
+        let st = fstat(&fd).map_err(failed(&self.path, "inspect"))?;
+        if NodeId::of(&st) != self.entry.id {
+            return Err(refused(
+                &self.path,
+                "it is no longer the FIFO fifod made (replaced by someone else)",
+            ));
+        }
+        Ok(fd)
     }
 }

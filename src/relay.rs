@@ -8,6 +8,11 @@
 //! A *lane* is one (route, sink) pair: each has its own buffer, bounded by the
 //! route's `buffer`, and its own counters. For every lane, at all times,
 //! `accepted = delivered + held + dropped`.
+//!
+//! On routes with `eof = "forward"`, a lane also holds *end markers*: when
+//! every source of the route has ended its session, each lane gets a marker
+//! after its last byte. A sink is given its end once every lane feeding it
+//! has reached a marker, and not a byte of the next session before that.
 
 use std::collections::VecDeque;
 
@@ -33,6 +38,10 @@ pub struct Lane {
     pub route: usize,
     pub sink: SinkId,
     held: VecDeque<u8>,
+    /// Stream offset of `held[0]`: bytes ever removed from the front.
+    front: u64,
+    /// Stream offsets at which a session ends, oldest first.
+    ends: VecDeque<u64>,
     capacity: usize,
     policy: WhenFull,
     stats: LaneStats,
@@ -53,6 +62,34 @@ impl Lane {
 
     fn free(&self) -> usize {
         self.capacity.saturating_sub(self.held.len())
+    }
+
+    /// Nothing to write and no end to deliver.
+    fn is_idle(&self) -> bool {
+        self.held.is_empty() && self.ends.is_empty()
+    }
+
+    /// The next end marker has been reached: no byte may go before it is given.
+    fn at_end(&self) -> bool {
+        self.ends.front().is_some_and(|&end| end <= self.front)
+    }
+
+    /// Bytes that may be written now: up to the next end marker.
+    fn writable(&self) -> &[u8] {
+        let first = self.held.as_slices().0;
+        match self.ends.front() {
+            Some(&end) => {
+                let before_end =
+                    usize::try_from(end.saturating_sub(self.front)).unwrap_or(usize::MAX);
+                &first[..first.len().min(before_end)]
+            }
+            None => first,
+        }
+    }
+
+    fn remove_front(&mut self, n: usize) {
+        self.held.drain(..n);
+        self.front += n as u64;
     }
 
     /// Takes `data` after `direct` bytes of it were already written straight
@@ -78,9 +115,13 @@ impl Lane {
             WhenFull::DropOldest => {
                 let keep_new = rest.len().min(self.capacity);
                 let drop_old = (self.held.len() + keep_new).saturating_sub(self.capacity);
-                self.held.drain(..drop_old);
-                self.held.extend(&rest[rest.len() - keep_new..]);
-                self.stats.dropped += (drop_old + rest.len() - keep_new) as u64;
+                let drop_new = rest.len() - keep_new;
+                self.remove_front(drop_old);
+                // Bytes dropped before they were ever held still move the
+                // stream on: an end marker stays after the bytes it followed.
+                self.front += drop_new as u64;
+                self.held.extend(&rest[drop_new..]);
+                self.stats.dropped += (drop_old + drop_new) as u64;
             }
         }
     }
@@ -93,6 +134,8 @@ pub struct RouteSpec {
     pub sinks: Vec<SinkId>,
     pub buffer: usize,
     pub when_full: WhenFull,
+    /// Pass the end of the sources' sessions on to the sinks.
+    pub forward_eof: bool,
 }
 
 #[derive(Debug)]
@@ -106,6 +149,16 @@ pub struct Relay {
     lane_sources: Vec<Vec<SourceId>>,
     /// Round-robin position among a sink's lanes, so no route starves another.
     sink_turn: Vec<usize>,
+    routes: Vec<RouteState>,
+}
+
+#[derive(Debug)]
+struct RouteState {
+    sources: Vec<SourceId>,
+    lanes: Vec<LaneId>,
+    forward_eof: bool,
+    /// Which sources have ended their current session.
+    ended: Vec<bool>,
 }
 
 impl Relay {
@@ -116,14 +169,24 @@ impl Relay {
             sink_lanes: vec![Vec::new(); sinks],
             lane_sources: Vec::new(),
             sink_turn: vec![0; sinks],
+            routes: Vec::new(),
         };
         for (route_index, route) in routes.iter().enumerate() {
+            relay.routes.push(RouteState {
+                sources: route.sources.clone(),
+                lanes: Vec::new(),
+                forward_eof: route.forward_eof,
+                ended: vec![false; route.sources.len()],
+            });
             for &sink in &route.sinks {
                 let lane = relay.lanes.len();
+                relay.routes[route_index].lanes.push(lane);
                 relay.lanes.push(Lane {
                     route: route_index,
                     sink,
                     held: VecDeque::new(),
+                    front: 0,
+                    ends: VecDeque::new(),
                     capacity: route.buffer,
                     policy: route.when_full,
                     stats: LaneStats::default(),
@@ -167,12 +230,17 @@ impl Relay {
         data: &[u8],
         mut write_now: impl FnMut(SinkId, &[u8]) -> usize,
     ) {
+        for route in &mut self.routes {
+            if let Some(i) = route.sources.iter().position(|&s| s == source) {
+                route.ended[i] = false;
+            }
+        }
         for i in 0..self.source_lanes[source].len() {
             let lane_id = self.source_lanes[source][i];
             let sink = self.lanes[lane_id].sink;
             let sink_idle = self.sink_lanes[sink]
                 .iter()
-                .all(|&l| self.lanes[l].held.is_empty());
+                .all(|&l| self.lanes[l].is_idle());
             let direct = if sink_idle {
                 write_now(sink, data).min(data.len())
             } else {
@@ -188,32 +256,80 @@ impl Relay {
         let n = lanes.len();
         (0..n)
             .map(|k| lanes[(self.sink_turn[sink] + k) % n])
-            .find(|&l| !self.lanes[l].held.is_empty())
-            .map(|l| (l, self.lanes[l].held.as_slices().0))
+            .map(|l| (l, self.lanes[l].writable()))
+            .find(|(_, bytes)| !bytes.is_empty())
     }
 
     /// Records that `n` bytes from the front of `lane` were written.
     pub fn delivered(&mut self, lane: LaneId, n: usize) {
         let lane_ref = &mut self.lanes[lane];
         let n = n.min(lane_ref.held.len());
-        lane_ref.held.drain(..n);
+        lane_ref.remove_front(n);
         lane_ref.stats.delivered += n as u64;
         let sink = lane_ref.sink;
         let turn = &mut self.sink_turn[sink];
         *turn = (*turn + 1) % self.sink_lanes[sink].len().max(1);
     }
 
-    /// Counts everything `sink` still holds as dropped (its writes fail for
-    /// good) and returns how many bytes that was.
+    /// Counts everything `sink` still holds as dropped (it cannot take bytes)
+    /// and returns how many bytes that was. Its ends are dropped with them.
     pub fn discard(&mut self, sink: SinkId) -> usize {
         let mut total = 0;
         for &l in &self.sink_lanes[sink] {
             let lane = &mut self.lanes[l];
-            total += lane.held.len();
-            lane.stats.dropped += lane.held.len() as u64;
-            lane.held.clear();
+            let n = lane.held.len();
+            total += n;
+            lane.stats.dropped += n as u64;
+            lane.remove_front(n);
+            lane.ends.clear();
         }
         total
+    }
+
+    /// Records that `source` ended its session. On each route that forwards
+    /// ends and whose every source has now ended, every lane gets an end
+    /// marker after its last byte. Returns whether any marker was added.
+    pub fn source_ended(&mut self, source: SourceId) -> bool {
+        let mut marked = false;
+        for route in &mut self.routes {
+            let Some(i) = route.sources.iter().position(|&s| s == source) else {
+                continue;
+            };
+            route.ended[i] = true;
+            if route.forward_eof && route.ended.iter().all(|&e| e) {
+                route.ended.iter_mut().for_each(|e| *e = false);
+                for &l in &route.lanes {
+                    let lane = &mut self.lanes[l];
+                    let end = lane.front + lane.held.len() as u64;
+                    if lane.ends.back() != Some(&end) {
+                        lane.ends.push_back(end);
+                    }
+                }
+                marked = true;
+            }
+        }
+        marked
+    }
+
+    /// Whether `sink` is due its end: every lane feeding it has reached an
+    /// end marker. A sink fed by a route that holds ends is never due one.
+    pub fn end_due(&self, sink: SinkId) -> bool {
+        let lanes = &self.sink_lanes[sink];
+        !lanes.is_empty() && lanes.iter().all(|&l| self.lanes[l].at_end())
+    }
+
+    /// Records that `sink` was given its end.
+    pub fn end_delivered(&mut self, sink: SinkId) {
+        for &l in &self.sink_lanes[sink] {
+            self.lanes[l].ends.pop_front();
+        }
+    }
+
+    /// Whether `sink` has an end marker still to reach.
+    pub fn end_pending(&self, sink: SinkId) -> bool {
+        self.sink_lanes[sink]
+            .iter()
+            .any(|&l| !self.lanes[l].ends.is_empty())
     }
 
     /// Bytes held for `sink` across its lanes.
@@ -235,6 +351,11 @@ impl Relay {
             .flat_map(|&l| self.lane_sources[l].iter().copied())
     }
 
+    /// The lanes feeding `sink`.
+    pub fn lanes_of_sink(&self, sink: SinkId) -> &[LaneId] {
+        &self.sink_lanes[sink]
+    }
+
     /// The sinks `source` feeds.
     pub fn sinks_of(&self, source: SourceId) -> impl Iterator<Item = SinkId> + '_ {
         self.source_lanes[source]
@@ -253,7 +374,67 @@ mod tests {
             sinks: sinks.to_vec(),
             buffer,
             when_full,
+            forward_eof: false,
         }
+    }
+
+    fn forwarding(sources: &[usize], sinks: &[usize]) -> RouteSpec {
+        RouteSpec {
+            forward_eof: true,
+            ..route(sources, sinks, 100, WhenFull::Block)
+        }
+    }
+
+    #[test]
+    fn an_end_comes_after_every_source_ended_and_before_the_next_session() {
+        let mut relay = Relay::new(&[forwarding(&[0, 1], &[0])], 2, 1);
+        relay.ingest(0, b"a1", |_, _| 0);
+        relay.ingest(1, b"b1", |_, _| 0);
+        assert!(!relay.source_ended(0));
+        relay.ingest(0, b"a2", |_, _| 0); // source 0 starts again: not ended
+        assert!(!relay.source_ended(1));
+        assert!(relay.source_ended(0));
+        relay.ingest(0, b"next", |_, _| panic!("an end is pending"));
+        let mut out = Vec::new();
+        drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"a1b1a2");
+        assert!(relay.end_due(0));
+        relay.end_delivered(0);
+        assert!(!relay.end_due(0));
+        drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"a1b1a2next");
+        assert!(!relay.end_pending(0));
+    }
+
+    #[test]
+    fn ends_are_not_forwarded_on_hold_routes_or_to_mixed_sinks() {
+        let routes = [
+            forwarding(&[0], &[0]),
+            route(&[1], &[0], 100, WhenFull::Block),
+        ];
+        let mut relay = Relay::new(&routes, 2, 1);
+        assert!(!relay.source_ended(1));
+        assert!(relay.source_ended(0));
+        assert!(!relay.end_due(0), "the hold route never ends its lane");
+    }
+
+    #[test]
+    fn drop_oldest_keeps_an_end_after_the_bytes_it_followed() {
+        let spec = RouteSpec {
+            buffer: 4,
+            when_full: WhenFull::DropOldest,
+            ..forwarding(&[0], &[0])
+        };
+        let mut relay = Relay::new(&[spec], 1, 1);
+        relay.ingest(0, b"ab", |_, _| 0);
+        relay.source_ended(0);
+        relay.ingest(0, b"cdefgh", |_, _| 0);
+        assert!(relay.end_due(0), "the old session's bytes were all dropped");
+        relay.end_delivered(0);
+        let mut out = Vec::new();
+        drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"efgh");
+        check_identity(&relay);
     }
 
     /// Writes everything pending for `sink` into `out`, `chunk` bytes at a time.
@@ -346,7 +527,7 @@ mod tests {
         relay.ingest(0, b"the quick brown fox", |_, _| 0);
         out.clear();
         drain(&mut relay, 0, &mut out, 4);
-        assert_eq!(out, b"brown fox");
+        assert_eq!(out, b" brown fox");
         check_identity(&relay);
     }
 

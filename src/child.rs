@@ -1,0 +1,315 @@
+//! Child processes: spawning them with anonymous pipes on their standard
+//! streams, reaping, the restart back-off, and stopping by process group.
+//!
+//! Pipes come from `std::io::pipe`, which makes every fd close-on-exec; a
+//! child gets only its three standard streams. std also gives the child an
+//! empty signal mask and default SIGPIPE; fifod installs no other handler
+//! that survives exec, so every disposition is the default.
+
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::config::{ProcessConfig, Restart, StderrMode};
+
+/// The back-off never grows past this (unless `restart_delay` is longer).
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// A child that ran this long was healthy: its back-off starts over.
+const STABLE_RUN: Duration = Duration::from_secs(10);
+
+/// Variables a supervisor sets for fifod alone; a child must not answer
+/// systemd in fifod's name or take its sockets.
+const PRIVATE_VARIABLES: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// Which of a child's streams fifod relays.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wiring {
+    pub stdin: bool,
+    pub stdout: bool,
+    /// `stderr = "separate"` in a route, or `"log"`.
+    pub stderr: bool,
+}
+
+/// fifod's ends of a child's pipes, non-blocking.
+#[derive(Debug, Default)]
+pub struct Pipes {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(Signal),
+    /// It could not be started at all.
+    SpawnFailed,
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with status {code}"),
+            Exit::Signal(signal) => write!(f, "was killed by {}", signal.as_str()),
+            Exit::SpawnFailed => f.write_str("could not be started"),
+        }
+    }
+}
+
+fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(fd)
+}
+
+/// Starts `spec` in its own process group, with pipes where `wiring` says
+/// fifod relays a stream and `/dev/null` where nobody would read or write.
+pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
+    let Some((program, args)) = spec.command.split_first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    };
+    let mut command = Command::new(program);
+    command.args(args).process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    for variable in PRIVATE_VARIABLES {
+        command.env_remove(variable);
+    }
+    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+
+    let mut pipes = Pipes::default();
+    if wiring.stdin {
+        let (reader, writer) = io::pipe()?;
+        command.stdin(reader);
+        pipes.stdin = Some(nonblocking(writer.into())?);
+    } else {
+        command.stdin(Stdio::null());
+    }
+    let merged = spec.stderr == StderrMode::Merge;
+    if wiring.stdout {
+        let (reader, writer) = io::pipe()?;
+        if merged {
+            // One pipe for both streams keeps the order the child wrote in.
+            command.stderr(writer.try_clone()?);
+        }
+        command.stdout(writer);
+        pipes.stdout = Some(nonblocking(reader.into())?);
+    } else {
+        command.stdout(Stdio::null());
+        if merged {
+            command.stderr(Stdio::null());
+        }
+    }
+    match spec.stderr {
+        StderrMode::Merge => {}
+        StderrMode::Separate | StderrMode::Log if wiring.stderr => {
+            let (reader, writer) = io::pipe()?;
+            command.stderr(writer);
+            pipes.stderr = Some(nonblocking(reader.into())?);
+        }
+        StderrMode::Separate | StderrMode::Log | StderrMode::Null => {
+            command.stderr(Stdio::null());
+        }
+        StderrMode::Inherit => {
+            command.stderr(Stdio::inherit());
+        }
+    }
+    let child = command.spawn()?;
+    // `command` holds the child's ends of the pipes; they close with it, so
+    // that only the child keeps them.
+    drop(command);
+    let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
+    Ok((Pid::from_raw(pid), pipes))
+}
+
+/// Reaps every child that has exited, without blocking.
+pub fn reap() -> Vec<(Pid, Exit)> {
+    let mut exited = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => exited.push((pid, Exit::Code(code))),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => exited.push((pid, Exit::Signal(signal))),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("waiting for children failed: {}", e.desc());
+                break;
+            }
+        }
+    }
+    exited
+}
+
+/// Sends `signal` to the process group led by `pid`. Only call it while the
+/// leader has not been reaped: a reaped leader's pgid can be reused.
+pub fn signal_group(pid: Pid, signal: Signal) {
+    match killpg(pid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => log::warn!(
+            "cannot send {} to process group {pid}: {}",
+            signal.as_str(),
+            e.desc()
+        ),
+    }
+}
+
+/// One configured process and its life so far.
+#[derive(Debug)]
+pub struct Supervised {
+    pub spec: ProcessConfig,
+    pub pid: Option<Pid>,
+    started: Option<Instant>,
+    pub restarts: u32,
+    pub last_exit: Option<Exit>,
+    /// The wait before the next restart.
+    delay: Duration,
+    pub restart_at: Option<Instant>,
+}
+
+impl Supervised {
+    pub fn new(spec: ProcessConfig) -> Supervised {
+        let delay = spec.restart_delay;
+        Supervised {
+            spec,
+            pid: None,
+            started: None,
+            restarts: 0,
+            last_exit: None,
+            delay,
+            restart_at: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn started(&mut self, pid: Pid, now: Instant) {
+        self.pid = Some(pid);
+        self.started = Some(now);
+        self.restart_at = None;
+    }
+
+    /// Records an exit and, unless `stopping`, schedules the restart the
+    /// policy asks for. Returns when it will be, if ever.
+    pub fn exited(&mut self, how: Exit, now: Instant, stopping: bool) -> Option<Instant> {
+        self.pid = None;
+        self.last_exit = Some(how);
+        if self
+            .started
+            .take()
+            .is_some_and(|at| now.duration_since(at) >= STABLE_RUN)
+        {
+            self.delay = self.spec.restart_delay;
+        }
+        let wanted = match self.spec.restart {
+            Restart::Never => false,
+            Restart::OnFailure => !how.success(),
+            Restart::Always => true,
+        };
+        if stopping || !wanted {
+            return None;
+        }
+        let at = now + self.delay;
+        self.restart_at = Some(at);
+        self.restarts += 1;
+        self.delay = (self.delay * 2).min(MAX_RESTART_DELAY.max(self.spec.restart_delay));
+        Some(at)
+    }
+
+    /// Will this process run again (now or after a back-off)?
+    pub fn has_future(&self) -> bool {
+        self.pid.is_some() || self.restart_at.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(restart: Restart) -> ProcessConfig {
+        ProcessConfig {
+            name: "p".into(),
+            command: vec!["true".into()],
+            cwd: None,
+            env: vec![],
+            stderr: StderrMode::Merge,
+            restart,
+            restart_delay: Duration::from_millis(100),
+        }
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_the_cap_and_resets_after_a_stable_run() {
+        let mut p = Supervised::new(spec(Restart::Always));
+        let t0 = Instant::now();
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for _ in 0..12 {
+            p.started(Pid::from_raw(1), now);
+            let at = p.exited(Exit::Code(1), now, false).unwrap();
+            waits.push(at - now);
+            now = at;
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(
+            ms,
+            [
+                100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000
+            ]
+        );
+        p.started(Pid::from_raw(1), now);
+        let later = now + STABLE_RUN;
+        assert_eq!(
+            p.exited(Exit::Code(1), later, false),
+            Some(later + Duration::from_millis(100))
+        );
+        assert_eq!(p.restarts, 13);
+    }
+
+    #[test]
+    fn policies() {
+        let now = Instant::now();
+        let mut never = Supervised::new(spec(Restart::Never));
+        assert_eq!(never.exited(Exit::Code(1), now, false), None);
+        let mut on_failure = Supervised::new(spec(Restart::OnFailure));
+        assert_eq!(on_failure.exited(Exit::Code(0), now, false), None);
+        assert!(
+            on_failure
+                .exited(Exit::Signal(Signal::SIGKILL), now, false)
+                .is_some()
+        );
+        assert!(on_failure.exited(Exit::SpawnFailed, now, false).is_some());
+        let mut always = Supervised::new(spec(Restart::Always));
+        assert!(always.exited(Exit::Code(0), now, false).is_some());
+        assert_eq!(
+            always.exited(Exit::Code(0), now, true),
+            None,
+            "no restart while stopping"
+        );
+    }
+}
