@@ -1082,8 +1082,9 @@ fn validate_routes(
         let base = name.strip_suffix(".stderr")?;
         processes.iter().find(|p| p.name == base).map(Named::Stderr)
     };
-    let mut known: Vec<String> = fifo_index.keys().cloned().collect();
-    known.extend(processes.iter().map(|p| p.name.clone()));
+    // Suggestions come from every declared name, valid or not.
+    let mut known: Vec<String> = declared.iter().cloned().collect();
+    known.sort();
     known.extend(["stdin".to_string(), "stdout".to_string()]);
 
     let mut routes = Vec::new();
@@ -1287,15 +1288,15 @@ impl Config {
         for (i, route) in self.routes.iter().enumerate() {
             let names = |v: Vec<String>| v.join(", ");
             lines.push(format!(
-                "route[{i}]: {} -> {} (buffer {}, when_full {}, eof {})",
+                "route[{i}]: {} -> {} (buffer {}, when_full {}{})",
                 names(route.from.iter().map(ToString::to_string).collect()),
                 names(route.to.iter().map(ToString::to_string).collect()),
                 route.buffer,
                 route.when_full,
                 if route.eof == Eof::Forward {
-                    "forward"
+                    ", eof forward"
                 } else {
-                    "hold"
+                    ""
                 },
             ));
         }
