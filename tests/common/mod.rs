@@ -1,0 +1,868 @@
+//! Helpers shared by the fifod integration tests: a sandbox per test, a
+//! handle on a running daemon, deadline-bounded FIFO I/O, a deterministic
+//! byte stream, and parsers for the daemon's log.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_fifod");
+/// Deadline for ordinary waits (start-up, a few KiB of I/O, a stop).
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for a stop, which may include a drain of up to the default 5 s.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline for bulk transfers.
+pub const BULK_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub const KIB: usize = 1024;
+pub const MIB: usize = 1024 * 1024;
+
+/// Variables that would change the daemon's behaviour if inherited.
+const CLEARED_ENV: [&str; 8] = [
+    "FIFOD_CONFIG",
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "RUST_LOG",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+/// Polls `cond` every few ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn remaining(end: Instant) -> Duration {
+    end.saturating_duration_since(Instant::now())
+}
+
+// ---------------------------------------------------------------------------
+// Sandbox: one temporary directory per test
+// ---------------------------------------------------------------------------
+
+/// How to launch the binary.
+#[derive(Debug, Default, Clone)]
+pub struct Launch {
+    /// Run through `sh -c 'umask N; exec "$0" "$@"'`.
+    pub umask: Option<u32>,
+    /// Run as this (uid, gid).
+    pub user: Option<(u32, u32)>,
+    /// Extra environment (after the cleared variables were removed).
+    pub env: Vec<(String, OsString)>,
+    /// Working directory (default: the sandbox root).
+    pub cwd: Option<PathBuf>,
+    /// Binary to run instead of the one cargo built.
+    pub bin: Option<PathBuf>,
+}
+
+/// What a finished command left.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Panics with the whole outcome unless the exit code is `code`.
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "expected exit code {code}, got {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+#[derive(Debug)]
+pub struct Sandbox {
+    dir: TempDir,
+    seq: AtomicUsize,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fifod-test-")
+            .tempdir()
+            .expect("create tempdir");
+        Sandbox {
+            dir,
+            seq: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `<root>/<rel>`.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    /// The default `[daemon] dir`: `<root>/run`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.path("run")
+    }
+
+    /// `<root>/run/<name>`.
+    pub fn fifo(&self, name: &str) -> PathBuf {
+        self.run_dir().join(name)
+    }
+
+    /// `<root>/fifod.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.path("fifod.toml")
+    }
+
+    /// Writes `fifod.toml`; sets `[daemon] dir = "<root>/run"` unless the
+    /// text already sets a `dir` in its `[daemon]` table. `{ROOT}` in the
+    /// text is replaced by the sandbox root.
+    pub fn write_config(&self, toml: &str) -> PathBuf {
+        let toml = toml.replace("{ROOT}", &self.root().display().to_string());
+        let dir_line = format!("dir = \"{}\"", self.run_dir().display());
+        let mut out = String::new();
+        let mut in_daemon = false;
+        let mut daemon_header: Option<usize> = None;
+        let mut has_dir = false;
+        let lines: Vec<&str> = toml.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_daemon = t == "[daemon]";
+                if in_daemon {
+                    daemon_header = Some(i);
+                }
+            } else if in_daemon {
+                let key = t.split('=').next().unwrap_or("").trim();
+                if key == "dir" {
+                    has_dir = true;
+                }
+            }
+        }
+        match (daemon_header, has_dir) {
+            (_, true) => out.push_str(&toml),
+            (Some(h), false) => {
+                for (i, line) in lines.iter().enumerate() {
+                    out.push_str(line);
+                    out.push('\n');
+                    if i == h {
+                        out.push_str(&dir_line);
+                        out.push('\n');
+                    }
+                }
+            }
+            (None, false) => {
+                out.push_str("[daemon]\n");
+                out.push_str(&dir_line);
+                out.push_str("\n\n");
+                out.push_str(&toml);
+            }
+        }
+        let path = self.config_path();
+        fs::write(&path, out).expect("write config");
+        path
+    }
+
+    /// Writes `fifod.toml` byte for byte, only replacing `{RUN}` by the run
+    /// dir (for tests that assert line/column positions).
+    pub fn write_raw_config(&self, text: &str) -> PathBuf {
+        let text = text.replace("{RUN}", &self.run_dir().display().to_string());
+        let path = self.config_path();
+        fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn next_file(&self, stem: &str) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        self.path(&format!("{stem}-{n}.log"))
+    }
+
+    /// A command for the binary with `args`, stdin from /dev/null and
+    /// stdout/stderr redirected to fresh files in the sandbox (returned).
+    pub fn command(&self, args: &[OsString], launch: &Launch) -> (Command, PathBuf, PathBuf) {
+        let bin = launch.bin.clone().unwrap_or_else(|| PathBuf::from(BIN));
+        let mut cmd = match launch.umask {
+            Some(mask) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {mask:o}; exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(args);
+        for var in CLEARED_ENV {
+            cmd.env_remove(var);
+        }
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        if let Some((uid, gid)) = launch.user {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.current_dir(
+            launch
+                .cwd
+                .clone()
+                .unwrap_or_else(|| self.root().to_path_buf()),
+        );
+        let out_path = self.next_file("stdout");
+        let err_path = self.next_file("stderr");
+        let out = File::create(&out_path).expect("create stdout file");
+        let err = File::create(&err_path).expect("create stderr file");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        (cmd, out_path, err_path)
+    }
+
+    /// Runs the binary to completion (deadline `TIMEOUT`, then SIGKILL and panic).
+    pub fn run_to_exit<S: Into<OsString> + Clone>(&self, args: &[S], launch: &Launch) -> Outcome {
+        let args: Vec<OsString> = args.iter().cloned().map(Into::into).collect();
+        let (mut cmd, out_path, err_path) = self.command(&args, launch);
+        let mut child = cmd.spawn().expect("spawn fifod");
+        let status = wait_child(&mut child, TIMEOUT);
+        let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+        match status {
+            Some(status) => Outcome {
+                status,
+                stdout,
+                stderr,
+            },
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "fifod {args:?} did not exit within {TIMEOUT:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+                );
+            }
+        }
+    }
+
+    /// `fifod run --config <root>/fifod.toml`, expected to exit on its own.
+    pub fn run_expect_exit(&self, launch: &Launch) -> Outcome {
+        let cfg = self.config_path();
+        self.run_to_exit(
+            &[OsString::from("run"), "--config".into(), cfg.into()],
+            launch,
+        )
+    }
+}
+
+/// Waits for `child` to exit, at most `timeout`.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Daemon
+// ---------------------------------------------------------------------------
+
+/// A running `fifod run`, killed with SIGKILL on drop if still alive.
+#[derive(Debug)]
+pub struct Daemon {
+    pub sb: Sandbox,
+    child: Child,
+    log_path: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Daemon {
+    /// New sandbox, `write_config(toml)`, `run --config`, wait for `ready:`.
+    pub fn start(toml: &str) -> Daemon {
+        let sb = Sandbox::new();
+        sb.write_config(toml);
+        Daemon::start_with(sb, &Launch::default())
+    }
+
+    /// `run --config <sandbox>/fifod.toml` (config written by the caller).
+    pub fn start_with(sb: Sandbox, launch: &Launch) -> Daemon {
+        let cfg = sb.config_path();
+        Daemon::start_args(
+            sb,
+            &[OsString::from("run"), "--config".into(), cfg.into()],
+            launch,
+        )
+    }
+
+    /// Starts the binary with explicit arguments and waits for `ready:`.
+    pub fn start_args(sb: Sandbox, args: &[OsString], launch: &Launch) -> Daemon {
+        let (mut cmd, _out, log_path) = sb.command(args, launch);
+        let child = cmd.spawn().expect("spawn fifod");
+        let mut d = Daemon {
+            sb,
+            child,
+            log_path,
+            status: None,
+        };
+        let end = Instant::now() + TIMEOUT;
+        loop {
+            if d.log().contains("ready:") {
+                return d;
+            }
+            if let Some(st) = d.child.try_wait().expect("try_wait") {
+                d.status = Some(st);
+                panic!(
+                    "fifod exited with {st:?} before `ready:`\n--- log ---\n{}",
+                    d.log()
+                );
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "fifod not ready within {TIMEOUT:?}\n--- log ---\n{}",
+                    d.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// `<root>/run/<name>`.
+    pub fn fifo(&self, name: &str) -> PathBuf {
+        self.sb.fifo(name)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        assert!(self.status.is_none(), "signal to an exited daemon");
+        kill(Pid::from_raw(self.pid() as i32), sig).expect("kill");
+    }
+
+    /// Non-blocking: has it exited?
+    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Waits (deadline) for the daemon to exit; panics with the log if it
+    /// does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(st) = self.status {
+            return st;
+        }
+        match wait_child(&mut self.child, timeout) {
+            Some(st) => {
+                self.status = Some(st);
+                st
+            }
+            None => panic!(
+                "fifod did not exit within {timeout:?}\n--- log ---\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// Sends `sig` and waits (deadline `STOP_TIMEOUT`) for the exit.
+    pub fn stop(&mut self, sig: Signal) -> ExitStatus {
+        self.signal(sig);
+        self.wait_exit(STOP_TIMEOUT)
+    }
+
+    /// Stops with SIGTERM and asserts exit code 0.
+    pub fn stop_ok(&mut self) {
+        let st = self.stop(Signal::SIGTERM);
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "exit status {st:?}\n--- log ---\n{}",
+            self.log()
+        );
+    }
+
+    /// The final stats line for (route, sink).
+    pub fn stats(&self, route: usize, sink: &str) -> Stats {
+        parse_stats(&self.log(), route, sink)
+    }
+
+    /// Waits until the given pipes are empty and the daemon is idle
+    /// (all threads sleeping, no I/O syscalls for several polls).
+    pub fn wait_idle(&self, pipes: &[&File]) {
+        wait_idle(self.pid(), pipes, TIMEOUT);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Log parsing
+// ---------------------------------------------------------------------------
+
+/// `stats route[N] -> SINK: accepted=A delivered=D dropped=X undelivered=U`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub accepted: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub undelivered: u64,
+}
+
+/// Finds the single stats line for (route, sink) and parses it exactly.
+pub fn parse_stats(log: &str, route: usize, sink: &str) -> Stats {
+    let prefix = format!("stats route[{route}] -> {sink}: ");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&prefix)).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line containing {prefix:?}\n--- log ---\n{log}"
+    );
+    let line = lines[0];
+    let rest = &line[line.find(&prefix).unwrap() + prefix.len()..];
+    let fields: Vec<&str> = rest.trim_end().split(' ').collect();
+    let keys = ["accepted", "delivered", "dropped", "undelivered"];
+    assert_eq!(fields.len(), 4, "malformed stats line {line:?}");
+    let mut vals = [0u64; 4];
+    for (i, (field, key)) in fields.iter().zip(keys).enumerate() {
+        let v = field
+            .strip_prefix(key)
+            .and_then(|s| s.strip_prefix('='))
+            .unwrap_or_else(|| panic!("malformed stats line {line:?}: expected {key}="));
+        vals[i] = v
+            .parse()
+            .unwrap_or_else(|_| panic!("malformed number in stats line {line:?}"));
+    }
+    let s = Stats {
+        accepted: vals[0],
+        delivered: vals[1],
+        dropped: vals[2],
+        undelivered: vals[3],
+    };
+    assert_eq!(
+        s.accepted,
+        s.delivered + s.dropped + s.undelivered,
+        "stats do not add up: {line:?}"
+    );
+    s
+}
+
+// ---------------------------------------------------------------------------
+// FIFO I/O with deadlines (all descriptors are O_NONBLOCK)
+// ---------------------------------------------------------------------------
+
+/// Opens `path` for writing, non-blocking; retries (deadline) while there is
+/// no reader (ENXIO) or no file yet.
+pub fn open_writer(path: &Path) -> File {
+    let end = Instant::now() + TIMEOUT;
+    loop {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(f) => return f,
+            Err(e)
+                if (e.raw_os_error() == Some(libc::ENXIO)
+                    || e.kind() == io::ErrorKind::NotFound)
+                    && Instant::now() < end =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("open {} for writing: {e}", path.display()),
+        }
+    }
+}
+
+/// Opens `path` for reading, non-blocking (never blocks).
+pub fn open_reader(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} for reading: {e}", path.display()))
+}
+
+/// poll(2) one descriptor for `events`, at most `timeout`; returns revents.
+pub fn poll_one(f: &impl AsFd, events: PollFlags, timeout: Duration) -> PollFlags {
+    let end = Instant::now() + timeout;
+    loop {
+        let ms = remaining(end).as_millis().min(1000) as u16;
+        let mut fds = [PollFd::new(f.as_fd(), events)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) if Instant::now() < end => continue,
+            Ok(0) => return PollFlags::empty(),
+            Ok(_) => return fds[0].revents().unwrap_or(PollFlags::empty()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("poll: {e}"),
+        }
+    }
+}
+
+/// One non-blocking write.
+pub fn try_write(f: &File, data: &[u8]) -> io::Result<usize> {
+    let mut w = f;
+    w.write(data)
+}
+
+/// Writes all of `data` before `end` (panics on deadline or error).
+pub fn write_all(f: &File, data: &[u8], end: Instant) {
+    let mut done = 0;
+    while done < data.len() {
+        match try_write(f, &data[done..]) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < end,
+                    "write timed out after {done} of {} bytes",
+                    data.len()
+                );
+                poll_one(f, PollFlags::POLLOUT, remaining(end));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+/// One read of up to `buf.len()` bytes, waiting (until `end`) for data;
+/// returns 0 at EOF. Panics on deadline.
+pub fn read_some(f: &File, buf: &mut [u8], end: Instant) -> usize {
+    loop {
+        let mut r = f;
+        match r.read(buf) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < end, "read timed out");
+                poll_one(f, PollFlags::POLLIN, remaining(end));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// Reads exactly `n` bytes (deadline `timeout`); panics on EOF or deadline.
+pub fn read_exact(f: &File, n: usize, timeout: Duration) -> Vec<u8> {
+    let end = Instant::now() + timeout;
+    let mut out = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let k = read_some(f, &mut out[got..], end);
+        assert!(k > 0, "EOF after {got} of {n} bytes");
+        got += k;
+    }
+    out
+}
+
+/// Reads until EOF (deadline `timeout`).
+pub fn read_to_eof(f: &File, timeout: Duration) -> Vec<u8> {
+    let end = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * KIB];
+    loop {
+        let k = read_some(f, &mut buf, end);
+        if k == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..k]);
+    }
+}
+
+/// Bytes currently queued in the pipe behind `f` (FIONREAD works on either
+/// end of a pipe).
+pub fn pipe_pending(f: &File) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0, "FIONREAD: {}", io::Error::last_os_error());
+    usize::try_from(n).expect("FIONREAD negative")
+}
+
+/// Process-wide I/O syscall counters and whether every thread sleeps.
+fn activity(pid: u32) -> Option<(String, bool)> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let counters: String = io
+        .lines()
+        .filter(|l| l.starts_with("rchar") || l.starts_with("wchar") || l.starts_with("sysc"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut all_sleeping = true;
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = fs::read_to_string(entry.ok()?.path().join("stat")).ok()?;
+        let state = stat[stat.rfind(')')? + 1..].trim_start().chars().next()?;
+        if state != 'S' {
+            all_sleeping = false;
+        }
+    }
+    Some((counters, all_sleeping))
+}
+
+/// Waits until `pipes` are empty and the process has been idle (every
+/// thread sleeping, I/O counters unchanged) for 5 consecutive polls.
+pub fn wait_idle(pid: u32, pipes: &[&File], timeout: Duration) {
+    let mut last: Option<String> = None;
+    let mut stable = 0;
+    let ok = wait_until(timeout, || {
+        let empty = pipes.iter().all(|p| pipe_pending(p) == 0);
+        match activity(pid) {
+            Some((counters, true)) if empty => {
+                if last.as_deref() == Some(counters.as_str()) {
+                    stable += 1;
+                } else {
+                    stable = 0;
+                    last = Some(counters);
+                }
+            }
+            _ => {
+                stable = 0;
+                last = None;
+            }
+        }
+        if stable >= 5 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(15));
+        false
+    });
+    assert!(
+        ok,
+        "fifod (pid {pid}) never became idle with empty input pipes"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Deterministic byte stream
+// ---------------------------------------------------------------------------
+
+/// 8 pseudo-random bytes for block `idx` of stream `seed` (xorshift64*
+/// of a key mixed from seed and index).
+pub fn pattern_block(seed: u64, idx: u64) -> u64 {
+    let mut x = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ idx.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    .wrapping_add(0x2545_F491_4F6C_DD1D);
+    for _ in 0..2 {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    }
+    x
+}
+
+/// Fills `buf` with bytes `offset..offset+len` of stream `seed`.
+pub fn fill_pattern(seed: u64, offset: u64, buf: &mut [u8]) {
+    let mut i = 0;
+    let mut off = offset;
+    while i < buf.len() {
+        let within = (off % 8) as usize;
+        let bytes = pattern_block(seed, off / 8).to_le_bytes();
+        let n = (8 - within).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&bytes[within..within + n]);
+        i += n;
+        off += n as u64;
+    }
+}
+
+/// Bytes `offset..offset+len` of stream `seed`.
+pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    fill_pattern(seed, offset, &mut v);
+    v
+}
+
+/// Checks consecutive chunks against stream `seed` without storing it.
+#[derive(Debug)]
+pub struct Verifier {
+    seed: u64,
+    pub offset: u64,
+    scratch: Vec<u8>,
+}
+
+impl Verifier {
+    pub fn new(seed: u64, offset: u64) -> Self {
+        Verifier {
+            seed,
+            offset,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn check(&mut self, data: &[u8]) -> Result<(), String> {
+        self.scratch.resize(data.len(), 0);
+        fill_pattern(self.seed, self.offset, &mut self.scratch);
+        if self.scratch[..] != *data {
+            let i = data
+                .iter()
+                .zip(&self.scratch)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(format!(
+                "stream {} mismatch at offset {}: got {:#04x}, expected {:#04x}",
+                self.seed,
+                self.offset + i as u64,
+                data[i],
+                self.scratch[i]
+            ));
+        }
+        self.offset += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// Writes `len` bytes of stream `seed` from offset `offset` (deadline `end`).
+pub fn write_pattern(f: &File, seed: u64, offset: u64, len: usize, end: Instant) {
+    let mut buf = vec![0u8; 64 * KIB];
+    let mut done = 0;
+    while done < len {
+        let n = buf.len().min(len - done);
+        fill_pattern(seed, offset + done as u64, &mut buf[..n]);
+        write_all(f, &buf[..n], end);
+        done += n;
+    }
+}
+
+/// Writes stream `seed` in 4096-byte (atomic) pieces until the writer
+/// stalls: EAGAIN and still no room after `stall`. Panics if `limit` bytes
+/// go through without a stall. Returns the bytes written.
+pub fn write_until_stalled(f: &File, seed: u64, limit: u64, stall: Duration) -> u64 {
+    let mut written = 0u64;
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        assert!(
+            written < limit,
+            "wrote {written} bytes without the writer ever stalling: no backpressure"
+        );
+        fill_pattern(seed, written, &mut chunk);
+        match try_write(f, &chunk) {
+            Ok(n) => written += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if poll_one(f, PollFlags::POLLOUT, stall).is_empty() {
+                    return written;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+/// Reads until EOF, verifying against stream `seed` from `offset`;
+/// returns the number of bytes read.
+pub fn read_verify_to_eof(
+    f: &File,
+    seed: u64,
+    offset: u64,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let end = Instant::now() + timeout;
+    let mut v = Verifier::new(seed, offset);
+    let mut buf = vec![0u8; 64 * KIB];
+    loop {
+        let k = read_some(f, &mut buf, end);
+        if k == 0 {
+            return Ok(v.offset - offset);
+        }
+        v.check(&buf[..k])?;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Threads with a deadline
+// ---------------------------------------------------------------------------
+
+/// Runs `f` on a thread; the result is fetched with `Joiner::join`.
+pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Joiner<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    Joiner { rx }
+}
+
+#[derive(Debug)]
+pub struct Joiner<T> {
+    rx: std::sync::mpsc::Receiver<T>,
+}
+
+impl<T> Joiner<T> {
+    /// The thread's result; panics if it panicked or missed the deadline.
+    pub fn join(self, timeout: Duration) -> T {
+        match self.rx.recv_timeout(timeout) {
+            Ok(v) => v,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("thread did not finish within {timeout:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("thread panicked (see its message above)")
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// File-system facts
+// ---------------------------------------------------------------------------
+
+/// lstat, or None if the path does not exist.
+pub fn lstat(path: &Path) -> Option<fs::Metadata> {
+    fs::symlink_metadata(path).ok()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

@@ -1,0 +1,231 @@
+//! Stopping: the drain, its timeout, and a second signal cutting it short.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::common::{
+    Daemon, KIB, MIB, STOP_TIMEOUT, TIMEOUT, lstat, open_reader, open_writer, parse_stats,
+    pipe_pending, read_verify_to_eof, spawn, wait_until, write_pattern, write_until_stalled,
+};
+
+/// Is `sig` pending for the process or any of its threads?
+fn signal_pending(pid: u32, sig: Signal) -> bool {
+    let bit = 1u64 << (sig as i32 - 1);
+    let mut files = vec![format!("/proc/{pid}/status")];
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            files.push(t.path().join("status").display().to_string());
+        }
+    }
+    files.iter().any(|f| {
+        fs::read_to_string(f).is_ok_and(|text| {
+            text.lines().any(|l| {
+                let Some(hex) = l
+                    .strip_prefix("ShdPnd:")
+                    .or_else(|| l.strip_prefix("SigPnd:"))
+                else {
+                    return false;
+                };
+                u64::from_str_radix(hex.trim(), 16).is_ok_and(|m| m & bit != 0)
+            })
+        })
+    })
+}
+
+fn config(timeout: &str) -> String {
+    format!(
+        r#"
+[daemon]
+shutdown_timeout = "{timeout}"
+
+[fifo.in]
+[fifo.out]
+
+[[route]]
+from = ["in"]
+to = ["out"]
+buffer = "1MiB"
+"#
+    )
+}
+
+fn assert_all_removed(d: &Daemon) {
+    for name in ["in", "out"] {
+        assert!(
+            lstat(&d.fifo(name)).is_none(),
+            "{name} not removed\n{}",
+            d.log()
+        );
+    }
+    assert!(
+        lstat(&d.sb.run_dir()).is_none(),
+        "dir not removed\n{}",
+        d.log()
+    );
+}
+
+/// A non-stats log line mentioning `undelivered` and the number of bytes.
+fn assert_undelivered_logged(log: &str, bytes: u64) {
+    let n = bytes.to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("undelivered") && !l.contains("stats route[") && l.contains(&n)),
+        "no line reporting {n} undelivered bytes:\n{log}"
+    );
+}
+
+#[test]
+fn bytes_written_before_sigterm_reach_the_reader() {
+    let mut d = Daemon::start(&config("30s"));
+    let seed = 101;
+    let n = 300 * KIB;
+    let r = open_reader(&d.fifo("out"));
+    let reader = spawn(move || read_verify_to_eof(&r, seed, 0, STOP_TIMEOUT));
+    let w = open_writer(&d.fifo("in"));
+    write_pattern(&w, seed, 0, n, Instant::now() + TIMEOUT);
+    // The writer stays open: fifod must not wait for it.
+    let st = d.stop(Signal::SIGTERM);
+    assert_eq!(st.code(), Some(0), "{st:?}\n{}", d.log());
+    let got = reader.join(STOP_TIMEOUT).unwrap();
+    assert_eq!(got, n as u64, "bytes before EOF");
+    let s = d.stats(0, "out");
+    let n = n as u64;
+    assert_eq!(
+        (s.accepted, s.delivered, s.dropped, s.undelivered),
+        (n, n, 0, 0)
+    );
+    assert_all_removed(&d);
+    drop(w);
+}
+
+/// Bytes still queued in an input pipe when SIGTERM arrives (fifod had
+/// stopped reading: `block`, 4KiB buffer, no reader) are delivered by the
+/// drain to a reader that comes after the signal.
+#[test]
+fn bytes_queued_in_an_input_at_sigterm_are_delivered() {
+    let mut d = Daemon::start(
+        r#"
+[daemon]
+shutdown_timeout = "30s"
+
+[fifo.in]
+[fifo.out]
+
+[[route]]
+from = ["in"]
+to = ["out"]
+buffer = "4KiB"
+when_full = "block"
+"#,
+    );
+    let seed = 131;
+    let w = open_writer(&d.fifo("in"));
+    let written = write_until_stalled(&w, seed, 16 * MIB as u64, Duration::from_millis(500));
+    let queued = pipe_pending(&w);
+    assert!(queued > 0, "nothing left queued in the input pipe");
+    let pid = d.pid();
+    d.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(TIMEOUT, || !signal_pending(pid, Signal::SIGTERM)),
+        "SIGTERM stays pending"
+    );
+    d.wait_idle(&[]);
+    assert!(
+        d.try_exited().is_none(),
+        "exited with data held:\n{}",
+        d.log()
+    );
+    let r = open_reader(&d.fifo("out"));
+    let got = read_verify_to_eof(&r, seed, 0, STOP_TIMEOUT).unwrap();
+    assert_eq!(
+        got, written,
+        "{queued} bytes were queued in the input at SIGTERM"
+    );
+    let st = d.wait_exit(STOP_TIMEOUT);
+    assert_eq!(st.code(), Some(0), "{st:?}\n{}", d.log());
+    let s = d.stats(0, "out");
+    assert_eq!(
+        (s.accepted, s.delivered, s.dropped, s.undelivered),
+        (written, written, 0, 0)
+    );
+    assert_all_removed(&d);
+    drop(w);
+}
+
+#[test]
+fn no_reader_drain_gives_up_after_shutdown_timeout() {
+    let mut d = Daemon::start(&config("500ms"));
+    let n = 200 * KIB;
+    let w = open_writer(&d.fifo("in"));
+    write_pattern(&w, 111, 0, n, Instant::now() + TIMEOUT);
+    d.wait_idle(&[&w]);
+    let t0 = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let st = d.wait_exit(TIMEOUT);
+    let took = t0.elapsed();
+    assert_eq!(st.code(), Some(0), "{st:?}\n{}", d.log());
+    assert!(
+        took >= Duration::from_millis(450),
+        "exited after {took:?}: did not wait for the 500ms drain"
+    );
+    let log = d.log();
+    let s = parse_stats(&log, 0, "out");
+    assert_eq!(s.accepted, n as u64, "{log}");
+    assert_eq!(s.dropped, 0, "{log}");
+    assert!(s.undelivered > 0, "{log}");
+    assert_undelivered_logged(&log, s.undelivered);
+    assert_all_removed(&d);
+    drop(w);
+}
+
+#[test]
+fn second_sigterm_cuts_a_long_drain_short() {
+    let mut d = Daemon::start(&config("60s"));
+    let n = 200 * KIB;
+    let w = open_writer(&d.fifo("in"));
+    write_pattern(&w, 121, 0, n, Instant::now() + TIMEOUT);
+    d.wait_idle(&[&w]);
+    let pid = d.pid();
+    let t0 = Instant::now();
+    d.signal(Signal::SIGTERM);
+    // Once the first signal has been taken, send the second; signals of one
+    // kind can merge while pending, so repeat (every 2 s) until it exits.
+    let mut sent = 1;
+    let st = loop {
+        let delivered = wait_until(TIMEOUT, || !signal_pending(pid, Signal::SIGTERM));
+        assert!(delivered, "SIGTERM stays pending");
+        if sent == 1 {
+            assert!(
+                d.try_exited().is_none(),
+                "exited before the drain with data held:\n{}",
+                d.log()
+            );
+        }
+        d.signal(Signal::SIGTERM);
+        sent += 1;
+        if wait_until(Duration::from_secs(2), || d.try_exited().is_some()) {
+            break d.wait_exit(TIMEOUT);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still draining {:?} after {sent} SIGTERMs\n{}",
+            t0.elapsed(),
+            d.log()
+        );
+    };
+    assert_eq!(st.code(), Some(0), "{st:?}\n{}", d.log());
+    assert!(
+        t0.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let log = d.log();
+    let s = parse_stats(&log, 0, "out");
+    assert_eq!(s.accepted, n as u64, "{log}");
+    assert!(s.undelivered > 0, "{log}");
+    assert_all_removed(&d);
+    assert!(lstat(&d.sb.run_dir().join(".fifod.lock")).is_none());
+    drop(w);
+}

@@ -1,0 +1,11 @@
+//! Integration tests for `fifod`: each test runs the real binary in its own
+//! temporary directory.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod cli;
+mod config_errors;
+mod lifecycle;
+mod relay;
+mod shutdown;
