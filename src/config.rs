@@ -27,6 +27,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const LOCK_FILE_NAME: &str = ".fifod.lock";
 
 const MIN_BUFFER: u64 = 4096;
+const DEFAULT_MAX_LINE: Size = Size(64 * 1024);
 const MAX_BUFFER: u64 = 1 << 30;
 const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
 const PATH_MAX: usize = 4095;
@@ -165,6 +166,18 @@ pub struct RouteConfig {
     pub buffer: Size,
     pub when_full: WhenFull,
     pub eof: Eof,
+    pub framing: Framing,
+    /// With line framing, longer lines are passed on in pieces of this size.
+    pub max_line: Size,
+}
+
+/// How a route cuts what it relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Bytes as they come; they are not inspected.
+    Bytes,
+    /// Whole lines: lines from different sources never interleave.
+    Lines,
 }
 
 /// What a route does when a sink's buffer is full.
@@ -380,6 +393,8 @@ struct RawRoute {
     buffer: Option<Spanned<String>>,
     when_full: Option<Spanned<String>>,
     eof: Option<Spanned<String>>,
+    framing: Option<Spanned<String>>,
+    max_line: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1203,13 +1218,50 @@ fn validate_routes(
                 None
             }
         };
-        if let (true, Some(buffer), Some(when_full), Some(eof)) = (ok, buffer, when_full, eof) {
+        let framing = match raw.framing.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "bytes")) => Some(Framing::Bytes),
+            Some((_, "lines")) => Some(Framing::Lines),
+            Some((f, other)) => {
+                problems.at(
+                    f,
+                    format!("route[{i}].framing"),
+                    format!("invalid value \"{other}\": expected \"bytes\" or \"lines\""),
+                );
+                None
+            }
+        };
+        let max_line = match (&raw.max_line, buffer) {
+            (None, buffer) => Some(buffer.map_or(DEFAULT_MAX_LINE, |b| b.min(DEFAULT_MAX_LINE))),
+            (Some(m), buffer) => {
+                let key = format!("route[{i}].max_line");
+                match Size::parse(m.get_ref()) {
+                    Ok(size) if size.bytes() == 0 => {
+                        problems.at(m, key, "must be at least 1B");
+                        None
+                    }
+                    Ok(size) if buffer.is_some_and(|b| size > b) => {
+                        problems.at(m, key, format!("{size} is larger than the route's buffer"));
+                        None
+                    }
+                    Ok(size) => Some(size),
+                    Err(e) => {
+                        problems.at(m, key, e);
+                        None
+                    }
+                }
+            }
+        };
+        if let (true, Some(buffer), Some(when_full), Some(eof), Some(framing), Some(max_line)) =
+            (ok, buffer, when_full, eof, framing, max_line)
+        {
             routes.push(RouteConfig {
                 from,
                 to,
                 buffer,
                 when_full,
                 eof,
+                framing,
+                max_line,
             });
         }
     }
@@ -1293,10 +1345,12 @@ impl Config {
                 names(route.to.iter().map(ToString::to_string).collect()),
                 route.buffer,
                 route.when_full,
-                if route.eof == Eof::Forward {
-                    ", eof forward"
-                } else {
-                    ""
+                match (route.framing, route.eof) {
+                    (Framing::Lines, Eof::Forward) =>
+                        format!(", lines up to {}, eof forward", route.max_line),
+                    (Framing::Lines, Eof::Hold) => format!(", lines up to {}", route.max_line),
+                    (Framing::Bytes, Eof::Forward) => ", eof forward".to_string(),
+                    (Framing::Bytes, Eof::Hold) => String::new(),
                 },
             ));
         }
@@ -1395,6 +1449,8 @@ when_full = "drop-oldest"
                     buffer: Size(65536),
                     when_full: WhenFull::DropOldest,
                     eof: Eof::Hold,
+                    framing: Framing::Bytes,
+                    max_line: Size(65536),
                 }],
             }
         );

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode as NixMode, SFlag, fstat, umask};
 
 use crate::child::{self, Exit, Supervised, Wiring};
-use crate::config::{Config, Eof, Role, SinkRef, SourceRef, StderrMode};
+use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode};
 use crate::event_loop::{Event, EventLoop, Interest, Token};
 use crate::fifo::{Access, Footprint, FsError};
 use crate::pipe::{self, Resized};
@@ -335,6 +335,8 @@ impl Daemon {
                 buffer: usize::try_from(r.buffer.bytes()).unwrap_or(usize::MAX),
                 when_full: r.when_full,
                 forward_eof: r.eof == Eof::Forward,
+                max_line: (r.framing == Framing::Lines)
+                    .then(|| usize::try_from(r.max_line.bytes()).unwrap_or(usize::MAX)),
             })
             .collect();
         let relay = Relay::new(&routes, sources.len(), sinks.len());
