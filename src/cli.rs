@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use log::error;
 
 use crate::config::{self, Environment, LoadError};
+use crate::control::{self, QueryError};
 use crate::daemon;
 
 /// The config was invalid (sysexits' EX_CONFIG), so that a unit can say
@@ -33,6 +35,14 @@ enum Command {
     Run(ConfigArgs),
     /// Validate the config without touching the filesystem
     Check(ConfigArgs),
+    /// Show what a running fifod relays, holds and dropped
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print one JSON document instead of tables
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +64,51 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
+        Command::Status { config, json } => status(&config.config, json),
+    }
+}
+
+/// `fifod status` when no daemon answers, so that scripts can tell.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+fn status(path: &Path, json: bool) -> ExitCode {
+    let config = match config::load(path, &Environment::from_process()) {
+        Ok(config) => config,
+        Err(e) => {
+            report_load_error(&e);
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let Some(socket) = config.daemon.control else {
+        eprintln!(
+            "{}: daemon.control is empty: the control socket is off",
+            path.display()
+        );
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    match control::query(&socket, Duration::from_secs(5)) {
+        Ok(answer) if json => match serde_json::to_string_pretty(&answer) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fifod status: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Ok(answer) => {
+            print!("{}", control::render(&answer));
+            ExitCode::SUCCESS
+        }
+        Err(QueryError::NotRunning(why)) => {
+            eprintln!("fifod is not running ({why})");
+            ExitCode::from(EXIT_NOT_RUNNING)
+        }
+        Err(QueryError::Failed(why)) => {
+            eprintln!("fifod status: {why}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -27,6 +27,10 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const LOCK_FILE_NAME: &str = ".fifod.lock";
 
 const MIN_BUFFER: u64 = 4096;
+const DEFAULT_CONTROL: &str = "control.sock";
+/// sun_path holds 108 bytes with the terminating NUL.
+const SOCKET_NAME_MAX: usize = 108;
+const DEFAULT_MAX_LINE: Size = Size(64 * 1024);
 const MAX_BUFFER: u64 = 1 << 30;
 const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
 const PATH_MAX: usize = 4095;
@@ -48,6 +52,8 @@ pub struct DaemonConfig {
     pub pipe_size: Option<Size>,
     pub shutdown_timeout: Duration,
     pub log_level: LevelFilter,
+    /// The control socket `fifod status` talks to; `None` when disabled.
+    pub control: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +171,18 @@ pub struct RouteConfig {
     pub buffer: Size,
     pub when_full: WhenFull,
     pub eof: Eof,
+    pub framing: Framing,
+    /// With line framing, longer lines are passed on in pieces of this size.
+    pub max_line: Size,
+}
+
+/// How a route cuts what it relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Bytes as they come; they are not inspected.
+    Bytes,
+    /// Whole lines: lines from different sources never interleave.
+    Lines,
 }
 
 /// What a route does when a sink's buffer is full.
@@ -353,6 +371,7 @@ struct RawDaemon {
     pipe_size: Option<Spanned<String>>,
     shutdown_timeout: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
+    control: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,6 +399,8 @@ struct RawRoute {
     buffer: Option<Spanned<String>>,
     when_full: Option<Spanned<String>>,
     eof: Option<Spanned<String>>,
+    framing: Option<Spanned<String>>,
+    max_line: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -669,12 +690,13 @@ fn validate_daemon(
             format!("invalid level \"{s}\": expected off, error, warn, info, debug or trace")
         })
     });
-    if !ok {
+    let control = validate_control(&raw.control, problems);
+    let (true, Ok(control), Some(dir)) = (ok, control, dir) else {
         return None;
-    }
+    };
     let get = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
     Some(DaemonConfig {
-        dir: dir?,
+        dir: dir.clone(),
         dir_mode: get(&raw.dir_mode)
             .and_then(|s| Mode::parse(&s).ok())
             .unwrap_or(Mode(0o755)),
@@ -685,7 +707,41 @@ fn validate_daemon(
         log_level: get(&raw.log_level)
             .and_then(|s| s.parse().ok())
             .unwrap_or(LevelFilter::Info),
+        control: control.map(|c| dir.join(c)),
     })
+}
+
+/// The control socket's path, relative to `dir` unless absolute; an empty
+/// string turns the socket off.
+fn validate_control(
+    raw: &Option<Spanned<String>>,
+    problems: &mut Problems,
+) -> Result<Option<PathBuf>, ()> {
+    let Some(value) = raw else {
+        return Ok(Some(PathBuf::from(DEFAULT_CONTROL)));
+    };
+    if value.get_ref().is_empty() {
+        return Ok(None);
+    }
+    let path =
+        normalize_path(value.get_ref()).map_err(|e| problems.at(value, "daemon.control", e))?;
+    match path.file_name() {
+        // Bound by name from inside its directory: only the name must fit
+        // in a socket address.
+        Some(name) if name.len() < SOCKET_NAME_MAX => Ok(Some(path)),
+        Some(_) => {
+            problems.at(
+                value,
+                "daemon.control",
+                format!("the socket's name must be shorter than {SOCKET_NAME_MAX} bytes"),
+            );
+            Err(())
+        }
+        None => {
+            problems.at(value, "daemon.control", "must name a file");
+            Err(())
+        }
+    }
 }
 
 fn check_range(size: Size, min: u64, max: u64) -> Result<(), String> {
@@ -869,6 +925,8 @@ fn check_paths(
             problems.add(span, key, "is the daemon's dir or one of its parents");
         } else if fifo.path == lock {
             problems.add(span, key, "is the daemon's lock file");
+        } else if daemon.control.as_ref() == Some(&fifo.path) {
+            problems.add(span, key, "is the daemon's control socket (daemon.control)");
         } else if let Some(other) = seen.get(fifo.path.as_path()) {
             problems.add(span, key, format!("same path as fifo.{other}"));
         } else if let Some(other) = fifos
@@ -1203,13 +1261,50 @@ fn validate_routes(
                 None
             }
         };
-        if let (true, Some(buffer), Some(when_full), Some(eof)) = (ok, buffer, when_full, eof) {
+        let framing = match raw.framing.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "bytes")) => Some(Framing::Bytes),
+            Some((_, "lines")) => Some(Framing::Lines),
+            Some((f, other)) => {
+                problems.at(
+                    f,
+                    format!("route[{i}].framing"),
+                    format!("invalid value \"{other}\": expected \"bytes\" or \"lines\""),
+                );
+                None
+            }
+        };
+        let max_line = match (&raw.max_line, buffer) {
+            (None, buffer) => Some(buffer.map_or(DEFAULT_MAX_LINE, |b| b.min(DEFAULT_MAX_LINE))),
+            (Some(m), buffer) => {
+                let key = format!("route[{i}].max_line");
+                match Size::parse(m.get_ref()) {
+                    Ok(size) if size.bytes() == 0 => {
+                        problems.at(m, key, "must be at least 1B");
+                        None
+                    }
+                    Ok(size) if buffer.is_some_and(|b| size > b) => {
+                        problems.at(m, key, format!("{size} is larger than the route's buffer"));
+                        None
+                    }
+                    Ok(size) => Some(size),
+                    Err(e) => {
+                        problems.at(m, key, e);
+                        None
+                    }
+                }
+            }
+        };
+        if let (true, Some(buffer), Some(when_full), Some(eof), Some(framing), Some(max_line)) =
+            (ok, buffer, when_full, eof, framing, max_line)
+        {
             routes.push(RouteConfig {
                 from,
                 to,
                 buffer,
                 when_full,
                 eof,
+                framing,
+                max_line,
             });
         }
     }
@@ -1293,10 +1388,12 @@ impl Config {
                 names(route.to.iter().map(ToString::to_string).collect()),
                 route.buffer,
                 route.when_full,
-                if route.eof == Eof::Forward {
-                    ", eof forward"
-                } else {
-                    ""
+                match (route.framing, route.eof) {
+                    (Framing::Lines, Eof::Forward) =>
+                        format!(", lines up to {}, eof forward", route.max_line),
+                    (Framing::Lines, Eof::Hold) => format!(", lines up to {}", route.max_line),
+                    (Framing::Bytes, Eof::Forward) => ", eof forward".to_string(),
+                    (Framing::Bytes, Eof::Hold) => String::new(),
                 },
             ));
         }
@@ -1361,6 +1458,7 @@ when_full = "drop-oldest"
                     pipe_size: Some(Size(1 << 20)),
                     shutdown_timeout: Duration::from_secs(2),
                     log_level: LevelFilter::Debug,
+                    control: Some("/srv/fifo/x/control.sock".into()),
                 },
                 fifos: vec![
                     FifoConfig {
@@ -1395,6 +1493,8 @@ when_full = "drop-oldest"
                     buffer: Size(65536),
                     when_full: WhenFull::DropOldest,
                     eof: Eof::Hold,
+                    framing: Framing::Bytes,
+                    max_line: Size(65536),
                 }],
             }
         );

@@ -17,7 +17,11 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode as NixMode, SFlag, fstat, umask};
 
 use crate::child::{self, Exit, Supervised, Wiring};
-use crate::config::{Config, Eof, Role, SinkRef, SourceRef, StderrMode};
+use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode};
+use crate::control::{
+    ControlServer, FifoStatus, LineCounts, ProcessStatus, RouteStatus, STATUS_VERSION, SinkStatus,
+    Status,
+};
 use crate::event_loop::{Event, EventLoop, Interest, Token};
 use crate::fifo::{Access, Footprint, FsError};
 use crate::pipe::{self, Resized};
@@ -92,6 +96,8 @@ struct Source {
     quota: Option<usize>,
     /// `Log` sources: the start of a line not yet complete.
     partial: Vec<u8>,
+    /// Bytes read from it so far.
+    bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +173,8 @@ pub struct Daemon {
     drop_logs: Vec<DropLog>,
     scratch: Vec<u8>,
     state: State,
+    control: Option<ControlServer>,
+    started_at: Instant,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -236,6 +244,7 @@ impl Daemon {
             paused: false,
             quota: None,
             partial: Vec::new(),
+            bytes: 0,
         };
         let new_sink = |kind, name: String| Sink {
             kind,
@@ -335,6 +344,8 @@ impl Daemon {
                 buffer: usize::try_from(r.buffer.bytes()).unwrap_or(usize::MAX),
                 when_full: r.when_full,
                 forward_eof: r.eof == Eof::Forward,
+                max_line: (r.framing == Framing::Lines)
+                    .then(|| usize::try_from(r.max_line.bytes()).unwrap_or(usize::MAX)),
             })
             .collect();
         let relay = Relay::new(&routes, sources.len(), sinks.len());
@@ -394,6 +405,7 @@ impl Daemon {
             .cloned()
             .map(Supervised::new)
             .collect();
+        let control = footprint.take_control().map(ControlServer::new);
         let mut daemon = Daemon {
             config,
             footprint,
@@ -406,6 +418,8 @@ impl Daemon {
             drop_logs,
             scratch: vec![0; READ_CHUNK],
             state: State::Running,
+            control,
+            started_at: Instant::now(),
         };
         if let Some(e) = fail {
             daemon.footprint.remove();
@@ -417,6 +431,13 @@ impl Daemon {
     fn start_all(&mut self) {
         for s in 0..self.sources.len() {
             self.watch_source(s);
+        }
+        if let Some(control) = &self.control
+            && let Err(e) = self
+                .events
+                .add(control.listener_fd(), Token::Control, Interest::Read)
+        {
+            error!("cannot watch the control socket: {e}; fifod status will not answer");
         }
         for c in 0..self.children.len() {
             self.start_child(c);
@@ -462,6 +483,183 @@ impl Daemon {
                 token: Token::Sink(k),
                 ..
             } => self.flush(k),
+            Event::Ready {
+                token: Token::Control,
+                ..
+            } => self.answer_status(),
+            Event::Ready {
+                token: Token::Client(slot),
+                ..
+            } => {
+                if let Some(control) = &mut self.control {
+                    // A finished client's fd is closed, which ends its watch.
+                    let _ = control.write(slot);
+                }
+            }
+        }
+    }
+
+    // ---- Status -------------------------------------------------------------
+
+    fn answer_status(&mut self) {
+        let status = self.status();
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        match control.accept(&status) {
+            Ok(Some(slot)) => {
+                if let Some(fd) = control.client_fd(slot)
+                    && let Err(e) = self.events.add(fd, Token::Client(slot), Interest::Write)
+                {
+                    warn!("cannot watch a status client: {e}");
+                    control.close(slot);
+                }
+            }
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => warn!("control socket: {e}"),
+        }
+    }
+
+    /// A snapshot of everything `fifod status` shows.
+    fn status(&self) -> Status {
+        let delivered_to = |k: SinkId| -> u64 {
+            self.relay
+                .lanes_of_sink(k)
+                .iter()
+                .map(|&l| self.relay.lanes()[l].stats().delivered)
+                .sum()
+        };
+        let queued =
+            |fd: Option<&OwnedFd>| fd.map_or(0, |fd| pipe::queued_bytes(fd.as_fd()) as u64);
+        let fifos = self
+            .config
+            .fifos
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let source = self
+                    .sources
+                    .iter()
+                    .find(|s| matches!(s.kind, SourceKind::Fifo { fifo, .. } if fifo == i));
+                let sink = (0..self.sinks.len()).find(|&k| self.sinks[k].kind == SinkKind::Fifo(i));
+                let (role, bytes, waiting) = match (source, sink) {
+                    (Some(s), _) => ("input", s.bytes, queued(s.fd.as_ref())),
+                    (None, Some(k)) => {
+                        let sink = &self.sinks[k];
+                        (
+                            "output",
+                            delivered_to(k),
+                            queued(sink.fd.as_ref().or(sink.keep_alive.as_ref())),
+                        )
+                    }
+                    (None, None) => (
+                        "unrouted",
+                        0,
+                        self.footprint.fifos[i]
+                            .fd()
+                            .map_or(0, |fd| pipe::queued_bytes(fd) as u64),
+                    ),
+                };
+                FifoStatus {
+                    name: spec.name.clone(),
+                    path: spec.path.display().to_string(),
+                    mode: spec.mode.to_string(),
+                    role: role.to_string(),
+                    peers: None,
+                    bytes,
+                    queued: waiting,
+                }
+            })
+            .collect();
+        let processes = self
+            .children
+            .iter()
+            .zip(&self.ends)
+            .map(|(child, ends)| {
+                let read = |s: Option<SourceId>| s.map_or(0, |s| self.sources[s].bytes);
+                ProcessStatus {
+                    name: child.name().to_string(),
+                    command: child.spec.command.clone(),
+                    pid: child.pid.map(nix::unistd::Pid::as_raw),
+                    state: if child.pid.is_some() {
+                        "running"
+                    } else if child.restart_at.is_some() {
+                        "restarting"
+                    } else {
+                        "stopped"
+                    }
+                    .to_string(),
+                    restarts: child.restarts,
+                    last_exit: child.last_exit.map(|e| e.to_string()),
+                    bytes_in: ends.stdin.map_or(0, delivered_to),
+                    bytes_out: read(ends.stdout) + read(ends.stderr),
+                }
+            })
+            .collect();
+        let routes = self
+            .config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(r, route)| {
+                let waiting = self.relay.partial_bytes(r) as u64;
+                let sinks = self
+                    .relay
+                    .lanes()
+                    .iter()
+                    .filter(|lane| lane.route == r)
+                    .map(|lane| {
+                        let st = lane.stats();
+                        SinkStatus {
+                            sink: self.sinks[lane.sink].name.clone(),
+                            produced: st.accepted + waiting,
+                            delivered: st.delivered,
+                            held: lane.held() as u64 + waiting,
+                            dropped: st.dropped,
+                            lines: lane.lines().then(|| LineCounts {
+                                produced: st.lines_accepted,
+                                delivered: st.lines_delivered,
+                                held: lane.held_lines(),
+                                dropped: st.lines_dropped,
+                            }),
+                        }
+                    })
+                    .collect();
+                RouteStatus {
+                    index: r,
+                    from: route.from.iter().map(ToString::to_string).collect(),
+                    to: route.to.iter().map(ToString::to_string).collect(),
+                    framing: match route.framing {
+                        Framing::Bytes => "bytes",
+                        Framing::Lines => "lines",
+                    }
+                    .to_string(),
+                    when_full: route.when_full.to_string(),
+                    eof: match route.eof {
+                        Eof::Hold => "hold",
+                        Eof::Forward => "forward",
+                    }
+                    .to_string(),
+                    long_lines: self.relay.long_lines(r),
+                    sinks,
+                }
+            })
+            .collect();
+        Status {
+            version: STATUS_VERSION,
+            pid: std::process::id(),
+            uptime_seconds: self.started_at.elapsed().as_secs_f64(),
+            dir: self.config.daemon.dir.display().to_string(),
+            state: match self.state {
+                State::Running => "running",
+                State::Draining { .. } => "draining",
+                State::Killing { .. } | State::Done => "stopping",
+            }
+            .to_string(),
+            fifos,
+            processes,
+            routes,
         }
     }
 
@@ -567,6 +765,7 @@ impl Daemon {
             self.source_ended(s);
             return;
         }
+        self.sources[s].bytes += n as u64;
         if let Some(q) = &mut self.sources[s].quota {
             *q = q.saturating_sub(n);
         }
@@ -912,6 +1111,7 @@ impl Daemon {
         for sink in &self.sinks {
             consider(sink.end_check.map(|(at, _)| at));
         }
+        consider(self.control.as_ref().and_then(ControlServer::next_deadline));
         match self.state {
             State::Draining { deadline, .. } => {
                 consider(Some(deadline));
@@ -933,6 +1133,12 @@ impl Daemon {
         for k in 0..self.sinks.len() {
             if self.sinks[k].end_check.is_some_and(|(at, _)| at <= now) {
                 self.flush(k);
+            }
+        }
+        if let Some(control) = &mut self.control {
+            for slot in control.expired(now) {
+                debug!("dropping a status client that did not read its answer");
+                control.close(slot);
             }
         }
         if self.state == State::Running {
@@ -995,6 +1201,19 @@ impl Daemon {
             } => {
                 let inputs_done = self.sources.iter().all(|s| s.quota.is_none_or(|q| q == 0));
                 if !stdins_closed && inputs_done {
+                    // Writers that left a line unfinished get it delivered as it is.
+                    for s in 0..self.sources.len() {
+                        if matches!(
+                            self.sources[s].kind,
+                            SourceKind::Fifo { .. } | SourceKind::Stdin
+                        ) {
+                            self.relay.flush_lines_of(s);
+                            let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
+                            for k in fed {
+                                self.flush(k);
+                            }
+                        }
+                    }
                     let held_for_children = self
                         .ends
                         .iter()

@@ -19,6 +19,10 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 pub enum Token {
     Source(usize),
     Sink(usize),
+    /// The control socket's listener.
+    Control,
+    /// A control connection being answered.
+    Client(usize),
 }
 
 /// Which readiness to wait for.
@@ -44,11 +48,26 @@ pub enum Event {
 const KIND_SIGNAL: u64 = 0;
 const KIND_SOURCE: u64 = 1;
 const KIND_SINK: u64 = 2;
+const KIND_CONTROL: u64 = 3;
+const KIND_CLIENT: u64 = 4;
 
 fn encode(token: Token) -> u64 {
     match token {
         Token::Source(i) => (KIND_SOURCE << 32) | i as u64,
         Token::Sink(i) => (KIND_SINK << 32) | i as u64,
+        Token::Control => KIND_CONTROL << 32,
+        Token::Client(i) => (KIND_CLIENT << 32) | i as u64,
+    }
+}
+
+fn decode(data: u64) -> Option<Token> {
+    let index = (data & 0xffff_ffff) as usize;
+    match data >> 32 {
+        KIND_SOURCE => Some(Token::Source(index)),
+        KIND_SINK => Some(Token::Sink(index)),
+        KIND_CONTROL => Some(Token::Control),
+        KIND_CLIENT => Some(Token::Client(index)),
+        _ => None,
     }
 }
 
@@ -132,12 +151,8 @@ impl EventLoop {
                         out.push(Event::Signal(*signal));
                     }
                 }
-                kind => {
-                    let token = if kind == KIND_SOURCE {
-                        Token::Source(index)
-                    } else {
-                        Token::Sink(index)
-                    };
+                _ => {
+                    let Some(token) = decode(data) else { continue };
                     out.push(Event::Ready {
                         token,
                         readable: got.contains(EpollFlags::EPOLLIN),

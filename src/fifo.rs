@@ -11,6 +11,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -162,6 +163,9 @@ pub struct ManagedFifo {
 #[derive(Debug, Default)]
 pub struct Footprint {
     pub fifos: Vec<ManagedFifo>,
+    /// The control socket's listener, until the daemon takes it.
+    control: Option<UnixListener>,
+    control_entry: Option<Entry>,
     created_dirs: Vec<Entry>,
     dirs: HashMap<PathBuf, Rc<OwnedFd>>,
     lock: Option<(File, Entry)>,
@@ -196,7 +200,22 @@ impl Footprint {
             let fifo = open_fifo(&parent, spec)?;
             self.fifos.push(fifo);
         }
+        if let Some(path) = &daemon.control {
+            let parent_path = path.parent().unwrap_or(Path::new("/"));
+            let create = parent_path
+                .starts_with(&daemon.dir)
+                .then_some(daemon.dir_mode);
+            let parent = self.open_dir(parent_path, create)?;
+            let (listener, entry) = bind_control(&parent, path)?;
+            self.control = Some(listener);
+            self.control_entry = Some(entry);
+        }
         Ok(())
+    }
+
+    /// Hands the control socket's listener to the caller.
+    pub fn take_control(&mut self) -> Option<UnixListener> {
+        self.control.take()
     }
 
     /// Opens `path` as a directory, one component at a time and never
@@ -321,6 +340,16 @@ impl Footprint {
     }
 
     fn remove_lock_and_dirs(&mut self) {
+        if let Some(entry) = self.control_entry.take() {
+            self.control = None;
+            match entry.remove(UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => info!("removed control socket {}", entry.path.display()),
+                Err(why) => warn!(
+                    "not removing {} (control socket): {why}",
+                    entry.path.display()
+                ),
+            }
+        }
         if let Some((file, entry)) = self.lock.take() {
             if let Err(why) = entry.remove(UnlinkatFlags::NoRemoveDir) {
                 warn!("not removing lock file {}: {why}", entry.path.display());
@@ -498,6 +527,64 @@ fn check_adoptable(path: &Path, st: &FileStat, spec: &FifoConfig) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// Creates the control socket, mode 0600. A socket of ours already there was
+/// left by a crash (the lock is ours, so no fifod uses it) and is replaced;
+/// anything else at the path is refused.
+fn bind_control(parent: &Rc<OwnedFd>, path: &Path) -> Result<(UnixListener, Entry), FsError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused(path, "no file name"))?;
+    match fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if is_kind(&st, SFlag::S_IFSOCK) && st.st_uid == nix::unistd::geteuid().as_raw() => {
+            unlinkat(parent.as_fd(), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(failed(path, "remove the stale socket"))?;
+            info!("removed a stale control socket at {}", path.display());
+        }
+        Ok(st) => {
+            return Err(refused(
+                path,
+                format!("it is {}, not fifod's control socket", file_kind(&st)),
+            ));
+        }
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(failed(path, "inspect")(e)),
+    }
+    // There is no bindat(2): bind by name from inside the directory, whose
+    // fd was resolved safely, rather than through the path again.
+    let here = openat(
+        nix::fcntl::AT_FDCWD,
+        ".",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        NixMode::empty(),
+    )
+    .map_err(failed(Path::new("."), "open the working directory"))?;
+    nix::unistd::fchdir(parent.as_fd()).map_err(failed(path, "enter the directory of"))?;
+    let old_umask = nix::sys::stat::umask(NixMode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(name);
+    nix::sys::stat::umask(old_umask);
+    if let Err(e) = nix::unistd::fchdir(here.as_fd()) {
+        warn!("cannot return to the working directory: {}", e.desc());
+    }
+    let listener = bound.map_err(|e| {
+        failed(path, "create the control socket")(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+    })?;
+    let st = fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(failed(path, "inspect"))?;
+    let entry = Entry {
+        parent: Rc::clone(parent),
+        name: name.to_owned(),
+        path: path.to_owned(),
+        id: NodeId::of(&st),
+    };
+    if let Err(e) = listener.set_nonblocking(true) {
+        let _ = entry.remove(UnlinkatFlags::NoRemoveDir);
+        return Err(failed(path, "configure")(Errno::from_raw(
+            e.raw_os_error().unwrap_or(0),
+        )));
+    }
+    Ok((listener, entry))
 }
 
 /// Takes the per-directory lock: an flock on `.fifod.lock`, which holds the

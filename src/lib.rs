@@ -6,6 +6,7 @@
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod event_loop;
 pub mod fifo;

@@ -1,5 +1,5 @@
 //! The relay engine's state: which source feeds which sink, the bytes held
-//! for each sink, the full-buffer policies and the byte accounting.
+//! for each sink, line framing, the full-buffer policies and the accounting.
 //!
 //! **Invariant:** this module makes no system call. The daemon reads, writes
 //! and polls; the relay decides how much may be read, what to write next and
@@ -7,7 +7,14 @@
 //!
 //! A *lane* is one (route, sink) pair: each has its own buffer, bounded by the
 //! route's `buffer`, and its own counters. For every lane, at all times,
-//! `accepted = delivered + held + dropped`.
+//! `accepted = delivered + held + dropped`, in bytes and (on line routes) in
+//! lines, a line being counted by its newline.
+//!
+//! On a route with line framing, each source's bytes are cut into lines
+//! before they reach the lanes: a lane only ever holds whole lines (or pieces
+//! of `max_line` bytes of a longer one), a policy only ever drops whole
+//! lines, and once a line is partly written to a sink, no other lane writes to
+//! that sink before the line is complete.
 //!
 //! On routes with `eof = "forward"`, a lane also holds *end markers*: when
 //! every source of the route has ended its session, each lane gets a marker
@@ -31,6 +38,14 @@ pub struct LaneStats {
     pub delivered: u64,
     /// Bytes discarded by the route's `when_full` policy.
     pub dropped: u64,
+    /// The same, in lines (line routes only).
+    pub lines_accepted: u64,
+    pub lines_delivered: u64,
+    pub lines_dropped: u64,
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
 }
 
 #[derive(Debug)]
@@ -44,6 +59,11 @@ pub struct Lane {
     ends: VecDeque<u64>,
     capacity: usize,
     policy: WhenFull,
+    /// Line framing: only whole lines are dropped, and a line in progress
+    /// keeps its sink.
+    lines: bool,
+    /// The first held line has been partly written.
+    mid_line: bool,
     stats: LaneStats,
 }
 
@@ -58,6 +78,16 @@ impl Lane {
 
     pub fn policy(&self) -> WhenFull {
         self.policy
+    }
+
+    pub fn lines(&self) -> bool {
+        self.lines
+    }
+
+    /// Lines held, counted by their newline.
+    pub fn held_lines(&self) -> u64 {
+        let s = &self.stats;
+        s.lines_accepted - s.lines_delivered - s.lines_dropped
     }
 
     fn free(&self) -> usize {
@@ -92,38 +122,130 @@ impl Lane {
         self.front += n as u64;
     }
 
+    /// Drops `n` held bytes starting `at` bytes after the front, keeping the
+    /// end markers after the bytes they followed.
+    fn drop_held(&mut self, at: usize, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.lines {
+            let lines = self.held.range(at..at + n).filter(|&&b| b == b'\n').count();
+            self.stats.lines_dropped += lines as u64;
+        }
+        self.stats.dropped += n as u64;
+        if at == 0 {
+            self.remove_front(n);
+            return;
+        }
+        self.held.drain(at..at + n);
+        let start = self.front + at as u64;
+        for end in &mut self.ends {
+            if *end > start {
+                *end = (*end).saturating_sub(n as u64).max(start);
+            }
+        }
+    }
+
+    /// Counts bytes that were never held as dropped.
+    fn drop_unheld(&mut self, bytes: &[u8]) {
+        self.stats.dropped += bytes.len() as u64;
+        if self.lines {
+            self.stats.lines_dropped += newlines(bytes);
+        }
+    }
+
+    /// Where whole lines (or whole pieces) end in `bytes`, at or before `limit`.
+    fn whole_prefix(bytes: &[u8], limit: usize) -> usize {
+        if bytes.len() <= limit {
+            return bytes.len();
+        }
+        memchr::memrchr(b'\n', &bytes[..limit]).map_or(0, |i| i + 1)
+    }
+
     /// Takes `data` after `direct` bytes of it were already written straight
     /// to the sink; holds the rest as far as the policy allows.
     fn accept(&mut self, data: &[u8], direct: usize) {
         self.stats.accepted += data.len() as u64;
         self.stats.delivered += direct as u64;
+        if self.lines {
+            self.stats.lines_accepted += newlines(data);
+            self.stats.lines_delivered += newlines(&data[..direct]);
+            // A direct write only happens into an idle lane.
+            if direct > 0 && direct < data.len() && data[direct - 1] != b'\n' {
+                self.mid_line = true;
+            }
+        }
         let rest = &data[direct..];
         let free = self.free();
         if rest.len() <= free {
             self.held.extend(rest);
             return;
         }
+        // What must stay: the rest of a line already partly written.
+        let protected = if self.lines && self.mid_line && self.held.is_empty() {
+            memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1)
+        } else {
+            0
+        };
         match self.policy {
             // The caller never reads more than the free space of a blocking
-            // lane; holding the excess anyway keeps every byte, and the
-            // next read budget is smaller to make up for it.
+            // lane; holding the excess anyway keeps every byte.
             WhenFull::Block => self.held.extend(rest),
-            WhenFull::DropNewest => {
+            WhenFull::DropNewest if !self.lines => {
                 self.held.extend(&rest[..free]);
-                self.stats.dropped += (rest.len() - free) as u64;
+                self.drop_unheld(&rest[free..]);
+            }
+            WhenFull::DropNewest => {
+                let keep = protected.max(Self::whole_prefix(rest, free));
+                self.held.extend(&rest[..keep]);
+                self.drop_unheld(&rest[keep..]);
             }
             WhenFull::DropOldest => {
-                let keep_new = rest.len().min(self.capacity);
-                let drop_old = (self.held.len() + keep_new).saturating_sub(self.capacity);
-                let drop_new = rest.len() - keep_new;
-                self.remove_front(drop_old);
-                // Bytes dropped before they were ever held still move the
-                // stream on: an end marker stays after the bytes it followed.
-                self.front += drop_new as u64;
-                self.held.extend(&rest[drop_new..]);
-                self.stats.dropped += (drop_old + drop_new) as u64;
+                self.held.extend(rest);
+                self.trim_oldest();
             }
         }
+    }
+
+    /// Drops the oldest held bytes (whole lines on a line route, and never
+    /// a line already partly written) until the lane fits its capacity.
+    fn trim_oldest(&mut self) {
+        let excess = self.held.len().saturating_sub(self.capacity);
+        if excess == 0 {
+            return;
+        }
+        if !self.lines {
+            self.drop_held(0, excess);
+            return;
+        }
+        let (first, second) = self.held.as_slices();
+        let line_end = |from: usize| -> Option<usize> {
+            if from < first.len() {
+                if let Some(i) = memchr::memchr(b'\n', &first[from..]) {
+                    return Some(from + i + 1);
+                }
+                memchr::memchr(b'\n', second).map(|i| first.len() + i + 1)
+            } else {
+                memchr::memchr(b'\n', &second[from - first.len()..]).map(|i| from + i + 1)
+            }
+        };
+        let keep_from = if self.mid_line {
+            line_end(0).unwrap_or(self.held.len())
+        } else {
+            0
+        };
+        let mut cut = keep_from;
+        while cut - keep_from < excess {
+            match line_end(cut) {
+                Some(end) => cut = end,
+                // No newline left: what remains is a piece of a long line.
+                None => {
+                    cut = (keep_from + excess).min(self.held.len());
+                    break;
+                }
+            }
+        }
+        self.drop_held(keep_from, cut - keep_from);
     }
 }
 
@@ -136,20 +258,8 @@ pub struct RouteSpec {
     pub when_full: WhenFull,
     /// Pass the end of the sources' sessions on to the sinks.
     pub forward_eof: bool,
-}
-
-#[derive(Debug)]
-pub struct Relay {
-    lanes: Vec<Lane>,
-    /// For each source, the lanes it feeds (one per sink of each of its routes).
-    source_lanes: Vec<Vec<LaneId>>,
-    /// For each sink, the lanes that feed it.
-    sink_lanes: Vec<Vec<LaneId>>,
-    /// For each lane, the sources of its route.
-    lane_sources: Vec<Vec<SourceId>>,
-    /// Round-robin position among a sink's lanes, so no route starves another.
-    sink_turn: Vec<usize>,
-    routes: Vec<RouteState>,
+    /// Line framing, with the longest line passed on whole.
+    pub max_line: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -157,30 +267,47 @@ struct RouteState {
     sources: Vec<SourceId>,
     lanes: Vec<LaneId>,
     forward_eof: bool,
+    max_line: Option<usize>,
     /// Which sources have ended their current session.
     ended: Vec<bool>,
+    /// Line routes: each source's line in progress.
+    partial: Vec<Vec<u8>>,
+    /// Line routes: the line in progress already went on in pieces.
+    in_long_line: Vec<bool>,
+    /// Lines longer than `max_line`, passed on in pieces.
+    long_lines: u64,
+}
+
+#[derive(Debug)]
+pub struct Relay {
+    lanes: Vec<Lane>,
+    routes: Vec<RouteState>,
+    /// For each source, the routes it feeds and its place among their sources.
+    source_routes: Vec<Vec<(usize, usize)>>,
+    /// For each sink, the lanes that feed it.
+    sink_lanes: Vec<Vec<LaneId>>,
+    /// Round-robin position among a sink's lanes, so no route starves another.
+    sink_turn: Vec<usize>,
+    /// A lane that has a line partly written to the sink has it to itself.
+    sink_owner: Vec<Option<LaneId>>,
 }
 
 impl Relay {
     pub fn new(routes: &[RouteSpec], sources: usize, sinks: usize) -> Relay {
         let mut relay = Relay {
             lanes: Vec::new(),
-            source_lanes: vec![Vec::new(); sources],
-            sink_lanes: vec![Vec::new(); sinks],
-            lane_sources: Vec::new(),
-            sink_turn: vec![0; sinks],
             routes: Vec::new(),
+            source_routes: vec![Vec::new(); sources],
+            sink_lanes: vec![Vec::new(); sinks],
+            sink_turn: vec![0; sinks],
+            sink_owner: vec![None; sinks],
         };
         for (route_index, route) in routes.iter().enumerate() {
-            relay.routes.push(RouteState {
-                sources: route.sources.clone(),
-                lanes: Vec::new(),
-                forward_eof: route.forward_eof,
-                ended: vec![false; route.sources.len()],
-            });
+            let mut lanes = Vec::new();
             for &sink in &route.sinks {
                 let lane = relay.lanes.len();
-                relay.routes[route_index].lanes.push(lane);
+                lanes.push(lane);
+                relay.sink_lanes[sink].push(lane);
                 relay.lanes.push(Lane {
                     route: route_index,
                     sink,
@@ -189,14 +316,24 @@ impl Relay {
                     ends: VecDeque::new(),
                     capacity: route.buffer,
                     policy: route.when_full,
+                    lines: route.max_line.is_some(),
+                    mid_line: false,
                     stats: LaneStats::default(),
                 });
-                relay.lane_sources.push(route.sources.clone());
-                relay.sink_lanes[sink].push(lane);
-                for &source in &route.sources {
-                    relay.source_lanes[source].push(lane);
-                }
             }
+            for (position, &source) in route.sources.iter().enumerate() {
+                relay.source_routes[source].push((route_index, position));
+            }
+            relay.routes.push(RouteState {
+                sources: route.sources.clone(),
+                lanes,
+                forward_eof: route.forward_eof,
+                max_line: route.max_line,
+                ended: vec![false; route.sources.len()],
+                partial: vec![Vec::new(); route.sources.len()],
+                in_long_line: vec![false; route.sources.len()],
+                long_lines: 0,
+            });
         }
         relay
     }
@@ -205,22 +342,35 @@ impl Relay {
         &self.lanes
     }
 
-    pub fn source_count(&self) -> usize {
-        self.source_lanes.len()
+    /// Lines longer than `max_line` that route `route` passed on in pieces.
+    pub fn long_lines(&self, route: usize) -> u64 {
+        self.routes[route].long_lines
+    }
+
+    /// Bytes of incomplete lines waiting in route `route`'s sources.
+    pub fn partial_bytes(&self, route: usize) -> usize {
+        self.routes[route].partial.iter().map(Vec::len).sum()
     }
 
     /// How many bytes may be read from `source` now: the least free space
-    /// among the blocking lanes it feeds, or `max` if none of them blocks.
+    /// among the blocking lanes it feeds (less the line it has in progress
+    /// there), or `max` if none of them blocks.
     pub fn read_budget(&self, source: SourceId, max: usize) -> usize {
-        self.source_lanes[source]
-            .iter()
-            .map(|&l| &self.lanes[l])
-            .filter(|lane| lane.policy == WhenFull::Block)
-            .map(Lane::free)
-            .fold(max, usize::min)
+        let mut budget = max;
+        for &(r, position) in &self.source_routes[source] {
+            let route = &self.routes[r];
+            let in_progress = route.partial[position].len();
+            for &l in &route.lanes {
+                let lane = &self.lanes[l];
+                if lane.policy == WhenFull::Block {
+                    budget = budget.min(lane.free().saturating_sub(in_progress));
+                }
+            }
+        }
+        budget
     }
 
-    /// Hands bytes read from `source` to every lane it feeds. Where a lane
+    /// Hands bytes read from `source` to every route it feeds. Where a lane
     /// holds nothing and its sink has nothing else pending, `write_now` is
     /// offered the bytes first and returns how many it wrote, which saves a
     /// copy into the lane.
@@ -230,28 +380,119 @@ impl Relay {
         data: &[u8],
         mut write_now: impl FnMut(SinkId, &[u8]) -> usize,
     ) {
-        for route in &mut self.routes {
-            if let Some(i) = route.sources.iter().position(|&s| s == source) {
-                route.ended[i] = false;
+        for i in 0..self.source_routes[source].len() {
+            let (r, position) = self.source_routes[source][i];
+            self.routes[r].ended[position] = false;
+            let Some(max_line) = self.routes[r].max_line else {
+                self.push(r, data, &mut write_now);
+                continue;
+            };
+            let complete = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
+            if complete > 0 {
+                let counted = std::mem::take(&mut self.routes[r].in_long_line[position]);
+                if self.routes[r].partial[position].is_empty() {
+                    self.push_lines(r, &data[..complete], max_line, counted, &mut write_now);
+                } else {
+                    let mut lines = std::mem::take(&mut self.routes[r].partial[position]);
+                    lines.extend_from_slice(&data[..complete]);
+                    self.push_lines(r, &lines, max_line, counted, &mut write_now);
+                    lines.clear();
+                    self.routes[r].partial[position] = lines;
+                }
+            }
+            self.routes[r].partial[position].extend_from_slice(&data[complete..]);
+            // A line that outgrows max_line goes on in pieces, without waiting.
+            while self.routes[r].partial[position].len() >= max_line {
+                let piece: Vec<u8> = self.routes[r].partial[position].drain(..max_line).collect();
+                if !std::mem::replace(&mut self.routes[r].in_long_line[position], true) {
+                    self.routes[r].long_lines += 1;
+                }
+                self.push(r, &piece, &mut write_now);
             }
         }
-        for i in 0..self.source_lanes[source].len() {
-            let lane_id = self.source_lanes[source][i];
+    }
+
+    /// Pushes whole lines, cutting those longer than `max_line` into pieces.
+    /// `first_counted`: the first line already went on in pieces.
+    fn push_lines(
+        &mut self,
+        r: usize,
+        lines: &[u8],
+        max_line: usize,
+        mut first_counted: bool,
+        write_now: &mut impl FnMut(SinkId, &[u8]) -> usize,
+    ) {
+        let mut run_start = 0;
+        let mut line_start = 0;
+        for newline in memchr::memchr_iter(b'\n', lines) {
+            let end = newline + 1;
+            if end - line_start > max_line {
+                if run_start < line_start {
+                    self.push(r, &lines[run_start..line_start], write_now);
+                }
+                if !first_counted {
+                    self.routes[r].long_lines += 1;
+                }
+                let mut piece = line_start;
+                while end - piece > max_line {
+                    self.push(r, &lines[piece..piece + max_line], write_now);
+                    piece += max_line;
+                }
+                self.push(r, &lines[piece..end], write_now);
+                run_start = end;
+            }
+            line_start = end;
+            first_counted = false;
+        }
+        if run_start < lines.len() {
+            self.push(r, &lines[run_start..], write_now);
+        }
+    }
+
+    /// Gives whole records to every lane of route `r`.
+    fn push(&mut self, r: usize, data: &[u8], write_now: &mut impl FnMut(SinkId, &[u8]) -> usize) {
+        for i in 0..self.routes[r].lanes.len() {
+            let lane_id = self.routes[r].lanes[i];
             let sink = self.lanes[lane_id].sink;
-            let sink_idle = self.sink_lanes[sink]
-                .iter()
-                .all(|&l| self.lanes[l].is_idle());
+            let sink_idle = self.sink_owner[sink].is_none()
+                && self.sink_lanes[sink]
+                    .iter()
+                    .all(|&l| self.lanes[l].is_idle());
             let direct = if sink_idle {
                 write_now(sink, data).min(data.len())
             } else {
                 0
             };
-            self.lanes[lane_id].accept(data, direct);
+            let lane = &mut self.lanes[lane_id];
+            lane.accept(data, direct);
+            if lane.lines && lane.mid_line {
+                self.sink_owner[sink] = Some(lane_id);
+            }
+        }
+    }
+
+    /// Passes on `source`'s lines in progress as they are, without a newline.
+    pub fn flush_lines_of(&mut self, source: SourceId) {
+        for i in 0..self.source_routes[source].len() {
+            let (r, position) = self.source_routes[source][i];
+            self.flush_partial(r, position);
+        }
+    }
+
+    fn flush_partial(&mut self, r: usize, position: usize) {
+        self.routes[r].in_long_line[position] = false;
+        let piece = std::mem::take(&mut self.routes[r].partial[position]);
+        if !piece.is_empty() {
+            self.push(r, &piece, &mut |_, _| 0);
         }
     }
 
     /// The next bytes to write to `sink`, and the lane they come from.
     pub fn pending(&self, sink: SinkId) -> Option<(LaneId, &[u8])> {
+        if let Some(owner) = self.sink_owner[sink] {
+            let bytes = self.lanes[owner].writable();
+            return (!bytes.is_empty()).then_some((owner, bytes));
+        }
         let lanes = &self.sink_lanes[sink];
         let n = lanes.len();
         (0..n)
@@ -264,9 +505,26 @@ impl Relay {
     pub fn delivered(&mut self, lane: LaneId, n: usize) {
         let lane_ref = &mut self.lanes[lane];
         let n = n.min(lane_ref.held.len());
-        lane_ref.remove_front(n);
+        if n == 0 {
+            return;
+        }
+        if lane_ref.lines {
+            let (first, second) = lane_ref.held.as_slices();
+            let written = if n <= first.len() {
+                newlines(&first[..n])
+            } else {
+                newlines(first) + newlines(&second[..n - first.len()])
+            };
+            lane_ref.stats.lines_delivered += written;
+            let last = lane_ref.held[n - 1];
+            lane_ref.remove_front(n);
+            lane_ref.mid_line = last != b'\n' && !lane_ref.held.is_empty();
+        } else {
+            lane_ref.remove_front(n);
+        }
         lane_ref.stats.delivered += n as u64;
         let sink = lane_ref.sink;
+        self.sink_owner[sink] = lane_ref.mid_line.then_some(lane);
         let turn = &mut self.sink_turn[sink];
         *turn = (*turn + 1) % self.sink_lanes[sink].len().max(1);
     }
@@ -279,23 +537,25 @@ impl Relay {
             let lane = &mut self.lanes[l];
             let n = lane.held.len();
             total += n;
-            lane.stats.dropped += n as u64;
-            lane.remove_front(n);
+            lane.drop_held(0, n);
             lane.ends.clear();
+            lane.mid_line = false;
         }
+        self.sink_owner[sink] = None;
         total
     }
 
-    /// Records that `source` ended its session. On each route that forwards
-    /// ends and whose every source has now ended, every lane gets an end
-    /// marker after its last byte. Returns whether any marker was added.
+    /// Records that `source` ended its session: its line in progress is
+    /// passed on as it is. On each route that forwards ends and whose every
+    /// source has now ended, every lane gets an end marker after its last
+    /// byte. Returns whether any marker was added.
     pub fn source_ended(&mut self, source: SourceId) -> bool {
         let mut marked = false;
-        for route in &mut self.routes {
-            let Some(i) = route.sources.iter().position(|&s| s == source) else {
-                continue;
-            };
-            route.ended[i] = true;
+        for i in 0..self.source_routes[source].len() {
+            let (r, position) = self.source_routes[source][i];
+            self.flush_partial(r, position);
+            let route = &mut self.routes[r];
+            route.ended[position] = true;
             if route.forward_eof && route.ended.iter().all(|&e| e) {
                 route.ended.iter_mut().for_each(|e| *e = false);
                 for &l in &route.lanes {
@@ -348,7 +608,7 @@ impl Relay {
     pub fn sources_feeding(&self, sink: SinkId) -> impl Iterator<Item = SourceId> + '_ {
         self.sink_lanes[sink]
             .iter()
-            .flat_map(|&l| self.lane_sources[l].iter().copied())
+            .flat_map(|&l| self.routes[self.lanes[l].route].sources.iter().copied())
     }
 
     /// The lanes feeding `sink`.
@@ -358,9 +618,9 @@ impl Relay {
 
     /// The sinks `source` feeds.
     pub fn sinks_of(&self, source: SourceId) -> impl Iterator<Item = SinkId> + '_ {
-        self.source_lanes[source]
+        self.source_routes[source]
             .iter()
-            .map(|&l| self.lanes[l].sink)
+            .flat_map(|&(r, _)| self.routes[r].lanes.iter().map(|&l| self.lanes[l].sink))
     }
 }
 
@@ -375,7 +635,168 @@ mod tests {
             buffer,
             when_full,
             forward_eof: false,
+            max_line: None,
         }
+    }
+
+    fn lines(
+        sources: &[usize],
+        sinks: &[usize],
+        buffer: usize,
+        when_full: WhenFull,
+        max_line: usize,
+    ) -> RouteSpec {
+        RouteSpec {
+            max_line: Some(max_line),
+            ..route(sources, sinks, buffer, when_full)
+        }
+    }
+
+    /// A tiny deterministic generator, so the tests need no crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[test]
+    fn lines_from_several_sources_never_interleave() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let route = lines(&[0, 1, 2], &[0], 1 << 20, WhenFull::Block, 1 << 16);
+        let mut relay = Relay::new(&[route], 3, 1);
+        let mut streams: Vec<Vec<u8>> = Vec::new();
+        for source in 0..3u8 {
+            let mut stream = Vec::new();
+            for n in 0..200 {
+                let len = rng.below(300) as usize;
+                stream.extend(format!("{source}:{n}:").bytes());
+                stream.extend(std::iter::repeat_n(b'a' + source, len));
+                stream.push(b'\n');
+            }
+            streams.push(stream);
+        }
+        let mut offsets = [0usize; 3];
+        let mut out = Vec::new();
+        while offsets.iter().zip(&streams).any(|(o, s)| *o < s.len()) {
+            let source = rng.below(3) as usize;
+            let stream = &streams[source];
+            let take = (rng.below(700) as usize + 1).min(stream.len() - offsets[source]);
+            let piece = &stream[offsets[source]..offsets[source] + take];
+            offsets[source] += take;
+            // The sink takes a random part at once, so writes end mid-line.
+            relay.ingest(source, piece, |_, bytes| {
+                let n = (rng.below(bytes.len() as u64 + 1) as usize).min(bytes.len());
+                out.extend_from_slice(&bytes[..n]);
+                n
+            });
+            let chunk = rng.below(500) as usize + 1;
+            drain(&mut relay, 0, &mut out, chunk);
+        }
+        let mut seen = [0usize; 3];
+        for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let text = std::str::from_utf8(line).unwrap();
+            let mut parts = text.splitn(3, ':');
+            let source: usize = parts.next().unwrap().parse().unwrap();
+            let n: usize = parts.next().unwrap().parse().unwrap();
+            assert_eq!(n, seen[source], "lines of source {source} out of order");
+            let body = parts.next().unwrap();
+            assert!(
+                body.bytes().all(|b| b == b'a' + source as u8),
+                "mixed line: {text}"
+            );
+            seen[source] += 1;
+        }
+        assert_eq!(seen, [200, 200, 200]);
+        let stats = relay.lanes()[0].stats();
+        assert_eq!(stats.lines_accepted, 600);
+        assert_eq!(stats.lines_delivered, 600);
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn a_long_line_goes_on_in_pieces_and_is_counted() {
+        let mut relay = Relay::new(&[lines(&[0], &[0], 4096, WhenFull::Block, 10)], 1, 1);
+        relay.ingest(0, b"short\n0123456789abcdefghij", |_, _| 0);
+        relay.ingest(0, b"klm\nxy", |_, _| 0);
+        let mut out = Vec::new();
+        drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"short\n0123456789abcdefghijklm\n");
+        assert_eq!(relay.long_lines(0), 1);
+        assert_eq!(relay.partial_bytes(0), 2);
+        // A whole long line inside one read is cut too.
+        relay.ingest(0, b"\n0123456789ABCDEFGHIJ0123\n", |_, _| 0);
+        drain(&mut relay, 0, &mut out, 100);
+        assert!(out.ends_with(b"xy\n0123456789ABCDEFGHIJ0123\n"));
+        assert_eq!(relay.long_lines(0), 2);
+    }
+
+    #[test]
+    fn an_ended_source_passes_its_last_partial_line_without_a_newline() {
+        let mut relay = Relay::new(&[lines(&[0, 1], &[0], 4096, WhenFull::Block, 100)], 2, 1);
+        relay.ingest(0, b"one\ntw", |_, _| 0);
+        relay.source_ended(0);
+        relay.ingest(1, b"three\n", |_, _| 0);
+        let mut out = Vec::new();
+        drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"one\ntwthree\n");
+        assert_eq!(relay.lanes()[0].stats().lines_accepted, 2);
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn line_policies_drop_whole_lines() {
+        let mut relay = Relay::new(&[lines(&[0], &[0], 10, WhenFull::DropNewest, 10)], 1, 1);
+        relay.ingest(0, b"aaa\nbbb\nccc\nddd\n", |_, _| 0);
+        let mut out = Vec::new();
+        drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"aaa\nbbb\n");
+        assert_eq!(relay.lanes()[0].stats().lines_dropped, 2);
+        check_identity(&relay);
+
+        let mut relay = Relay::new(&[lines(&[0], &[0], 10, WhenFull::DropOldest, 10)], 1, 1);
+        // The first line is half written when the rest comes.
+        relay.ingest(0, b"aaa\nbbb\n", |_, bytes| {
+            assert_eq!(bytes, b"aaa\nbbb\n");
+            2
+        });
+        relay.ingest(0, b"ccc\nddd\n", |_, _| 0);
+        let mut out = b"aa".to_vec();
+        drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(
+            out, b"aaa\nccc\nddd\n",
+            "never the line in progress, whole lines only"
+        );
+        assert_eq!(relay.lanes()[0].stats().lines_dropped, 1);
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn a_line_in_progress_keeps_its_sink_across_routes() {
+        let routes = [
+            lines(&[0], &[0], 100, WhenFull::Block, 100),
+            lines(&[1], &[0], 100, WhenFull::Block, 100),
+        ];
+        let mut relay = Relay::new(&routes, 2, 1);
+        relay.ingest(0, b"first line\n", |_, _| 3);
+        relay.ingest(1, b"other\n", |_, _| panic!("the sink is mid-line"));
+        let (lane, bytes) = relay.pending(0).unwrap();
+        assert_eq!((lane, bytes), (0, &b"st line\n"[..]));
+        relay.delivered(0, 2);
+        assert_eq!(relay.pending(0).unwrap().0, 0, "still mid-line");
+        relay.delivered(0, 6);
+        assert_eq!(relay.pending(0).unwrap(), (1, &b"other\n"[..]));
+    }
+
+    #[test]
+    fn line_budget_leaves_room_for_the_line_in_progress() {
+        let mut relay = Relay::new(&[lines(&[0], &[0], 4096, WhenFull::Block, 1000)], 1, 1);
+        relay.ingest(0, &[b'x'; 300], |_, _| 0);
+        assert_eq!(relay.read_budget(0, 1 << 20), 4096 - 300);
     }
 
     fn forwarding(sources: &[usize], sinks: &[usize]) -> RouteSpec {
@@ -454,6 +875,10 @@ mod tests {
                 s.delivered + s.dropped + lane.held() as u64,
                 "{lane:?}"
             );
+            if lane.lines() {
+                let held = lane.held.iter().filter(|&&b| b == b'\n').count() as u64;
+                assert_eq!(lane.held_lines(), held, "{lane:?}");
+            }
         }
     }
 

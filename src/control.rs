@@ -1,0 +1,496 @@
+//! The control socket: the daemon answers each connection with one JSON
+//! document describing its state, and `fifod status` renders it.
+//!
+//! The protocol is deliberately one-way: connect, read to EOF. The document's
+//! field names are stable (README lists them); `version` changes if they do.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a field changes meaning or goes away.
+pub const STATUS_VERSION: u32 = 1;
+/// At most this many answers are being written at once; a further client
+/// is answered when one of them finishes.
+const MAX_CLIENTS: usize = 16;
+/// A client that does not read its answer in this time is dropped.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub version: u32,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    pub dir: String,
+    /// `running`, `draining` or `stopping`.
+    pub state: String,
+    pub fifos: Vec<FifoStatus>,
+    pub processes: Vec<ProcessStatus>,
+    pub routes: Vec<RouteStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FifoStatus {
+    pub name: String,
+    pub path: String,
+    pub mode: String,
+    /// `input`, `output` or `unrouted`.
+    pub role: String,
+    /// Whether someone has the other end open, where fifod can tell; `null`
+    /// where it cannot (a FIFO fifod holds read-write looks the same either
+    /// way).
+    pub peers: Option<bool>,
+    /// Bytes fifod read from it (inputs) or wrote into it (outputs).
+    pub bytes: u64,
+    /// Bytes waiting in its pipe now.
+    pub queued: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessStatus {
+    pub name: String,
+    pub command: Vec<String>,
+    pub pid: Option<i32>,
+    /// `running`, `restarting` (back-off under way) or `stopped`.
+    pub state: String,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    /// Bytes written to its stdin and read from its stdout (and stderr).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteStatus {
+    pub index: usize,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    /// `bytes` or `lines`.
+    pub framing: String,
+    pub when_full: String,
+    pub eof: String,
+    /// Lines longer than `max_line`, passed on in pieces (line routes).
+    pub long_lines: u64,
+    pub sinks: Vec<SinkStatus>,
+}
+
+/// One sink of one route. Always `produced = delivered + held + dropped`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SinkStatus {
+    pub sink: String,
+    pub produced: u64,
+    pub delivered: u64,
+    pub held: u64,
+    pub dropped: u64,
+    /// The same in lines, on line routes.
+    pub lines: Option<LineCounts>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LineCounts {
+    pub produced: u64,
+    pub delivered: u64,
+    pub held: u64,
+    pub dropped: u64,
+}
+
+/// An answer being written to one client.
+#[derive(Debug)]
+struct Client {
+    stream: UnixStream,
+    answer: Vec<u8>,
+    written: usize,
+    deadline: Instant,
+}
+
+/// The listening socket and the answers under way.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    clients: Vec<Option<Client>>,
+}
+
+/// What the daemon should do after the server handled an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Watch the client for writability.
+    Write(usize),
+    /// The client is done: stop watching it (its fd is closed).
+    Done(usize),
+}
+
+impl ControlServer {
+    pub fn new(listener: UnixListener) -> ControlServer {
+        ControlServer {
+            listener,
+            clients: (0..MAX_CLIENTS).map(|_| None).collect(),
+        }
+    }
+
+    pub fn listener_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    pub fn client_fd(&self, slot: usize) -> Option<BorrowedFd<'_>> {
+        self.clients.get(slot)?.as_ref().map(|c| c.stream.as_fd())
+    }
+
+    /// Whether a new connection can be taken now.
+    pub fn has_room(&self) -> bool {
+        self.clients.iter().any(Option::is_none)
+    }
+
+    /// Accepts one connection and starts answering it with `answer`.
+    /// Returns the slot to watch, if the answer did not fit at once.
+    pub fn accept(&mut self, answer: &Status) -> io::Result<Option<usize>> {
+        let (stream, _) = self.listener.accept()?;
+        stream.set_nonblocking(true)?;
+        let Some(slot) = self.clients.iter().position(Option::is_none) else {
+            return Ok(None);
+        };
+        let mut document = serde_json::to_vec(answer).map_err(io::Error::other)?;
+        document.push(b'\n');
+        self.clients[slot] = Some(Client {
+            stream,
+            answer: document,
+            written: 0,
+            deadline: Instant::now() + CLIENT_TIMEOUT,
+        });
+        Ok(match self.write(slot) {
+            Interest::Write(slot) => Some(slot),
+            Interest::Done(_) => None,
+        })
+    }
+
+    /// Writes more of a client's answer.
+    pub fn write(&mut self, slot: usize) -> Interest {
+        let Some(client) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return Interest::Done(slot);
+        };
+        loop {
+            match client.stream.write(&client.answer[client.written..]) {
+                Ok(n) => {
+                    client.written += n;
+                    if client.written == client.answer.len() {
+                        self.clients[slot] = None;
+                        return Interest::Done(slot);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Interest::Write(slot),
+                Err(_) => {
+                    self.clients[slot] = None;
+                    return Interest::Done(slot);
+                }
+            }
+        }
+    }
+
+    /// The earliest client deadline, if any client is waiting.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients.iter().flatten().map(|c| c.deadline).min()
+    }
+
+    /// The clients past their deadline.
+    pub fn expired(&self, now: Instant) -> Vec<usize> {
+        (0..self.clients.len())
+            .filter(|&slot| {
+                self.clients[slot]
+                    .as_ref()
+                    .is_some_and(|c| c.deadline <= now)
+            })
+            .collect()
+    }
+
+    /// Closes a client's connection.
+    pub fn close(&mut self, slot: usize) {
+        if let Some(client) = self.clients.get_mut(slot) {
+            *client = None;
+        }
+    }
+}
+
+/// Why `fifod status` could not get an answer.
+#[derive(Debug)]
+pub enum QueryError {
+    /// Nothing listens at the socket: the daemon is not running.
+    NotRunning(String),
+    Failed(String),
+}
+
+/// Connects to the control socket at `path` and reads the daemon's answer.
+pub fn query(path: &Path, timeout: Duration) -> Result<Status, QueryError> {
+    let not_running = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        )
+    };
+    // Connect by name from inside the directory: a socket address holds
+    // only 108 bytes, and the path may be longer.
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => (dir, name),
+        _ => {
+            return Err(QueryError::Failed(format!(
+                "{} is not a socket path",
+                path.display()
+            )));
+        }
+    };
+    if let Err(e) = std::env::set_current_dir(dir) {
+        return Err(if not_running(&e) {
+            QueryError::NotRunning(format!("{} does not exist", dir.display()))
+        } else {
+            QueryError::Failed(format!("{}: {e}", dir.display()))
+        });
+    }
+    let mut stream = UnixStream::connect(name).map_err(|e| {
+        if not_running(&e) {
+            QueryError::NotRunning(format!("nothing listens at {}", path.display()))
+        } else {
+            QueryError::Failed(format!("{}: {e}", path.display()))
+        }
+    })?;
+    let fail = |e: io::Error| QueryError::Failed(format!("{}: {e}", path.display()));
+    stream.set_read_timeout(Some(timeout)).map_err(fail)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(fail)?;
+    serde_json::from_slice(&answer)
+        .map_err(|e| QueryError::Failed(format!("{}: not a status answer: {e}", path.display())))
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
+}
+
+fn human_duration(seconds: f64) -> String {
+    let total = seconds as u64;
+    let (d, h, m, s) = (
+        total / 86400,
+        total / 3600 % 24,
+        total / 60 % 60,
+        total % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// Lays out rows as columns separated by two spaces.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: Vec<String>| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:w$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(ToString::to_string).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+/// The human-readable form of a status answer.
+pub fn render(status: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "fifod pid {}, {} for {}, dir {}",
+        status.pid,
+        status.state,
+        human_duration(status.uptime_seconds),
+        status.dir
+    );
+    if !status.fifos.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = status
+            .fifos
+            .iter()
+            .map(|f| {
+                vec![
+                    f.name.clone(),
+                    f.path.clone(),
+                    f.mode.clone(),
+                    f.role.clone(),
+                    match f.peers {
+                        Some(true) => "yes".into(),
+                        Some(false) => "no".into(),
+                        None => "-".into(),
+                    },
+                    human_bytes(f.bytes),
+                    human_bytes(f.queued),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["FIFO", "PATH", "MODE", "ROLE", "PEERS", "BYTES", "QUEUED"],
+            &rows,
+        );
+    }
+    if !status.processes.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = status
+            .processes
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.pid.map_or("-".into(), |pid| pid.to_string()),
+                    p.state.clone(),
+                    p.restarts.to_string(),
+                    p.last_exit.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["PROCESS", "PID", "STATE", "RESTARTS", "LAST EXIT"],
+            &rows,
+        );
+    }
+    if !status.routes.is_empty() {
+        out.push('\n');
+        let mut rows = Vec::new();
+        for r in &status.routes {
+            for s in &r.sinks {
+                let lines = |f: fn(&LineCounts) -> u64| {
+                    s.lines.as_ref().map_or(String::new(), |l| match f(l) {
+                        1 => " (1 line)".to_string(),
+                        n => format!(" ({n} lines)"),
+                    })
+                };
+                rows.push(vec![
+                    format!("route[{}]", r.index),
+                    r.from.join(","),
+                    s.sink.clone(),
+                    r.framing.clone(),
+                    format!("{}{}", human_bytes(s.delivered), lines(|l| l.delivered)),
+                    format!("{}{}", human_bytes(s.held), lines(|l| l.held)),
+                    format!("{}{}", human_bytes(s.dropped), lines(|l| l.dropped)),
+                ]);
+            }
+        }
+        table(
+            &mut out,
+            &[
+                "ROUTE",
+                "FROM",
+                "TO",
+                "FRAMING",
+                "DELIVERED",
+                "HELD",
+                "DROPPED",
+            ],
+            &rows,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lays_out_every_section() {
+        let status = Status {
+            version: STATUS_VERSION,
+            pid: 42,
+            uptime_seconds: 3725.0,
+            dir: "/run/fifod".into(),
+            state: "running".into(),
+            fifos: vec![FifoStatus {
+                name: "in".into(),
+                path: "/run/fifod/in".into(),
+                mode: "0620".into(),
+                role: "input".into(),
+                peers: None,
+                bytes: 2048,
+                queued: 0,
+            }],
+            processes: vec![ProcessStatus {
+                name: "upper".into(),
+                command: vec!["tr".into()],
+                pid: Some(7),
+                state: "running".into(),
+                restarts: 2,
+                last_exit: Some("exited with status 1".into()),
+                bytes_in: 1,
+                bytes_out: 1,
+            }],
+            routes: vec![RouteStatus {
+                index: 0,
+                from: vec!["in".into()],
+                to: vec!["upper".into()],
+                framing: "lines".into(),
+                when_full: "block".into(),
+                eof: "hold".into(),
+                long_lines: 0,
+                sinks: vec![SinkStatus {
+                    sink: "upper".into(),
+                    produced: 10,
+                    delivered: 8,
+                    held: 2,
+                    dropped: 0,
+                    lines: Some(LineCounts {
+                        produced: 3,
+                        delivered: 2,
+                        held: 1,
+                        dropped: 0,
+                    }),
+                }],
+            }],
+        };
+        let text = render(&status);
+        assert_eq!(
+            text,
+            "fifod pid 42, running for 1h 2m, dir /run/fifod\n\
+             \n\
+             FIFO  PATH           MODE  ROLE   PEERS  BYTES    QUEUED\n\
+             in    /run/fifod/in  0620  input  -      2.0 KiB  0 B\n\
+             \n\
+             PROCESS  PID  STATE    RESTARTS  LAST EXIT\n\
+             upper    7    running  2         exited with status 1\n\
+             \n\
+             ROUTE     FROM  TO     FRAMING  DELIVERED      HELD          DROPPED\n\
+             route[0]  in    upper  lines    8 B (2 lines)  2 B (1 line)  0 B (0 lines)\n"
+        );
+        let json = serde_json::to_string(&status).unwrap();
+        let back: Status = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, status);
+    }
+}
