@@ -30,6 +30,9 @@ use crate::units::{Size, format_duration};
 
 /// Largest single read from a source.
 const READ_CHUNK: usize = 128 * 1024;
+/// Largest single splice or tee: it moves pages, not bytes, so it may be
+/// larger than a read.
+const SPLICE_CHUNK: usize = 1024 * 1024;
 /// A paused source is read again once every blocking lane it feeds has this
 /// much room, so that backpressure does not degrade into tiny reads.
 const RESUME_AT: usize = 4096;
@@ -175,6 +178,9 @@ pub struct Daemon {
     state: State,
     control: Option<ControlServer>,
     started_at: Instant,
+    /// Where bytes every sink already has (by `tee`) are spliced to be
+    /// consumed from their source without a copy.
+    dev_null: Option<OwnedFd>,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -420,6 +426,11 @@ impl Daemon {
             state: State::Running,
             control,
             started_at: Instant::now(),
+            dev_null: std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .ok()
+                .map(OwnedFd::from),
         };
         if let Some(e) = fail {
             daemon.footprint.remove();
@@ -739,6 +750,16 @@ impl Daemon {
     // ---- Moving bytes -------------------------------------------------------
 
     fn read_source(&mut self, s: SourceId) {
+        if let Some(moved) = self.splice_source(s) {
+            self.sources[s].bytes += moved as u64;
+            if let Some(q) = &mut self.sources[s].quota {
+                *q = q.saturating_sub(moved);
+            }
+            if self.sources[s].quota == Some(0) {
+                self.pause(s);
+            }
+            return;
+        }
         let quota = self.sources[s].quota.unwrap_or(usize::MAX);
         let budget = self.relay.read_budget(s, quota.min(READ_CHUNK));
         if budget == 0 {
@@ -793,6 +814,60 @@ impl Daemon {
         if self.sources[s].quota == Some(0) || self.relay.read_budget(s, 1) == 0 {
             self.pause(s);
         }
+    }
+
+    /// Moves bytes from `s` to its sinks without copying them through fifod:
+    /// `splice` for one sink, `tee` into each then one `splice` to consume
+    /// for several. Returns how many bytes were taken from the source, or
+    /// `None` when the copying path must run instead (a sink holds bytes or
+    /// is full, the route frames lines, the source is empty or ended).
+    fn splice_source(&mut self, s: SourceId) -> Option<usize> {
+        use nix::fcntl::{SpliceFFlags, splice, tee};
+        if matches!(self.sources[s].kind, SourceKind::Log(_)) {
+            return None;
+        }
+        let lanes = self.relay.zero_copy_lanes(s)?;
+        let source_fd = self.sources[s].fd.as_ref()?;
+        let mut sink_fds = Vec::with_capacity(lanes.len());
+        for &(_, k) in &lanes {
+            match &self.sinks[k] {
+                Sink {
+                    fd: Some(fd),
+                    refusing: false,
+                    ..
+                } => sink_fds.push(fd.as_fd()),
+                _ => return None,
+            }
+        }
+        let quota = self.sources[s].quota.unwrap_or(usize::MAX);
+        let len = self.relay.read_budget(s, quota.min(SPLICE_CHUNK));
+        if len == 0 {
+            return None;
+        }
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+        if let [sink_fd] = sink_fds[..] {
+            // EAGAIN does not say which side was not ready, and 0 may be an
+            // end: the copying path reads and tells them apart.
+            let moved = match splice(source_fd, None, sink_fd, None, len, flags) {
+                Ok(n) if n > 0 => n,
+                _ => return None,
+            };
+            self.relay.spliced(s, &lanes, &[moved], moved);
+            return Some(moved);
+        }
+        let teed: Vec<usize> = sink_fds
+            .iter()
+            .map(|&fd| tee(source_fd, fd, len, SpliceFFlags::SPLICE_F_NONBLOCK).unwrap_or(0))
+            .collect();
+        let every_sink_has = teed.iter().copied().min().unwrap_or(0);
+        let consumed = match (&self.dev_null, every_sink_has) {
+            (_, 0) | (None, _) => 0,
+            (Some(null), n) => splice(source_fd, None, null, None, n, flags).unwrap_or(0),
+        };
+        self.relay.spliced(s, &lanes, &teed, consumed);
+        // Bytes some sinks took and others did not are read and held for
+        // the others (and skipped for the rest) by the copying path.
+        (consumed > 0).then_some(consumed)
     }
 
     /// A source's session ended: its writers all left, its process closed

@@ -64,6 +64,9 @@ pub struct Lane {
     lines: bool,
     /// The first held line has been partly written.
     mid_line: bool,
+    /// Bytes of the source's coming stream that `tee` already put into the
+    /// sink: when they are consumed from the source, this lane skips them.
+    ahead: usize,
     stats: LaneStats,
 }
 
@@ -318,6 +321,7 @@ impl Relay {
                     policy: route.when_full,
                     lines: route.max_line.is_some(),
                     mid_line: false,
+                    ahead: 0,
                     stats: LaneStats::default(),
                 });
             }
@@ -453,7 +457,17 @@ impl Relay {
     fn push(&mut self, r: usize, data: &[u8], write_now: &mut impl FnMut(SinkId, &[u8]) -> usize) {
         for i in 0..self.routes[r].lanes.len() {
             let lane_id = self.routes[r].lanes[i];
-            let sink = self.lanes[lane_id].sink;
+            let lane = &mut self.lanes[lane_id];
+            // What `tee` already delivered is not given again.
+            let skip = lane.ahead.min(data.len());
+            lane.ahead -= skip;
+            lane.stats.accepted += skip as u64;
+            lane.stats.delivered += skip as u64;
+            let data = &data[skip..];
+            if data.is_empty() {
+                continue;
+            }
+            let sink = lane.sink;
             let sink_idle = self.sink_owner[sink].is_none()
                 && self.sink_lanes[sink]
                     .iter()
@@ -468,6 +482,55 @@ impl Relay {
             if lane.lines && lane.mid_line {
                 self.sink_owner[sink] = Some(lane_id);
             }
+        }
+    }
+
+    /// The lanes `source` feeds, if its bytes may go to their sinks without
+    /// passing through fifod (`splice`/`tee`): byte routes only, and every
+    /// lane and every other lane of those sinks idle.
+    pub fn zero_copy_lanes(&self, source: SourceId) -> Option<Vec<(LaneId, SinkId)>> {
+        let mut lanes = Vec::new();
+        for &(r, _) in &self.source_routes[source] {
+            let route = &self.routes[r];
+            if route.max_line.is_some() {
+                return None;
+            }
+            for &l in &route.lanes {
+                let lane = &self.lanes[l];
+                let sink_idle = self.sink_owner[lane.sink].is_none()
+                    && self.sink_lanes[lane.sink]
+                        .iter()
+                        .all(|&o| self.lanes[o].is_idle());
+                if lane.ahead > 0 || !sink_idle {
+                    return None;
+                }
+                lanes.push((l, lane.sink));
+            }
+        }
+        (!lanes.is_empty()).then_some(lanes)
+    }
+
+    /// Records a zero-copy transfer: `teed[i]` bytes reached the sink of
+    /// `lanes[i]`, and `consumed` bytes were taken from the source. A lane
+    /// whose sink got more than was consumed is ahead by the difference.
+    pub fn spliced(
+        &mut self,
+        source: SourceId,
+        lanes: &[(LaneId, SinkId)],
+        teed: &[usize],
+        consumed: usize,
+    ) {
+        for (&(l, _), &t) in lanes.iter().zip(teed) {
+            let lane = &mut self.lanes[l];
+            let delivered = t.min(consumed);
+            lane.stats.accepted += consumed as u64;
+            lane.stats.delivered += delivered as u64;
+            // The caller consumes no more than every lane took.
+            lane.ahead = t - delivered;
+        }
+        for i in 0..self.source_routes[source].len() {
+            let (r, position) = self.source_routes[source][i];
+            self.routes[r].ended[position] = false;
         }
     }
 
