@@ -1,0 +1,421 @@
+//! Moving bytes: watching fds, reading sources, writing sinks, zero-copy
+//! transfers and the ends of sessions.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn watch_source(&mut self, s: SourceId) {
+        let source = &mut self.sources[s];
+        if source.watched || source.paused {
+            return;
+        }
+        if let Some(fd) = &source.fd {
+            match self
+                .events
+                .add(fd.as_fd(), Token::Source(s), Interest::Read)
+            {
+                Ok(()) => source.watched = true,
+                Err(e) => error!("{}: cannot watch: {e}", source.name),
+            }
+        }
+    }
+
+    pub(super) fn unwatch_source(&mut self, s: SourceId) {
+        let source = &mut self.sources[s];
+        if let (true, Some(fd)) = (source.watched, &source.fd) {
+            let _ = self.events.remove(fd.as_fd());
+        }
+        source.watched = false;
+    }
+
+    pub(super) fn set_source_fd(&mut self, s: SourceId, fd: Option<OwnedFd>) {
+        self.unwatch_source(s);
+        self.sources[s].fd = fd;
+        self.watch_source(s);
+    }
+
+    pub(super) fn pause(&mut self, s: SourceId) {
+        self.unwatch_source(s);
+        self.sources[s].paused = true;
+    }
+
+    pub(super) fn resume_if_room(&mut self, s: SourceId) {
+        let source = &self.sources[s];
+        if !source.paused || source.quota == Some(0) || self.state == State::Done {
+            return;
+        }
+        if self.relay.read_budget(s, RESUME_AT) >= RESUME_AT {
+            self.sources[s].paused = false;
+            self.watch_source(s);
+        }
+    }
+
+    pub(super) fn set_sink_watched(&mut self, k: SinkId, watched: bool) {
+        let sink = &mut self.sinks[k];
+        let Some(fd) = &sink.fd else {
+            sink.watched = false;
+            return;
+        };
+        if sink.watched == watched {
+            return;
+        }
+        let result = if watched {
+            self.events.add(fd.as_fd(), Token::Sink(k), Interest::Write)
+        } else {
+            self.events.remove(fd.as_fd())
+        };
+        match result {
+            Ok(()) => sink.watched = watched,
+            Err(e) => error!("{}: cannot watch: {e}", sink.name),
+        }
+    }
+
+    pub(super) fn set_sink_fd(&mut self, k: SinkId, fd: Option<OwnedFd>) {
+        self.set_sink_watched(k, false);
+        self.sinks[k].fd = fd;
+    }
+
+    // ---- Moving bytes -------------------------------------------------------
+
+    pub(super) fn read_source(&mut self, s: SourceId) {
+        if let Some(moved) = self.splice_source(s) {
+            self.sources[s].bytes += moved as u64;
+            if let Some(q) = &mut self.sources[s].quota {
+                *q = q.saturating_sub(moved);
+            }
+            if self.sources[s].quota == Some(0) {
+                self.pause(s);
+            }
+            return;
+        }
+        let quota = self.sources[s].quota.unwrap_or(usize::MAX);
+        let budget = self.relay.read_budget(s, quota.min(READ_CHUNK));
+        if budget == 0 {
+            self.pause(s);
+            return;
+        }
+        let Some(fd) = &self.sources[s].fd else {
+            return;
+        };
+        let n = match nix::unistd::read(fd.as_fd(), &mut self.scratch[..budget]) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN | Errno::EINTR) => return,
+            Err(e) => {
+                error!(
+                    "{}: read failed: {}; no longer reading it",
+                    self.sources[s].name,
+                    e.desc()
+                );
+                self.set_source_fd(s, None);
+                return;
+            }
+        };
+        if n == 0 {
+            self.source_ended(s);
+            return;
+        }
+        self.sources[s].bytes += n as u64;
+        if let Some(q) = &mut self.sources[s].quota {
+            *q = q.saturating_sub(n);
+        }
+        if matches!(self.sources[s].kind, SourceKind::Log(_)) {
+            self.log_lines(s, n);
+        } else {
+            let sinks = &self.sinks;
+            self.relay
+                .ingest(s, &self.scratch[..n], |k, bytes| match &sinks[k] {
+                    Sink {
+                        fd: Some(fd),
+                        refusing: false,
+                        ..
+                    } => write_some(fd.as_fd(), bytes),
+                    _ => 0,
+                });
+            let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
+            for k in fed {
+                if !self.sinks[k].watched && self.relay.held_for(k) > 0 {
+                    self.flush(k);
+                }
+                self.note_drops_of_sink(k);
+            }
+        }
+        if self.sources[s].quota == Some(0) || self.relay.read_budget(s, 1) == 0 {
+            self.pause(s);
+        }
+    }
+
+    /// Moves bytes from `s` to its sinks without copying them through fifod:
+    /// `splice` for one sink, `tee` into each then one `splice` to consume
+    /// for several. Returns how many bytes were taken from the source, or
+    /// `None` when the copying path must run instead (a sink holds bytes or
+    /// is full, the route frames lines, the source is empty or ended).
+    pub(super) fn splice_source(&mut self, s: SourceId) -> Option<usize> {
+        use nix::fcntl::{SpliceFFlags, splice, tee};
+        if matches!(self.sources[s].kind, SourceKind::Log(_)) {
+            return None;
+        }
+        let lanes = self.relay.zero_copy_lanes(s)?;
+        let source_fd = self.sources[s].fd.as_ref()?;
+        let mut sink_fds = Vec::with_capacity(lanes.len());
+        for &(_, k) in &lanes {
+            match &self.sinks[k] {
+                Sink {
+                    fd: Some(fd),
+                    refusing: false,
+                    ..
+                } => sink_fds.push(fd.as_fd()),
+                _ => return None,
+            }
+        }
+        let quota = self.sources[s].quota.unwrap_or(usize::MAX);
+        let len = self.relay.read_budget(s, quota.min(SPLICE_CHUNK));
+        if len == 0 {
+            return None;
+        }
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+        if let [sink_fd] = sink_fds[..] {
+            // EAGAIN does not say which side was not ready, and 0 may be an
+            // end: the copying path reads and tells them apart.
+            let moved = match splice(source_fd, None, sink_fd, None, len, flags) {
+                Ok(n) if n > 0 => n,
+                _ => return None,
+            };
+            self.relay.spliced(s, &lanes, &[moved], moved);
+            return Some(moved);
+        }
+        let teed: Vec<usize> = sink_fds
+            .iter()
+            .map(|&fd| tee(source_fd, fd, len, SpliceFFlags::SPLICE_F_NONBLOCK).unwrap_or(0))
+            .collect();
+        let every_sink_has = teed.iter().copied().min().unwrap_or(0);
+        let consumed = match (&self.dev_null, every_sink_has) {
+            (_, 0) | (None, _) => 0,
+            (Some(null), n) => splice(source_fd, None, null, None, n, flags).unwrap_or(0),
+        };
+        self.relay.spliced(s, &lanes, &teed, consumed);
+        // Bytes some sinks took and others did not are read and held for
+        // the others (and skipped for the rest) by the copying path.
+        (consumed > 0).then_some(consumed)
+    }
+
+    /// A source's session ended: its writers all left, its process closed
+    /// stdout, or fifod's stdin reached EOF.
+    pub(super) fn source_ended(&mut self, s: SourceId) {
+        match self.sources[s].kind {
+            SourceKind::Fifo {
+                fifo,
+                sessions: true,
+            } => {
+                // Open it afresh: the new fd waits quietly for the next writer.
+                let fresh = self.footprint.fifos[fifo].reopen(Access::Read);
+                match fresh {
+                    Ok(fd) => self.set_source_fd(s, Some(fd)),
+                    Err(e) => {
+                        error!("fifo {}: {e}; no longer reading it", self.sources[s].name);
+                        self.set_source_fd(s, None);
+                    }
+                }
+            }
+            // fifod holds the write side too: a writer's close is no EOF.
+            SourceKind::Fifo {
+                sessions: false, ..
+            } => return,
+            SourceKind::Log(_) => {
+                self.flush_log_line(s);
+                self.set_source_fd(s, None);
+            }
+            SourceKind::Stdout(_) | SourceKind::Stderr(_) => self.set_source_fd(s, None),
+            SourceKind::Stdin => {
+                info!("stdin reached EOF");
+                self.set_source_fd(s, None);
+            }
+        }
+        debug!("{}: end of session", self.sources[s].name);
+        if self.relay.source_ended(s) {
+            let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
+            for k in fed {
+                self.flush(k);
+            }
+        }
+    }
+
+    /// Writes what `sink` holds until it is empty, the pipe is full, or an
+    /// end must wait; delivers ends that are due.
+    pub(super) fn flush(&mut self, k: SinkId) {
+        loop {
+            if self.sinks[k].refusing {
+                self.relay.discard(k);
+                break;
+            }
+            if self.relay.end_due(k) {
+                if !self.deliver_end(k) {
+                    break;
+                }
+                self.relay.end_delivered(k);
+                continue;
+            }
+            let Some((lane, bytes)) = self.relay.pending(k) else {
+                break;
+            };
+            let len = bytes.len();
+            let Some(fd) = &self.sinks[k].fd else {
+                if self.reopen_sink(k) {
+                    continue;
+                }
+                break;
+            };
+            match nix::unistd::write(fd.as_fd(), bytes) {
+                Ok(n) => {
+                    self.relay.delivered(lane, n);
+                    if n < len {
+                        break;
+                    }
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EPIPE) => self.sink_closed(k),
+                Err(e) => {
+                    let lost = self.relay.discard(k);
+                    error!(
+                        "{}: write failed: {}; {lost} held bytes dropped",
+                        self.sinks[k].name,
+                        e.desc()
+                    );
+                    break;
+                }
+            }
+        }
+        let sink = &self.sinks[k];
+        let waiting = sink.fd.is_some() && !sink.refusing && self.relay.pending(k).is_some();
+        self.set_sink_watched(k, waiting);
+        self.note_drops_of_sink(k);
+        let feeding: Vec<SourceId> = self.relay.sources_feeding(k).collect();
+        for s in feeding {
+            self.resume_if_room(s);
+        }
+    }
+
+    /// The reader of a sink went away for good (EPIPE): a process closed its
+    /// stdin, or the consumer of fifod's stdout left.
+    pub(super) fn sink_closed(&mut self, k: SinkId) {
+        let name = &self.sinks[k].name;
+        match self.sinks[k].kind {
+            SinkKind::Stdin(_) => warn!(
+                "process {name} closed its stdin: what it did not take is dropped until it restarts"
+            ),
+            SinkKind::Stdout => {
+                warn!("the reader of stdout went away: what is routed there is dropped")
+            }
+            SinkKind::Fifo(_) => warn!("fifo {name}: unexpected EPIPE"),
+        }
+        self.set_sink_fd(k, None);
+        self.sinks[k].refusing = true;
+    }
+
+    /// Gives `sink` the end of a session. Returns false when it must wait.
+    pub(super) fn deliver_end(&mut self, k: SinkId) -> bool {
+        match self.sinks[k].kind {
+            SinkKind::Stdin(_) => {
+                if self.sinks[k].fd.is_some() {
+                    debug!(
+                        "process {}: closing stdin at the end of a session",
+                        self.sinks[k].name
+                    );
+                }
+                self.set_sink_fd(k, None);
+                true
+            }
+            SinkKind::Stdout => {
+                self.set_sink_fd(k, None);
+                self.sinks[k].refusing = true;
+                true
+            }
+            SinkKind::Fifo(fifo) => {
+                let Some(fd) = &self.sinks[k].fd else {
+                    return true;
+                };
+                // The reader gets EOF once fifod's write side is closed and
+                // the pipe is empty; closing earlier would make a reader
+                // that comes later wait for the next session's writer.
+                if pipe::queued_bytes(fd.as_fd()) > 0 {
+                    let now = Instant::now();
+                    let delay = match self.sinks[k].end_check {
+                        Some((_, last)) => (last * 2).min(END_POLL_MAX),
+                        None => END_POLL_FIRST,
+                    };
+                    self.sinks[k].end_check = Some((now + delay, delay));
+                    return false;
+                }
+                self.sinks[k].end_check = None;
+                match self.footprint.fifos[fifo].reopen(Access::Read) {
+                    Ok(keep_alive) => {
+                        self.sinks[k].keep_alive = Some(keep_alive);
+                        self.set_sink_fd(k, None);
+                        debug!("fifo {}: end of session delivered", self.sinks[k].name);
+                        true
+                    }
+                    Err(e) => {
+                        error!(
+                            "fifo {}: {e}; its bytes are dropped from now on",
+                            self.sinks[k].name
+                        );
+                        self.set_sink_fd(k, None);
+                        self.sinks[k].refusing = true;
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens an output FIFO's write side again for a new session. A process
+    /// that is down has no stdin: its bytes wait for the restart.
+    pub(super) fn reopen_sink(&mut self, k: SinkId) -> bool {
+        let SinkKind::Fifo(fifo) = self.sinks[k].kind else {
+            return false;
+        };
+        match self.footprint.fifos[fifo].reopen(Access::ReadWrite) {
+            Ok(fd) => {
+                self.sinks[k].fd = Some(fd);
+                self.sinks[k].keep_alive = None;
+                true
+            }
+            Err(e) => {
+                error!(
+                    "fifo {}: {e}; its bytes are dropped from now on",
+                    self.sinks[k].name
+                );
+                self.sinks[k].refusing = true;
+                false
+            }
+        }
+    }
+
+    pub(super) fn log_lines(&mut self, s: SourceId, n: usize) {
+        let source = &mut self.sources[s];
+        source.partial.extend_from_slice(&self.scratch[..n]);
+        while let Some(end) = source.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = source.partial.drain(..=end).collect();
+            warn!(
+                "{}: {}",
+                source.name,
+                String::from_utf8_lossy(&line[..line.len() - 1])
+            );
+        }
+        if source.partial.len() > MAX_LOG_LINE {
+            self.flush_log_line(s);
+        }
+    }
+
+    pub(super) fn flush_log_line(&mut self, s: SourceId) {
+        let source = &mut self.sources[s];
+        if !source.partial.is_empty() {
+            warn!(
+                "{}: {}",
+                source.name,
+                String::from_utf8_lossy(&source.partial)
+            );
+            source.partial.clear();
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! `fifod run`: sets up the footprint on disk, starts the processes, runs the
+//! event loop that moves bytes between endpoints, then drains and cleans up.
+//!
+//! This is where the pieces meet: `fifo` owns the paths, `child` starts and
+//! reaps processes, `relay` owns the held bytes and the accounting,
+//! `event_loop` owns epoll; the daemon performs the reads and writes the
+//! relay asks for and keeps every endpoint's fd.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::stat::{Mode as NixMode, SFlag, fstat, umask};
+
+use crate::child::{self, Exit, Supervised, Wiring};
+use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode};
+use crate::control::{
+    ControlServer, FifoStatus, LineCounts, ProcessStatus, RouteStatus, STATUS_VERSION, SinkStatus,
+    Status,
+};
+use crate::event_loop::{Event, EventLoop, Interest, Token};
+use crate::fifo::{Access, Footprint, FsError};
+use crate::pipe::{self, Resized};
+use crate::relay::{LaneId, Relay, RouteSpec, SinkId, SourceId};
+use crate::units::{Size, format_duration};
+
+mod drops;
+mod io;
+mod processes;
+mod shutdown;
+mod status;
+
+/// Largest single read from a source.
+const READ_CHUNK: usize = 128 * 1024;
+/// Largest single splice or tee: it moves pages, not bytes, so it may be
+/// larger than a read.
+const SPLICE_CHUNK: usize = 1024 * 1024;
+/// A paused source is read again once every blocking lane it feeds has this
+/// much room, so that backpressure does not degrade into tiny reads.
+const RESUME_AT: usize = 4096;
+/// How often drop counts may be logged, per lane.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// While draining, how often to look whether readers emptied the outputs
+/// (the kernel does not announce that a pipe became empty).
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// An output FIFO gets its end once its reader has emptied it; how soon to
+/// look again, doubling up to the maximum.
+const END_POLL_FIRST: Duration = Duration::from_millis(10);
+const END_POLL_MAX: Duration = Duration::from_secs(1);
+/// Between SIGTERM and SIGKILL to a child's process group at shutdown.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+/// A `stderr = "log"` line longer than this is logged in pieces.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Why `run` failed.
+#[derive(Debug)]
+pub enum RunError {
+    /// The start failed: nothing is left behind.
+    Start(String),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Start(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<FsError> for RunError {
+    fn from(e: FsError) -> RunError {
+        RunError::Start(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    /// An input FIFO; with `sessions`, held read-only so that the end of
+    /// its writers shows (it is in a route that forwards ends).
+    Fifo { fifo: usize, sessions: bool },
+    /// A process's stdout (with stderr when merged).
+    Stdout(usize),
+    /// A process's separate stderr.
+    Stderr(usize),
+    /// A process's stderr, logged line by line (in no route).
+    Log(usize),
+    /// fifod's standard input.
+    Stdin,
+}
+
+#[derive(Debug)]
+struct Source {
+    kind: SourceKind,
+    name: String,
+    fd: Option<OwnedFd>,
+    /// Registered with epoll (only while it has an fd and is not paused).
+    watched: bool,
+    /// Not read because a blocking sink is full (or the drain took its share).
+    paused: bool,
+    /// While draining: bytes still to take, counted when shutdown began.
+    quota: Option<usize>,
+    /// `Log` sources: the start of a line not yet complete.
+    partial: Vec<u8>,
+    /// Bytes read from it so far.
+    bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkKind {
+    Fifo(usize),
+    /// A process's stdin.
+    Stdin(usize),
+    /// fifod's standard output.
+    Stdout,
+}
+
+#[derive(Debug)]
+struct Sink {
+    kind: SinkKind,
+    name: String,
+    /// None while a process is down, or an output FIFO is between sessions.
+    fd: Option<OwnedFd>,
+    /// An output FIFO between sessions: a read-only fd that keeps the pipe,
+    /// and the bytes in it, alive without counting as a writer.
+    keep_alive: Option<OwnedFd>,
+    /// Registered for writability: it holds bytes the pipe could not take.
+    watched: bool,
+    /// It cannot take bytes for now (its process closed stdin or is gone for
+    /// good, or fifod's stdout is not a pipe): what comes is dropped, counted.
+    refusing: bool,
+    /// An output FIFO's end waits for its reader to empty it: when to look.
+    end_check: Option<(Instant, Duration)>,
+}
+
+/// Rate-limiting of drop messages for one lane.
+#[derive(Debug, Default)]
+struct DropLog {
+    reported: u64,
+    last: Option<Instant>,
+    due: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    /// Taking what the inputs hold, then ending the processes' input, then
+    /// delivering their output, until everything is out or `deadline`.
+    Draining {
+        deadline: Instant,
+        stdins_closed: bool,
+    },
+    /// Processes got SIGTERM (then SIGKILL at `next`).
+    Killing {
+        next: Instant,
+        killed: bool,
+    },
+    Done,
+}
+
+/// A process's endpoints, by index.
+#[derive(Debug, Default, Clone, Copy)]
+struct ProcessEnds {
+    stdin: Option<SinkId>,
+    stdout: Option<SourceId>,
+    stderr: Option<SourceId>,
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    config: Config,
+    footprint: Footprint,
+    events: EventLoop,
+    relay: Relay,
+    sources: Vec<Source>,
+    sinks: Vec<Sink>,
+    children: Vec<Supervised>,
+    ends: Vec<ProcessEnds>,
+    drop_logs: Vec<DropLog>,
+    scratch: Vec<u8>,
+    state: State,
+    control: Option<ControlServer>,
+    started_at: Instant,
+    /// Where bytes every sink already has (by `tee`) are spliced to be
+    /// consumed from their source without a copy.
+    dev_null: Option<OwnedFd>,
+}
+
+fn signal_name(signal: libc::c_int) -> &'static str {
+    Signal::try_from(signal).map_or("a signal", Signal::as_str)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT and a clean shutdown.
+pub fn run(config: Config) -> Result<(), RunError> {
+    // Handlers first: a SIGTERM during start must not kill fifod before it
+    // can remove what it made.
+    let events = EventLoop::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
+        .map_err(|e| RunError::Start(format!("cannot set up the event loop: {e}")))?;
+    // Nodes are created private and given their exact mode by fchmod; the
+    // umask must not narrow that first step. Children get the umask back.
+    let old_umask = umask(NixMode::from_bits_truncate(0o077));
+    let footprint = Footprint::create(&config);
+    umask(old_umask);
+    let mut daemon = Daemon::new(config, footprint?, events)?;
+    daemon.start_all();
+    daemon.run_loop();
+    Ok(())
+}
+
+/// Whether fifod's own fd 0 or 1 is something epoll can wait on.
+fn is_pipe_or_socket(fd: BorrowedFd<'_>) -> bool {
+    fstat(fd).is_ok_and(|st| {
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        kind == SFlag::S_IFIFO || kind == SFlag::S_IFSOCK
+    })
+}
+
+fn std_stream(raw: libc::c_int) -> Option<OwnedFd> {
+    // SAFETY: fd 0 and 1 are open for the life of the process (or the
+    // borrow is refused by fstat below); the borrow ends before any close.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    if !is_pipe_or_socket(fd) {
+        return None;
+    }
+    let owned = fd.try_clone_to_owned().ok()?;
+    let flags = nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+    Some(owned)
+}
+
+impl Daemon {
+    fn new(
+        config: Config,
+        mut footprint: Footprint,
+        events: EventLoop,
+    ) -> Result<Daemon, RunError> {
+        let forwards_from = |r: &SourceRef| {
+            config
+                .routes
+                .iter()
+                .any(|route| route.eof == Eof::Forward && route.from.contains(r))
+        };
+        let mut sources = Vec::new();
+        let mut sinks = Vec::new();
+        let mut source_ids: HashMap<SourceRef, SourceId> = HashMap::new();
+        let mut sink_ids: HashMap<SinkRef, SinkId> = HashMap::new();
+        let new_source = |kind, name: String| Source {
+            kind,
+            name,
+            fd: None,
+            watched: false,
+            paused: false,
+            quota: None,
+            partial: Vec::new(),
+            bytes: 0,
+        };
+        let new_sink = |kind, name: String| Sink {
+            kind,
+            name,
+            fd: None,
+            keep_alive: None,
+            watched: false,
+            refusing: false,
+            end_check: None,
+        };
+
+        for (i, spec) in config.fifos.iter().enumerate() {
+            match spec.role {
+                Role::Input => {
+                    let r = SourceRef::Fifo(spec.name.clone());
+                    let sessions = forwards_from(&r);
+                    source_ids.insert(r, sources.len());
+                    sources.push(new_source(
+                        SourceKind::Fifo { fifo: i, sessions },
+                        spec.name.clone(),
+                    ));
+                }
+                Role::Output => {
+                    sink_ids.insert(SinkRef::Fifo(spec.name.clone()), sinks.len());
+                    sinks.push(new_sink(SinkKind::Fifo(i), spec.name.clone()));
+                }
+                Role::Unrouted => info!(
+                    "fifo {} is in no route: it is held open but nothing is relayed",
+                    spec.name
+                ),
+            }
+        }
+        let named_in_from =
+            |r: &SourceRef| config.routes.iter().any(|route| route.from.contains(r));
+        let named_in_to = |r: &SinkRef| config.routes.iter().any(|route| route.to.contains(r));
+        let mut ends = Vec::new();
+        for (c, spec) in config.processes.iter().enumerate() {
+            let mut e = ProcessEnds::default();
+            let name = &spec.name;
+            if named_in_to(&SinkRef::Process(name.clone())) {
+                e.stdin = Some(sinks.len());
+                sink_ids.insert(SinkRef::Process(name.clone()), sinks.len());
+                sinks.push(new_sink(SinkKind::Stdin(c), name.clone()));
+            }
+            if named_in_from(&SourceRef::Process(name.clone())) {
+                e.stdout = Some(sources.len());
+                source_ids.insert(SourceRef::Process(name.clone()), sources.len());
+                sources.push(new_source(SourceKind::Stdout(c), name.clone()));
+            }
+            let stderr_ref = SourceRef::Stderr(name.clone());
+            if spec.stderr == StderrMode::Separate && named_in_from(&stderr_ref) {
+                e.stderr = Some(sources.len());
+                source_ids.insert(stderr_ref, sources.len());
+                sources.push(new_source(SourceKind::Stderr(c), format!("{name}.stderr")));
+            } else if spec.stderr == StderrMode::Log {
+                e.stderr = Some(sources.len());
+                sources.push(new_source(SourceKind::Log(c), format!("{name}.stderr")));
+            }
+            ends.push(e);
+        }
+        if named_in_from(&SourceRef::Stdin) {
+            let mut source = new_source(SourceKind::Stdin, "stdin".to_string());
+            source.fd = std_stream(libc::STDIN_FILENO);
+            if source.fd.is_none() {
+                info!("stdin is not a pipe: the stdin endpoint carries nothing");
+            }
+            source_ids.insert(SourceRef::Stdin, sources.len());
+            sources.push(source);
+        }
+        if named_in_to(&SinkRef::Stdout) {
+            let mut sink = new_sink(SinkKind::Stdout, "stdout".to_string());
+            sink.fd = std_stream(libc::STDOUT_FILENO);
+            if sink.fd.is_none() {
+                info!(
+                    "stdout is not a pipe: the stdout endpoint carries nothing (bytes are counted as dropped)"
+                );
+                sink.refusing = true;
+            }
+            sink_ids.insert(SinkRef::Stdout, sinks.len());
+            sinks.push(sink);
+        }
+
+        let routes: Vec<RouteSpec> = config
+            .routes
+            .iter()
+            .map(|r| RouteSpec {
+                sources: r
+                    .from
+                    .iter()
+                    .filter_map(|e| source_ids.get(e).copied())
+                    .collect(),
+                sinks: r
+                    .to
+                    .iter()
+                    .filter_map(|e| sink_ids.get(e).copied())
+                    .collect(),
+                buffer: usize::try_from(r.buffer.bytes()).unwrap_or(usize::MAX),
+                when_full: r.when_full,
+                forward_eof: r.eof == Eof::Forward,
+                max_line: (r.framing == Framing::Lines)
+                    .then(|| usize::try_from(r.max_line.bytes()).unwrap_or(usize::MAX)),
+            })
+            .collect();
+        let relay = Relay::new(&routes, sources.len(), sinks.len());
+
+        // Take the FIFOs' fds. An input whose ends are forwarded is held
+        // read-only: a write side of fifod's own would hide its writers' end.
+        let mut fail = None;
+        for source in &mut sources {
+            if let SourceKind::Fifo { fifo, sessions } = source.kind {
+                let managed = &mut footprint.fifos[fifo];
+                source.fd = if sessions {
+                    // Linux reports hang-up to a reader that saw a writer
+                    // leave, fifod's own write side included; a reader opened
+                    // after that waits quietly for the first real writer.
+                    // The pipe is never without an fd, so nothing in it is lost.
+                    let first = managed.reopen(Access::Read);
+                    drop(managed.take_fd());
+                    let reader = first.and_then(|first| {
+                        let quiet = managed.reopen(Access::Read);
+                        drop(first);
+                        quiet
+                    });
+                    reader.map_err(|e| fail = Some(e)).ok()
+                } else {
+                    managed.take_fd()
+                };
+            }
+        }
+        for sink in &mut sinks {
+            if let SinkKind::Fifo(fifo) = sink.kind {
+                sink.fd = footprint.fifos[fifo].take_fd();
+            }
+        }
+        if let Some(size) = config.daemon.pipe_size {
+            let source_fds = sources
+                .iter()
+                .filter(|s| matches!(s.kind, SourceKind::Fifo { .. }));
+            let sink_fds = sinks.iter().filter(|k| matches!(k.kind, SinkKind::Fifo(_)));
+            for (name, fd) in source_fds
+                .map(|s| (&s.name, s.fd.as_ref()))
+                .chain(sink_fds.map(|k| (&k.name, k.fd.as_ref())))
+            {
+                if let Some(fd) = fd {
+                    resize_pipe(name, fd.as_fd(), size);
+                }
+            }
+            for fifo in &footprint.fifos {
+                if let Some(fd) = fifo.fd() {
+                    resize_pipe(&fifo.name, fd, size);
+                }
+            }
+        }
+        let drop_logs = relay.lanes().iter().map(|_| DropLog::default()).collect();
+        let children = config
+            .processes
+            .iter()
+            .cloned()
+            .map(Supervised::new)
+            .collect();
+        let control = footprint.take_control().map(ControlServer::new);
+        let mut daemon = Daemon {
+            config,
+            footprint,
+            events,
+            relay,
+            sources,
+            sinks,
+            children,
+            ends,
+            drop_logs,
+            scratch: vec![0; READ_CHUNK],
+            state: State::Running,
+            control,
+            started_at: Instant::now(),
+            dev_null: std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .ok()
+                .map(OwnedFd::from),
+        };
+        if let Some(e) = fail {
+            daemon.footprint.remove();
+            return Err(e.into());
+        }
+        Ok(daemon)
+    }
+
+    fn start_all(&mut self) {
+        for s in 0..self.sources.len() {
+            self.watch_source(s);
+        }
+        if let Some(control) = &self.control
+            && let Err(e) = self
+                .events
+                .add(control.listener_fd(), Token::Control, Interest::Read)
+        {
+            error!("cannot watch the control socket: {e}; fifod status will not answer");
+        }
+        for c in 0..self.children.len() {
+            self.start_child(c);
+        }
+        info!(
+            "ready: {} fifos, {} processes, {} routes in {}",
+            self.footprint.fifos.len(),
+            self.children.len(),
+            self.config.routes.len(),
+            self.config.daemon.dir.display()
+        );
+    }
+
+    fn run_loop(&mut self) {
+        let mut events = Vec::new();
+        while self.state != State::Done {
+            events.clear();
+            let timeout = self.next_timeout();
+            if let Err(e) = self.events.wait(timeout, &mut events) {
+                error!("waiting for events failed: {e}; stopping");
+                break;
+            }
+            for &event in &events {
+                self.handle(event);
+            }
+            self.on_timers();
+        }
+        self.finish();
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Signal(libc::SIGHUP) => {
+                warn!("received SIGHUP: reloading is not supported yet; the running config stays");
+            }
+            Event::Signal(libc::SIGCHLD) => self.on_children_exited(),
+            Event::Signal(signal) => self.on_stop_signal(signal),
+            Event::Ready {
+                token: Token::Source(s),
+                ..
+            } => self.read_source(s),
+            Event::Ready {
+                token: Token::Sink(k),
+                ..
+            } => self.flush(k),
+            Event::Ready {
+                token: Token::Control,
+                ..
+            } => self.answer_status(),
+            Event::Ready {
+                token: Token::Client(slot),
+                ..
+            } => {
+                if let Some(control) = &mut self.control {
+                    // A finished client's fd is closed, which ends its watch.
+                    let _ = control.write(slot);
+                }
+            }
+        }
+    }
+}
+
+/// One non-blocking write; how many bytes went in (0 if none could).
+fn write_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> usize {
+    loop {
+        match nix::unistd::write(fd, bytes) {
+            Ok(n) => return n,
+            Err(Errno::EINTR) => continue,
+            // Anything else is seen and reported by the next flush.
+            Err(_) => return 0,
+        }
+    }
+}
+
+fn resize_pipe(name: &str, fd: BorrowedFd<'_>, size: Size) {
+    let want = usize::try_from(size.bytes()).unwrap_or(usize::MAX);
+    match pipe::set_capacity(fd, want) {
+        Resized::Done(got) => debug!("fifo {name}: pipe size {got} bytes"),
+        Resized::Capped { limit, got } => warn!(
+            "fifo {name}: pipe_size {size} is above /proc/sys/fs/pipe-max-size ({limit}); \
+             using {got} bytes"
+        ),
+        Resized::Refused { errno, got } => warn!(
+            "fifo {name}: cannot set pipe_size {size}: {}; the pipe keeps {got} bytes",
+            errno.desc()
+        ),
+    }
+}

@@ -1,0 +1,274 @@
+//! Timers, the drain at stop, and the final report.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next = self.drop_logs.iter().filter_map(|d| d.due).min();
+        let mut consider = |at: Option<Instant>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        };
+        for child in &self.children {
+            consider(child.restart_at);
+        }
+        for sink in &self.sinks {
+            consider(sink.end_check.map(|(at, _)| at));
+        }
+        consider(self.control.as_ref().and_then(ControlServer::next_deadline));
+        match self.state {
+            State::Draining { deadline, .. } => {
+                consider(Some(deadline));
+                consider(Some(now + DRAIN_POLL));
+            }
+            State::Killing { next, .. } => consider(Some(next)),
+            State::Running | State::Done => {}
+        }
+        next.map(|at| at.saturating_duration_since(now))
+    }
+
+    pub(super) fn on_timers(&mut self) {
+        let now = Instant::now();
+        for l in 0..self.drop_logs.len() {
+            if self.drop_logs[l].due.is_some_and(|due| due <= now) {
+                self.log_drops(l, now);
+            }
+        }
+        for k in 0..self.sinks.len() {
+            if self.sinks[k].end_check.is_some_and(|(at, _)| at <= now) {
+                self.flush(k);
+            }
+        }
+        if let Some(control) = &mut self.control {
+            for slot in control.expired(now) {
+                debug!("dropping a status client that did not read its answer");
+                control.close(slot);
+            }
+        }
+        if self.state == State::Running {
+            for c in 0..self.children.len() {
+                if self.children[c].restart_at.is_some_and(|at| at <= now) {
+                    self.start_child(c);
+                }
+            }
+        }
+        self.advance_shutdown(now);
+    }
+
+    pub(super) fn on_stop_signal(&mut self, signal: libc::c_int) {
+        let name = signal_name(signal);
+        match self.state {
+            State::Running => {
+                let timeout = self.config.daemon.shutdown_timeout;
+                info!(
+                    "received {name}: draining for up to {} (send it again to stop at once)",
+                    format_duration(timeout)
+                );
+                self.state = State::Draining {
+                    deadline: Instant::now() + timeout,
+                    stdins_closed: false,
+                };
+                for child in &mut self.children {
+                    child.restart_at = None;
+                }
+                // Take what writers already put in the inputs, and no more.
+                for s in 0..self.sources.len() {
+                    if matches!(
+                        self.sources[s].kind,
+                        SourceKind::Fifo { .. } | SourceKind::Stdin
+                    ) {
+                        let queued = self.sources[s]
+                            .fd
+                            .as_ref()
+                            .map_or(0, |fd| pipe::queued_bytes(fd.as_fd()));
+                        self.sources[s].quota = Some(queued);
+                        if queued == 0 {
+                            self.pause(s);
+                        }
+                    }
+                }
+            }
+            State::Draining { .. } => {
+                info!("received {name} again: skipping the rest of the drain");
+                self.stop_children(Instant::now());
+            }
+            State::Killing { .. } | State::Done => {}
+        }
+    }
+
+    pub(super) fn advance_shutdown(&mut self, now: Instant) {
+        match self.state {
+            State::Running | State::Done => {}
+            State::Draining {
+                deadline,
+                stdins_closed,
+            } => {
+                let inputs_done = self.sources.iter().all(|s| s.quota.is_none_or(|q| q == 0));
+                if !stdins_closed && inputs_done {
+                    // Writers that left a line unfinished get it delivered as it is.
+                    for s in 0..self.sources.len() {
+                        if matches!(
+                            self.sources[s].kind,
+                            SourceKind::Fifo { .. } | SourceKind::Stdin
+                        ) {
+                            self.relay.flush_lines_of(s);
+                            let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
+                            for k in fed {
+                                self.flush(k);
+                            }
+                        }
+                    }
+                    let held_for_children = self
+                        .ends
+                        .iter()
+                        .filter_map(|e| e.stdin)
+                        .any(|k| self.relay.held_for(k) > 0 && !self.sinks[k].refusing);
+                    if !held_for_children {
+                        self.close_child_stdins();
+                        self.state = State::Draining {
+                            deadline,
+                            stdins_closed: true,
+                        };
+                    }
+                }
+                if self.drained() {
+                    info!("drain complete");
+                    self.state = State::Done;
+                } else if now >= deadline {
+                    warn!(
+                        "shutdown_timeout ({}) reached before everything was delivered",
+                        format_duration(self.config.daemon.shutdown_timeout)
+                    );
+                    self.stop_children(now);
+                }
+            }
+            State::Killing { next, killed } => {
+                if self.children.iter().all(|c| c.pid.is_none()) {
+                    self.state = State::Done;
+                } else if now >= next && !killed {
+                    for child in &self.children {
+                        if let Some(pid) = child.pid {
+                            warn!("process {} did not exit: sending SIGKILL", child.name());
+                            child::signal_group(pid, Signal::SIGKILL);
+                        }
+                    }
+                    self.state = State::Killing {
+                        next: now + KILL_GRACE,
+                        killed: true,
+                    };
+                } else if now >= next {
+                    // SIGKILL cannot be ignored; leave the waiting to finish().
+                    self.state = State::Done;
+                }
+            }
+        }
+    }
+
+    pub(super) fn close_child_stdins(&mut self) {
+        for c in 0..self.ends.len() {
+            if let Some(k) = self.ends[c].stdin {
+                self.set_sink_fd(k, None);
+                self.sinks[k].refusing = true;
+            }
+        }
+    }
+
+    /// SIGTERM to every running process's group; SIGKILL follows.
+    pub(super) fn stop_children(&mut self, now: Instant) {
+        self.close_child_stdins();
+        let mut any = false;
+        for child in &self.children {
+            if let Some(pid) = child.pid {
+                info!("sending SIGTERM to process {} (pid {pid})", child.name());
+                child::signal_group(pid, Signal::SIGTERM);
+                any = true;
+            }
+        }
+        self.state = if any {
+            State::Killing {
+                next: now + KILL_GRACE,
+                killed: false,
+            }
+        } else {
+            State::Done
+        };
+    }
+
+    pub(super) fn drained(&self) -> bool {
+        let State::Draining {
+            stdins_closed: true,
+            ..
+        } = self.state
+        else {
+            return false;
+        };
+        self.children.iter().all(|c| c.pid.is_none())
+            && self.sources.iter().all(|s| match s.kind {
+                SourceKind::Fifo { .. } | SourceKind::Stdin => s.quota.is_none_or(|q| q == 0),
+                _ => s.fd.is_none(),
+            })
+            && self.relay.held_total() == self.refused_held()
+            && self.sinks.iter().all(|k| match (&k.kind, &k.fd) {
+                (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()) == 0,
+                _ => true,
+            })
+    }
+
+    /// Bytes held for sinks that will never take them.
+    pub(super) fn refused_held(&self) -> usize {
+        (0..self.sinks.len())
+            .filter(|&k| self.sinks[k].refusing)
+            .map(|k| self.relay.held_for(k))
+            .sum()
+    }
+
+    /// Reports what was relayed and what is left, makes sure no process is
+    /// left, then removes the footprint.
+    pub(super) fn finish(&mut self) {
+        for child in &mut self.children {
+            if let Some(pid) = child.pid.take() {
+                child::signal_group(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+        }
+        for l in 0..self.relay.lanes().len() {
+            let lane = &self.relay.lanes()[l];
+            let s = lane.stats();
+            info!(
+                "stats {}: accepted={} delivered={} dropped={} undelivered={}",
+                self.lane_name(l),
+                s.accepted,
+                s.delivered,
+                s.dropped,
+                lane.held()
+            );
+        }
+        for (k, sink) in self.sinks.iter().enumerate() {
+            let held = self.relay.held_for(k);
+            let unread = match (&sink.kind, sink.fd.as_ref().or(sink.keep_alive.as_ref())) {
+                (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()),
+                _ => 0,
+            };
+            if held + unread > 0 {
+                warn!(
+                    "{}: {} bytes undelivered ({held} held by fifod, {unread} unread in the pipe)",
+                    sink.name,
+                    held + unread
+                );
+            }
+        }
+        for source in &self.sources {
+            let left = source
+                .fd
+                .as_ref()
+                .map_or(0, |fd| pipe::queued_bytes(fd.as_fd()));
+            if left > 0 {
+                warn!("{}: {left} bytes left unread", source.name);
+            }
+        }
+        self.footprint.remove();
+        info!("stopped");
+    }
+}

@@ -1,0 +1,167 @@
+//! The status snapshot the control socket answers with.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn answer_status(&mut self) {
+        let status = self.status();
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        match control.accept(&status) {
+            Ok(Some(slot)) => {
+                if let Some(fd) = control.client_fd(slot)
+                    && let Err(e) = self.events.add(fd, Token::Client(slot), Interest::Write)
+                {
+                    warn!("cannot watch a status client: {e}");
+                    control.close(slot);
+                }
+            }
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => warn!("control socket: {e}"),
+        }
+    }
+
+    /// A snapshot of everything `fifod status` shows.
+    pub(super) fn status(&self) -> Status {
+        let delivered_to = |k: SinkId| -> u64 {
+            self.relay
+                .lanes_of_sink(k)
+                .iter()
+                .map(|&l| self.relay.lanes()[l].stats().delivered)
+                .sum()
+        };
+        let queued =
+            |fd: Option<&OwnedFd>| fd.map_or(0, |fd| pipe::queued_bytes(fd.as_fd()) as u64);
+        let fifos = self
+            .config
+            .fifos
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let source = self
+                    .sources
+                    .iter()
+                    .find(|s| matches!(s.kind, SourceKind::Fifo { fifo, .. } if fifo == i));
+                let sink = (0..self.sinks.len()).find(|&k| self.sinks[k].kind == SinkKind::Fifo(i));
+                let (role, bytes, waiting) = match (source, sink) {
+                    (Some(s), _) => ("input", s.bytes, queued(s.fd.as_ref())),
+                    (None, Some(k)) => {
+                        let sink = &self.sinks[k];
+                        (
+                            "output",
+                            delivered_to(k),
+                            queued(sink.fd.as_ref().or(sink.keep_alive.as_ref())),
+                        )
+                    }
+                    (None, None) => (
+                        "unrouted",
+                        0,
+                        self.footprint.fifos[i]
+                            .fd()
+                            .map_or(0, |fd| pipe::queued_bytes(fd) as u64),
+                    ),
+                };
+                FifoStatus {
+                    name: spec.name.clone(),
+                    path: spec.path.display().to_string(),
+                    mode: spec.mode.to_string(),
+                    role: role.to_string(),
+                    peers: None,
+                    bytes,
+                    queued: waiting,
+                }
+            })
+            .collect();
+        let processes = self
+            .children
+            .iter()
+            .zip(&self.ends)
+            .map(|(child, ends)| {
+                let read = |s: Option<SourceId>| s.map_or(0, |s| self.sources[s].bytes);
+                ProcessStatus {
+                    name: child.name().to_string(),
+                    command: child.spec.command.clone(),
+                    pid: child.pid.map(nix::unistd::Pid::as_raw),
+                    state: if child.pid.is_some() {
+                        "running"
+                    } else if child.restart_at.is_some() {
+                        "restarting"
+                    } else {
+                        "stopped"
+                    }
+                    .to_string(),
+                    restarts: child.restarts,
+                    last_exit: child.last_exit.map(|e| e.to_string()),
+                    bytes_in: ends.stdin.map_or(0, delivered_to),
+                    bytes_out: read(ends.stdout) + read(ends.stderr),
+                }
+            })
+            .collect();
+        let routes = self
+            .config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(r, route)| {
+                let waiting = self.relay.partial_bytes(r) as u64;
+                let sinks = self
+                    .relay
+                    .lanes()
+                    .iter()
+                    .filter(|lane| lane.route == r)
+                    .map(|lane| {
+                        let st = lane.stats();
+                        SinkStatus {
+                            sink: self.sinks[lane.sink].name.clone(),
+                            produced: st.accepted + waiting,
+                            delivered: st.delivered,
+                            held: lane.held() as u64 + waiting,
+                            dropped: st.dropped,
+                            lines: lane.lines().then(|| LineCounts {
+                                produced: st.lines_accepted,
+                                delivered: st.lines_delivered,
+                                held: lane.held_lines(),
+                                dropped: st.lines_dropped,
+                            }),
+                        }
+                    })
+                    .collect();
+                RouteStatus {
+                    index: r,
+                    from: route.from.iter().map(ToString::to_string).collect(),
+                    to: route.to.iter().map(ToString::to_string).collect(),
+                    framing: match route.framing {
+                        Framing::Bytes => "bytes",
+                        Framing::Lines => "lines",
+                    }
+                    .to_string(),
+                    when_full: route.when_full.to_string(),
+                    eof: match route.eof {
+                        Eof::Hold => "hold",
+                        Eof::Forward => "forward",
+                    }
+                    .to_string(),
+                    long_lines: self.relay.long_lines(r),
+                    sinks,
+                }
+            })
+            .collect();
+        Status {
+            version: STATUS_VERSION,
+            pid: std::process::id(),
+            uptime_seconds: self.started_at.elapsed().as_secs_f64(),
+            dir: self.config.daemon.dir.display().to_string(),
+            state: match self.state {
+                State::Running => "running",
+                State::Draining { .. } => "draining",
+                State::Killing { .. } | State::Done => "stopping",
+            }
+            .to_string(),
+            fifos,
+            processes,
+            routes,
+        }
+    }
+}
