@@ -1,0 +1,689 @@
+//! The config file: parse, validate, and locate every error.
+//!
+//! Loading is two passes. The first deserializes each table on its own (so a
+//! mistake in one `[fifo.x]` does not hide a mistake in the next); the second
+//! checks what serde cannot: names, paths, roles, users. Every error carries
+//! the byte span it came from and is rendered as `file:line:col: key: message`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::ops::Range;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use log::LevelFilter;
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::units::{Mode, Size, parse_duration};
+
+mod validate;
+use validate::{check_paths, validate_daemon, validate_fifo, validate_process, validate_routes};
+pub use validate::{find_program, normalize_path};
+
+/// A config larger than this is refused before it is parsed.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The lock file fifod keeps in `dir`.
+pub const LOCK_FILE_NAME: &str = ".fifod.lock";
+
+const MIN_BUFFER: u64 = 4096;
+const DEFAULT_CONTROL: &str = "control.sock";
+/// sun_path holds 108 bytes with the terminating NUL.
+const SOCKET_NAME_MAX: usize = 108;
+const DEFAULT_MAX_LINE: Size = Size(64 * 1024);
+const MAX_BUFFER: u64 = 1 << 30;
+const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
+const PATH_MAX: usize = 4095;
+const NAME_MAX: usize = 255;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    /// In the order the file lists them.
+    pub fifos: Vec<FifoConfig>,
+    pub processes: Vec<ProcessConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub dir: PathBuf,
+    pub dir_mode: Mode,
+    pub pipe_size: Option<Size>,
+    pub shutdown_timeout: Duration,
+    pub log_level: LevelFilter,
+    /// The control socket `fifod status` talks to; `None` when disabled.
+    pub control: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FifoConfig {
+    pub name: String,
+    /// Absolute and normalised: no `.`, `..` or repeated slashes.
+    pub path: PathBuf,
+    pub mode: Mode,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub role: Role,
+}
+
+/// Which way bytes cross a FIFO, from fifod's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Written by others, read by fifod (named in a `from`).
+    Input,
+    /// Written by fifod, read by others (named in a `to`).
+    Output,
+    /// In no route: created and held open, never read or written by fifod.
+    Unrouted,
+}
+
+/// A program fifod runs, with anonymous pipes on its standard streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessConfig {
+    pub name: String,
+    /// argv; `command[0]` is looked up on `PATH` unless it contains a `/`.
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// Added to the inherited environment.
+    pub env: Vec<(String, String)>,
+    pub stderr: StderrMode,
+    pub restart: Restart,
+    pub restart_delay: Duration,
+}
+
+/// Where a process's standard error goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrMode {
+    /// The same pipe as stdout, so the two keep the order they were written in.
+    Merge,
+    /// Its own source, named `NAME.stderr` in routes.
+    Separate,
+    /// Each line is logged by fifod at warn level.
+    Log,
+    Null,
+    /// fifod's own standard error.
+    Inherit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    Never,
+    /// After a non-zero exit or a signal.
+    OnFailure,
+    Always,
+}
+
+/// Whether a route passes on the end of its sources' sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eof {
+    /// Sinks stay open; the ends of writers are not passed on.
+    Hold,
+    /// When every source has ended, every sink gets an end after the last byte.
+    Forward,
+}
+
+/// Where a route takes bytes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SourceRef {
+    Fifo(String),
+    /// A process's stdout (and stderr when merged).
+    Process(String),
+    /// A process's stderr, with `stderr = "separate"`.
+    Stderr(String),
+    /// fifod's own standard input.
+    Stdin,
+}
+
+/// Where a route puts bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SinkRef {
+    Fifo(String),
+    /// A process's stdin.
+    Process(String),
+    /// fifod's own standard output.
+    Stdout,
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceRef::Fifo(name) | SourceRef::Process(name) => f.write_str(name),
+            SourceRef::Stderr(name) => write!(f, "{name}.stderr"),
+            SourceRef::Stdin => f.write_str("stdin"),
+        }
+    }
+}
+
+impl fmt::Display for SinkRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkRef::Fifo(name) | SinkRef::Process(name) => f.write_str(name),
+            SinkRef::Stdout => f.write_str("stdout"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub from: Vec<SourceRef>,
+    pub to: Vec<SinkRef>,
+    pub buffer: Size,
+    pub when_full: WhenFull,
+    pub eof: Eof,
+    pub framing: Framing,
+    /// With line framing, longer lines are passed on in pieces of this size.
+    pub max_line: Size,
+}
+
+/// How a route cuts what it relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Bytes as they come; they are not inspected.
+    Bytes,
+    /// Whole lines: lines from different sources never interleave.
+    Lines,
+}
+
+/// What a route does when a sink's buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Stop reading the sources until the sink catches up.
+    Block,
+    /// Drop the bytes that do not fit.
+    DropNewest,
+    /// Drop the oldest held bytes to make room.
+    DropOldest,
+}
+
+impl WhenFull {
+    fn parse(text: &str) -> Result<WhenFull, String> {
+        match text {
+            "block" => Ok(WhenFull::Block),
+            "drop-newest" => Ok(WhenFull::DropNewest),
+            "drop-oldest" => Ok(WhenFull::DropOldest),
+            _ => Err(format!(
+                "invalid policy \"{text}\": expected \"block\", \"drop-newest\" or \"drop-oldest\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for WhenFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WhenFull::Block => "block",
+            WhenFull::DropNewest => "drop-newest",
+            WhenFull::DropOldest => "drop-oldest",
+        })
+    }
+}
+
+/// What the defaults depend on, so that tests can pin it.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub runtime_directory: Option<String>,
+    pub xdg_runtime_dir: Option<String>,
+    pub is_root: bool,
+}
+
+impl Environment {
+    pub fn from_process() -> Environment {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Environment {
+            runtime_directory: var("RUNTIME_DIRECTORY"),
+            xdg_runtime_dir: var("XDG_RUNTIME_DIR"),
+            is_root: nix::unistd::geteuid().is_root(),
+        }
+    }
+
+    fn default_dir(&self) -> Result<PathBuf, String> {
+        if let Some(dirs) = &self.runtime_directory {
+            // systemd joins several RuntimeDirectory= entries with ':'.
+            let first = dirs.split(':').next().unwrap_or(dirs);
+            return Ok(PathBuf::from(first));
+        }
+        if self.is_root {
+            return Ok(PathBuf::from("/run/fifod"));
+        }
+        match &self.xdg_runtime_dir {
+            Some(xdg) => Ok(Path::new(xdg).join("fifod")),
+            None => Err(
+                "not set, and neither RUNTIME_DIRECTORY nor XDG_RUNTIME_DIR is set to \
+                         give a default"
+                    .to_string(),
+            ),
+        }
+    }
+}
+
+/// One located problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    /// 1-based; `None` when the problem has no place in the file.
+    pub position: Option<(usize, usize)>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.file)?;
+        if let Some((line, col)) = self.position {
+            write!(f, "{line}:{col}:")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, " {}:", self.key)?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file could not be read at all.
+    Unreadable { path: PathBuf, reason: String },
+    /// The file was read and is wrong; every problem found, in file order.
+    Invalid(Vec<Diagnostic>),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Unreadable { path, reason } => {
+                write!(f, "{}: cannot read config: {reason}", path.display())
+            }
+            LoadError::Invalid(diagnostics) => {
+                for (i, d) in diagnostics.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{d}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads and validates the config at `path`. Touches nothing but the file
+/// itself and the user and group databases.
+pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
+    let text = read_bounded(path).map_err(|reason| LoadError::Unreadable {
+        path: path.to_owned(),
+        reason,
+    })?;
+    parse(&path.display().to_string(), &text, env).map_err(LoadError::Invalid)
+}
+
+/// Only a regular file of bounded size is read: a FIFO or a device given as
+/// the config must not hang or exhaust the daemon.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        let kind = describe_file_type(&meta.file_type());
+        return Err(format!("is a {kind}, not a regular file"));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "is {} bytes; a config may be at most {MAX_CONFIG_BYTES} bytes",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.by_ref()
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| format!("is not UTF-8 ({e})"))
+}
+
+fn describe_file_type(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    dir: Option<Spanned<String>>,
+    dir_mode: Option<Spanned<String>>,
+    pipe_size: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
+    log_level: Option<Spanned<String>>,
+    control: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFifo {
+    path: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    owner: Option<Spanned<IdSpec>>,
+    group: Option<Spanned<IdSpec>>,
+}
+
+/// A user or group, by name or by number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum IdSpec {
+    Number(u32),
+    Name(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    from: Spanned<Vec<Spanned<String>>>,
+    to: Spanned<Vec<Spanned<String>>>,
+    buffer: Option<Spanned<String>>,
+    when_full: Option<Spanned<String>>,
+    eof: Option<Spanned<String>>,
+    framing: Option<Spanned<String>>,
+    max_line: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    command: Spanned<Vec<Spanned<String>>>,
+    cwd: Option<Spanned<String>>,
+    env: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    stderr: Option<Spanned<String>>,
+    restart: Option<Spanned<String>>,
+    restart_delay: Option<Spanned<String>>,
+}
+
+/// Errors gathered while loading, still as byte spans.
+#[derive(Default)]
+struct Problems(Vec<(Option<Range<usize>>, String, String)>);
+
+impl Problems {
+    fn add(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.0.push((span, key.into(), message.into()));
+    }
+
+    fn at<T>(&mut self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+        self.add(Some(value.span()), key, message);
+    }
+
+    fn into_diagnostics(self, file: &str, text: &str) -> Vec<Diagnostic> {
+        let mut out: Vec<(usize, Diagnostic)> = self
+            .0
+            .into_iter()
+            .map(|(span, key, message)| {
+                let offset = span.as_ref().map_or(0, |s| s.start);
+                let diagnostic = Diagnostic {
+                    file: file.to_string(),
+                    position: span.map(|s| line_col(text, s.start)),
+                    key,
+                    message,
+                };
+                (offset, diagnostic)
+            })
+            .collect();
+        out.sort_by_key(|(offset, _)| *offset);
+        out.dedup_by(|a, b| a.1 == b.1);
+        out.into_iter().map(|(_, d)| d).collect()
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+/// Parses and validates config text. `file` is only used in messages.
+pub fn parse(file: &str, text: &str, env: &Environment) -> Result<Config, Vec<Diagnostic>> {
+    let mut problems = Problems::default();
+    let config = parse_into(text, env, &mut problems);
+    match config {
+        Some(config) if problems.0.is_empty() => Ok(config),
+        _ => Err(problems.into_diagnostics(file, text)),
+    }
+}
+
+fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<Config> {
+    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        for e in syntax_errors {
+            problems.add(e.span(), "", first_line(e.message()));
+        }
+        return None;
+    }
+
+    let mut raw_daemon = RawDaemon::default();
+    let mut raw_fifos = Vec::new();
+    let mut raw_processes = Vec::new();
+    let mut raw_routes = Vec::new();
+    // Names declared even by entries that fail to parse, so that a route
+    // naming them does not add a misleading "unknown endpoint".
+    let mut declared = HashSet::new();
+    for (key, value) in root.get_ref() {
+        match key.get_ref().as_ref() {
+            "daemon" => {
+                if let Some(d) = deserialize_table::<RawDaemon>(value, "daemon", problems) {
+                    raw_daemon = d;
+                }
+            }
+            "fifo" => match value.get_ref() {
+                DeValue::Table(table) => {
+                    for (name, entry) in table {
+                        let key = format!("fifo.{}", name.get_ref());
+                        if !declared.insert(name.get_ref().to_string()) {
+                            problems.at(name, &key, "the name is already used by a [process.*] table");
+                            continue;
+                        }
+                        if let Some(f) = deserialize_table::<RawFifo>(entry, &key, problems) {
+                            raw_fifos.push((name.clone(), f));
+                        }
+                    }
+                }
+                _ => problems.at(value, "fifo", "expected tables such as [fifo.in]"),
+            },
+            "process" => match value.get_ref() {
+                DeValue::Table(table) => {
+                    for (name, entry) in table {
+                        let key = format!("process.{}", name.get_ref());
+                        if !declared.insert(name.get_ref().to_string()) {
+                            problems.at(name, &key, "the name is already used by a [fifo.*] table");
+                            continue;
+                        }
+                        if let Some(p) = deserialize_table::<RawProcess>(entry, &key, problems) {
+                            raw_processes.push((name.clone(), p));
+                        }
+                    }
+                }
+                _ => problems.at(value, "process", "expected tables such as [process.tool]"),
+            },
+            "route" => match value.get_ref() {
+                DeValue::Array(routes) => {
+                    for (i, entry) in routes.iter().enumerate() {
+                        let key = format!("route[{i}]");
+                        if let Some(r) = deserialize_table::<RawRoute>(entry, &key, problems) {
+                            raw_routes.push((i, r));
+                        }
+                    }
+                }
+                _ => problems.at(value, "route", "expected tables such as [[route]]"),
+            },
+            other => problems.at(
+                key,
+                other,
+                "unknown key; the top level has [daemon], [fifo.NAME], [process.NAME] and [[route]]",
+            ),
+        }
+    }
+
+    let daemon = validate_daemon(raw_daemon, env, problems);
+    let mut fifos: Vec<FifoConfig> = Vec::new();
+    let mut path_spans = Vec::new();
+    for (name, raw) in raw_fifos {
+        if let Some((fifo, span)) = validate_fifo(&name, raw, daemon.as_ref(), problems) {
+            fifos.push(fifo);
+            path_spans.push(span);
+        }
+    }
+    check_paths(&fifos, &path_spans, daemon.as_ref(), problems);
+    let processes: Vec<ProcessConfig> = raw_processes
+        .into_iter()
+        .filter_map(|(name, raw)| validate_process(&name, raw, problems))
+        .collect();
+    let routes = validate_routes(raw_routes, &mut fifos, &processes, &declared, problems);
+    let daemon = daemon?;
+    Some(Config {
+        daemon,
+        fifos,
+        processes,
+        routes,
+    })
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_string()
+}
+
+/// Deserializes one table, turning serde's first complaint into a located
+/// problem with the key it is about.
+fn deserialize_table<'i, T: Deserialize<'i>>(
+    value: &Spanned<DeValue<'i>>,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    let DeValue::Table(table) = value.get_ref() else {
+        problems.at(value, path, "expected a table");
+        return None;
+    };
+    match T::deserialize(ValueDeserializer::from(value.clone())) {
+        Ok(parsed) => Some(parsed),
+        Err(e) => {
+            let span = e.span().unwrap_or_else(|| value.span());
+            let message = first_line(e.message());
+            if let Some(rest) = message.strip_prefix("missing field ") {
+                let field = rest.trim_matches('`');
+                problems.add(Some(span), format!("{path}.{field}"), "missing (required)");
+                return None;
+            }
+            let mut key = path.to_string();
+            for (k, v) in table {
+                if k.span().contains(&span.start) || v.span().contains(&span.start) {
+                    key = format!("{path}.{}", k.get_ref());
+                    break;
+                }
+            }
+            let message = match message.strip_prefix("unknown field ") {
+                Some(rest) => match rest.split_once(", expected") {
+                    Some((_, expected)) => {
+                        format!("unknown key; expected{}", expected.replace('`', ""))
+                    }
+                    None => "unknown key".to_string(),
+                },
+                None => message,
+            };
+            problems.add(Some(span), key, message);
+            None
+        }
+    }
+}
+
+impl Config {
+    /// The one-line-per-item summary `fifod check` prints.
+    pub fn summary(&self) -> Vec<String> {
+        let d = &self.daemon;
+        let mut lines = vec![format!(
+            "daemon: dir {} (mode {}), shutdown_timeout {}, pipe_size {}",
+            d.dir.display(),
+            d.dir_mode,
+            crate::units::format_duration(d.shutdown_timeout),
+            d.pipe_size.map_or("default".to_string(), |s| s.to_string()),
+        )];
+        for fifo in &self.fifos {
+            let role = match fifo.role {
+                Role::Input => "input",
+                Role::Output => "output",
+                Role::Unrouted => "unrouted",
+            };
+            let mut line = format!(
+                "fifo {}: {} ({role}, mode {}",
+                fifo.name,
+                fifo.path.display(),
+                fifo.mode
+            );
+            if let Some(uid) = fifo.owner {
+                line.push_str(&format!(", owner {uid}"));
+            }
+            if let Some(gid) = fifo.group {
+                line.push_str(&format!(", group {gid}"));
+            }
+            line.push(')');
+            lines.push(line);
+        }
+        for p in &self.processes {
+            let restart = match p.restart {
+                Restart::Never => "never",
+                Restart::OnFailure => "on-failure",
+                Restart::Always => "always",
+            };
+            lines.push(format!(
+                "process {}: {:?} (stderr {}, restart {restart})",
+                p.name,
+                p.command,
+                format!("{:?}", p.stderr).to_lowercase(),
+            ));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let names = |v: Vec<String>| v.join(", ");
+            lines.push(format!(
+                "route[{i}]: {} -> {} (buffer {}, when_full {}{})",
+                names(route.from.iter().map(ToString::to_string).collect()),
+                names(route.to.iter().map(ToString::to_string).collect()),
+                route.buffer,
+                route.when_full,
+                match (route.framing, route.eof) {
+                    (Framing::Lines, Eof::Forward) =>
+                        format!(", lines up to {}, eof forward", route.max_line),
+                    (Framing::Lines, Eof::Hold) => format!(", lines up to {}", route.max_line),
+                    (Framing::Bytes, Eof::Forward) => ", eof forward".to_string(),
+                    (Framing::Bytes, Eof::Hold) => String::new(),
+                },
+            ));
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests;

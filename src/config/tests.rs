@@ -1,0 +1,239 @@
+use super::*;
+
+fn env() -> Environment {
+    Environment {
+        runtime_directory: None,
+        xdg_runtime_dir: Some("/run/user/1000".into()),
+        is_root: false,
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    parse("f.toml", text, &env())
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn full_config_parses_to_the_expected_struct() {
+    let text = r#"
+[daemon]
+dir = "/srv/fifo//x/"
+dir_mode = "0750"
+pipe_size = "1MiB"
+shutdown_timeout = "2s"
+log_level = "debug"
+
+[fifo.in]
+mode = "0620"
+owner = 0
+group = "0"
+
+[fifo.out]
+path = "sub/./out"
+
+[fifo.spare]
+path = "/elsewhere/spare"
+
+[[route]]
+from = ["in"]
+to = ["out"]
+buffer = "64KiB"
+when_full = "drop-oldest"
+"#;
+    let config = parse("f.toml", text, &env()).unwrap();
+    assert_eq!(
+        config,
+        Config {
+            daemon: DaemonConfig {
+                dir: "/srv/fifo/x".into(),
+                dir_mode: Mode(0o750),
+                pipe_size: Some(Size(1 << 20)),
+                shutdown_timeout: Duration::from_secs(2),
+                log_level: LevelFilter::Debug,
+                control: Some("/srv/fifo/x/control.sock".into()),
+            },
+            fifos: vec![
+                FifoConfig {
+                    name: "in".into(),
+                    path: "/srv/fifo/x/in".into(),
+                    mode: Mode(0o620),
+                    owner: Some(0),
+                    group: Some(0),
+                    role: Role::Input,
+                },
+                FifoConfig {
+                    name: "out".into(),
+                    path: "/srv/fifo/x/sub/out".into(),
+                    mode: Mode(0o600),
+                    owner: None,
+                    group: None,
+                    role: Role::Output,
+                },
+                FifoConfig {
+                    name: "spare".into(),
+                    path: "/elsewhere/spare".into(),
+                    mode: Mode(0o600),
+                    owner: None,
+                    group: None,
+                    role: Role::Unrouted,
+                },
+            ],
+            processes: vec![],
+            routes: vec![RouteConfig {
+                from: vec![SourceRef::Fifo("in".into())],
+                to: vec![SinkRef::Fifo("out".into())],
+                buffer: Size(65536),
+                when_full: WhenFull::DropOldest,
+                eof: Eof::Hold,
+                framing: Framing::Bytes,
+                max_line: Size(65536),
+            }],
+        }
+    );
+}
+
+#[test]
+fn defaults() {
+    let config = parse(
+        "f.toml",
+        "[fifo.a]\n[fifo.b]\n[[route]]\nfrom=[\"a\"]\nto=[\"b\"]\n",
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(config.daemon.dir, PathBuf::from("/run/user/1000/fifod"));
+    assert_eq!(config.daemon.dir_mode, Mode(0o755));
+    assert_eq!(config.daemon.pipe_size, None);
+    assert_eq!(config.daemon.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(config.routes[0].buffer, Size(1 << 20));
+    assert_eq!(config.routes[0].when_full, WhenFull::Block);
+    let root = Environment {
+        is_root: true,
+        ..Environment::default()
+    };
+    let config = parse("f.toml", "", &root).unwrap();
+    assert_eq!(config.daemon.dir, PathBuf::from("/run/fifod"));
+    let systemd = Environment {
+        runtime_directory: Some("/run/fifod-x:/run/other".into()),
+        ..root
+    };
+    let config = parse("f.toml", "", &systemd).unwrap();
+    assert_eq!(config.daemon.dir, PathBuf::from("/run/fifod-x"));
+    let nothing = Environment::default();
+    assert_eq!(
+        parse("f.toml", "", &nothing).unwrap_err()[0].to_string(),
+        "f.toml: daemon.dir: not set, and neither RUNTIME_DIRECTORY nor XDG_RUNTIME_DIR is set to give a default"
+    );
+}
+
+#[test]
+fn unknown_endpoint_with_suggestion() {
+    let text = "[fifo.in]\n[fifo.out]\n\n[[route]]\nfrom = [\"in\"]\nto = [\"ouput\"]\n";
+    assert_eq!(
+        errors(text),
+        ["f.toml:6:7: route[0].to: unknown endpoint \"ouput\" (did you mean \"out\"?)"]
+    );
+    let text = "[fifo.in]\n[[route]]\nfrom = [\"in\"]\nto = [\"zzzzzz\"]\n";
+    assert_eq!(
+        errors(text),
+        ["f.toml:4:7: route[0].to: unknown endpoint \"zzzzzz\""]
+    );
+}
+
+#[test]
+fn every_error_is_reported_in_file_order() {
+    let text = r#"[daemon]
+dir_mode = "999"
+
+[fifo.a]
+mode = "rw"
+colour = "blue"
+
+[fifo.b]
+owner = "no-such-user-fifod"
+
+[[route]]
+from = []
+to = ["b", "a"]
+when_full = "sometimes"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "f.toml:2:12: daemon.dir_mode: invalid mode \"999\": expected 3 octal digits, optionally after a 0, such as \"0640\"",
+            "f.toml:6:1: fifo.a.colour: unknown key; expected one of path, mode, owner, group",
+            "f.toml:9:9: fifo.b.owner: unknown user \"no-such-user-fifod\"",
+            "f.toml:12:8: route[0].from: must name at least one endpoint",
+            "f.toml:14:13: route[0].when_full: invalid policy \"sometimes\": expected \"block\", \"drop-newest\" or \"drop-oldest\"",
+        ]
+    );
+}
+
+#[test]
+fn both_input_and_output_is_reported_at_the_later_use() {
+    let text = "[fifo.a]\n[fifo.b]\n[[route]]\nfrom = [\"a\"]\nto = [\"b\"]\n[[route]]\nfrom = [\"b\"]\nto = [\"a\"]\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].starts_with(
+        "f.toml:7:9: route[1].from: fifo \"b\" cannot be both an input and an output"
+    ));
+    assert!(errs[1].starts_with("f.toml:8:7: route[1].to: fifo \"a\" cannot be both"));
+}
+
+#[test]
+fn duplicate_and_nested_paths() {
+    let text = "[daemon]\ndir = \"/d\"\n[fifo.a]\npath = \"x/y\"\n[fifo.b]\npath = \"x/./y\"\n[fifo.c]\npath = \"/d/x/y/z\"\n[fifo.e]\npath = \"../e\"\n";
+    assert_eq!(
+        errors(text),
+        [
+            "f.toml:6:8: fifo.b.path: same path as fifo.a",
+            "f.toml:8:8: fifo.c.path: is inside fifo.a, which is a FIFO",
+            "f.toml:10:8: fifo.e.path: \"../e\" must not contain \"..\"",
+        ]
+    );
+}
+
+#[test]
+fn syntax_and_type_errors() {
+    assert_eq!(errors("[fifo.a\n"), errors("[fifo.a\n"));
+    let errs = errors("[fifo.a]\nmode = \n");
+    assert!(errs[0].starts_with("f.toml:2:"), "{errs:?}");
+    assert_eq!(
+        errors("[fifo.a]\nmode = 640\n"),
+        ["f.toml:2:8: fifo.a.mode: invalid type: integer `640`, expected a string"]
+    );
+    assert_eq!(
+        errors("[[route]]\nto = [\"x\"]\n"),
+        ["f.toml:1:1: route[0].from: missing (required)"]
+    );
+    assert_eq!(
+        errors("colour = 1\n"),
+        [
+            "f.toml:1:1: colour: unknown key; the top level has [daemon], [fifo.NAME], [process.NAME] and [[route]]"
+        ]
+    );
+}
+
+#[test]
+fn names_and_ranges() {
+    let errs = errors(
+        "[fifo.stdin]\n[fifo.\"a b\"]\n[[route]]\nfrom=[\"x\"]\nto=[\"y\"]\nbuffer=\"1KiB\"\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("f.toml:1:7: fifo.stdin: \"stdin\" is a reserved")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("f.toml:2:7: fifo.a b: invalid name")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("f.toml:6:8: route[0].buffer: 1KiB is out of range")),
+        "{errs:?}"
+    );
+}
