@@ -200,19 +200,6 @@ pub enum WhenFull {
     DropOldest,
 }
 
-impl WhenFull {
-    fn parse(text: &str) -> Result<WhenFull, String> {
-        match text {
-            "block" => Ok(WhenFull::Block),
-            "drop-newest" => Ok(WhenFull::DropNewest),
-            "drop-oldest" => Ok(WhenFull::DropOldest),
-            _ => Err(format!(
-                "invalid policy \"{text}\": expected \"block\", \"drop-newest\" or \"drop-oldest\""
-            )),
-        }
-    }
-}
-
 impl fmt::Display for WhenFull {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

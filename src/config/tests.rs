@@ -166,7 +166,7 @@ when_full = "sometimes"
             "f.toml:6:1: fifo.a.colour: unknown key; expected one of path, mode, owner, group",
             "f.toml:9:9: fifo.b.owner: unknown user \"no-such-user-fifod\"",
             "f.toml:12:8: route[0].from: must name at least one endpoint",
-            "f.toml:14:13: route[0].when_full: invalid policy \"sometimes\": expected \"block\", \"drop-newest\" or \"drop-oldest\"",
+            "f.toml:14:13: route[0].when_full: invalid value \"sometimes\": expected \"block\", \"drop-newest\" or \"drop-oldest\"",
         ]
     );
 }

@@ -403,38 +403,28 @@ pub(super) fn validate_process(
             }
         }
     }
-    let mut choice = |value: &Option<Spanned<String>>, field: &str, options: &[&str]| -> usize {
-        let Some(v) = value else { return 0 };
-        match options.iter().position(|o| o == v.get_ref()) {
-            Some(i) => i,
-            None => {
-                let quoted: Vec<String> = options.iter().map(|o| format!("\"{o}\"")).collect();
-                problems.at(
-                    v,
-                    format!("{key}.{field}"),
-                    format!(
-                        "invalid value \"{}\": expected {}",
-                        v.get_ref(),
-                        quoted.join(", ")
-                    ),
-                );
-                0
-            }
-        }
-    };
-    let stderr = [
-        StderrMode::Merge,
-        StderrMode::Separate,
-        StderrMode::Log,
-        StderrMode::Null,
-        StderrMode::Inherit,
-    ][choice(
+    let stderr = choose(
         &raw.stderr,
-        "stderr",
-        &["merge", "separate", "log", "null", "inherit"],
-    )];
-    let restart = [Restart::OnFailure, Restart::Never, Restart::Always]
-        [choice(&raw.restart, "restart", &["on-failure", "never", "always"])];
+        format!("{key}.stderr"),
+        &[
+            ("merge", StderrMode::Merge),
+            ("separate", StderrMode::Separate),
+            ("log", StderrMode::Log),
+            ("null", StderrMode::Null),
+            ("inherit", StderrMode::Inherit),
+        ],
+        problems,
+    );
+    let restart = choose(
+        &raw.restart,
+        format!("{key}.restart"),
+        &[
+            ("on-failure", Restart::OnFailure),
+            ("never", Restart::Never),
+            ("always", Restart::Always),
+        ],
+        problems,
+    );
     let restart_delay = match &raw.restart_delay {
         None => Duration::from_millis(100),
         Some(d) => match parse_duration(d.get_ref()) {
@@ -448,6 +438,9 @@ pub(super) fn validate_process(
                 Duration::ZERO
             }
         },
+    };
+    let (Some(stderr), Some(restart)) = (stderr, restart) else {
+        return None;
     };
     if problems.0.len() > before {
         return None;
@@ -631,36 +624,28 @@ pub(super) fn validate_routes(
                 .map_err(|e| problems.at(b, format!("route[{i}].buffer"), e))
                 .ok(),
         };
-        let when_full = match &raw.when_full {
-            None => Some(WhenFull::Block),
-            Some(w) => WhenFull::parse(w.get_ref())
-                .map_err(|e| problems.at(w, format!("route[{i}].when_full"), e))
-                .ok(),
-        };
-        let eof = match raw.eof.as_ref().map(|e| (e, e.get_ref().as_str())) {
-            None | Some((_, "hold")) => Some(Eof::Hold),
-            Some((_, "forward")) => Some(Eof::Forward),
-            Some((e, other)) => {
-                problems.at(
-                    e,
-                    format!("route[{i}].eof"),
-                    format!("invalid value \"{other}\": expected \"hold\" or \"forward\""),
-                );
-                None
-            }
-        };
-        let framing = match raw.framing.as_ref().map(|f| (f, f.get_ref().as_str())) {
-            None | Some((_, "bytes")) => Some(Framing::Bytes),
-            Some((_, "lines")) => Some(Framing::Lines),
-            Some((f, other)) => {
-                problems.at(
-                    f,
-                    format!("route[{i}].framing"),
-                    format!("invalid value \"{other}\": expected \"bytes\" or \"lines\""),
-                );
-                None
-            }
-        };
+        let when_full = choose(
+            &raw.when_full,
+            format!("route[{i}].when_full"),
+            &[
+                ("block", WhenFull::Block),
+                ("drop-newest", WhenFull::DropNewest),
+                ("drop-oldest", WhenFull::DropOldest),
+            ],
+            problems,
+        );
+        let eof = choose(
+            &raw.eof,
+            format!("route[{i}].eof"),
+            &[("hold", Eof::Hold), ("forward", Eof::Forward)],
+            problems,
+        );
+        let framing = choose(
+            &raw.framing,
+            format!("route[{i}].framing"),
+            &[("bytes", Framing::Bytes), ("lines", Framing::Lines)],
+            problems,
+        );
         let max_line = match (&raw.max_line, buffer) {
             (None, buffer) => Some(buffer.map_or(DEFAULT_MAX_LINE, |b| b.min(DEFAULT_MAX_LINE))),
             (Some(m), buffer) => {
@@ -721,4 +706,31 @@ pub(super) fn edit_distance(a: &str, b: &str) -> usize {
         previous = current;
     }
     previous[b.len()]
+}
+
+/// One of a fixed set of words, the first being the default.
+fn choose<T: Copy>(
+    value: &Option<Spanned<String>>,
+    key: String,
+    options: &[(&str, T)],
+    problems: &mut Problems,
+) -> Option<T> {
+    let Some(value) = value else {
+        return options.first().map(|&(_, t)| t);
+    };
+    if let Some(&(_, t)) = options.iter().find(|(word, _)| word == value.get_ref()) {
+        return Some(t);
+    }
+    let mut expected: Vec<String> = options.iter().map(|(o, _)| format!("\"{o}\"")).collect();
+    let last = expected.pop().unwrap_or_default();
+    let expected = match expected.is_empty() {
+        true => last,
+        false => format!("{} or {last}", expected.join(", ")),
+    };
+    problems.at(
+        value,
+        key,
+        format!("invalid value \"{}\": expected {expected}", value.get_ref()),
+    );
+    None
 }
