@@ -2,9 +2,10 @@
 //! streams, reaping, the restart back-off, and stopping by process group.
 //!
 //! Pipes come from `std::io::pipe`, which makes every fd close-on-exec; a
-//! child gets only its three standard streams. std also gives the child an
-//! empty signal mask and default SIGPIPE; fifod installs no other handler
-//! that survives exec, so every disposition is the default.
+//! child gets only its three standard streams. std gives the child an empty
+//! signal mask; every signal's disposition is reset to the default before
+//! exec, since a signal ignored by whoever started fifod (as `nohup` does)
+//! would otherwise stay ignored in the child.
 
 use std::fmt;
 use std::io;
@@ -36,6 +37,19 @@ const PRIVATE_VARIABLES: [&str; 6] = [
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
 ];
+
+/// The kernel's own `struct sigaction` (not libc's), as `rt_sigaction`
+/// takes it on Linux: handler, flags, restorer, then a 64-bit mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Signals the kernel knows (its `_NSIG`).
+const KERNEL_NSIG: libc::c_int = 64;
 
 /// Which of a child's streams fifod relays.
 #[derive(Debug, Clone, Copy, Default)]
@@ -138,12 +152,71 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
             command.stderr(Stdio::inherit());
         }
     }
+    // SAFETY: the closure runs in the child between fork and exec. It only
+    // makes the rt_sigaction system call, which is async-signal-safe, and
+    // allocates nothing. The raw call reaches the signals glibc keeps for
+    // itself (32 and 33), which a posix_spawn higher up may have left
+    // ignored; SIGKILL and SIGSTOP refuse, which is fine.
+    unsafe {
+        command.pre_exec(|| {
+            let default = KernelSigaction {
+                handler: libc::SIG_DFL,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            for signal in 1..=KERNEL_NSIG {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    &raw const default,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    std::mem::size_of::<u64>(),
+                );
+            }
+            Ok(())
+        });
+    }
     let child = command.spawn()?;
     // `command` holds the child's ends of the pipes; they close with it, so
     // that only the child keeps them.
     drop(command);
     let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
     Ok((Pid::from_raw(pid), pipes))
+}
+
+/// Marks every fd fifod inherited beyond its standard streams
+/// close-on-exec, so that its children get none of them (whoever started
+/// fifod may have leaked some). fifod's own fds are close-on-exec already.
+pub fn keep_inherited_fds_from_children() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds;
+    // it closes nothing that Rust objects own.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if done {
+        return;
+    }
+    // Kernels before 5.11: flag them one by one.
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        log::warn!("cannot list inherited fds; children may inherit some");
+        return;
+    };
+    for fd in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        if fd > 2 {
+            // SAFETY: F_SETFD only sets the close-on-exec flag; a stale
+            // number (the listing's own fd) fails harmlessly.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
 }
 
 /// Reaps every child that has exited, without blocking.

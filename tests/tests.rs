@@ -7,5 +7,6 @@ mod common;
 mod cli;
 mod config_errors;
 mod lifecycle;
+mod processes;
 mod relay;
 mod shutdown;

@@ -33,10 +33,15 @@ impl Daemon {
         log.last = Some(now);
         log.due = None;
         if new > 0 {
+            // A blocking lane drops only what a sink that went away held,
+            // which is logged where that happens.
+            let why = match lane.policy() {
+                WhenFull::Block => String::new(),
+                policy => format!(" (when_full = {policy})"),
+            };
             warn!(
-                "{}: dropped {new} bytes (when_full = {}); {total} dropped in total",
-                self.lane_name(l),
-                lane.policy()
+                "{}: dropped {new} bytes{why}; {total} dropped in total",
+                self.lane_name(l)
             );
         }
     }

@@ -126,7 +126,7 @@ impl Daemon {
                 .ingest(s, &self.scratch[..n], |k, bytes| match &sinks[k] {
                     Sink {
                         fd: Some(fd),
-                        refusing: false,
+                        intake: Intake::Open,
                         ..
                     } => write_some(fd.as_fd(), bytes),
                     _ => 0,
@@ -161,7 +161,7 @@ impl Daemon {
             match &self.sinks[k] {
                 Sink {
                     fd: Some(fd),
-                    refusing: false,
+                    intake: Intake::Open,
                     ..
                 } => sink_fds.push(fd.as_fd()),
                 _ => return None,
@@ -244,9 +244,13 @@ impl Daemon {
     /// end must wait; delivers ends that are due.
     pub(super) fn flush(&mut self, k: SinkId) {
         loop {
-            if self.sinks[k].refusing {
-                self.relay.discard(k);
-                break;
+            match self.sinks[k].intake {
+                Intake::Open => {}
+                Intake::Refusing => {
+                    self.relay.discard(k);
+                    break;
+                }
+                Intake::Closed => break,
             }
             if self.relay.end_due(k) {
                 if !self.deliver_end(k) {
@@ -287,7 +291,8 @@ impl Daemon {
             }
         }
         let sink = &self.sinks[k];
-        let waiting = sink.fd.is_some() && !sink.refusing && self.relay.pending(k).is_some();
+        let waiting =
+            sink.fd.is_some() && sink.intake == Intake::Open && self.relay.pending(k).is_some();
         self.set_sink_watched(k, waiting);
         self.note_drops_of_sink(k);
         let feeding: Vec<SourceId> = self.relay.sources_feeding(k).collect();
@@ -310,7 +315,7 @@ impl Daemon {
             SinkKind::Fifo(_) => warn!("fifo {name}: unexpected EPIPE"),
         }
         self.set_sink_fd(k, None);
-        self.sinks[k].refusing = true;
+        self.sinks[k].intake = Intake::Refusing;
     }
 
     /// Gives `sink` the end of a session. Returns false when it must wait.
@@ -328,7 +333,7 @@ impl Daemon {
             }
             SinkKind::Stdout => {
                 self.set_sink_fd(k, None);
-                self.sinks[k].refusing = true;
+                self.sinks[k].intake = Intake::Refusing;
                 true
             }
             SinkKind::Fifo(fifo) => {
@@ -361,7 +366,7 @@ impl Daemon {
                             self.sinks[k].name
                         );
                         self.set_sink_fd(k, None);
-                        self.sinks[k].refusing = true;
+                        self.sinks[k].intake = Intake::Refusing;
                         true
                     }
                 }
@@ -386,7 +391,7 @@ impl Daemon {
                     "fifo {}: {e}; its bytes are dropped from now on",
                     self.sinks[k].name
                 );
-                self.sinks[k].refusing = true;
+                self.sinks[k].intake = Intake::Refusing;
                 false
             }
         }

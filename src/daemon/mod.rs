@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode as NixMode, SFlag, fstat, umask};
 
 use crate::child::{self, Exit, Supervised, Wiring};
-use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode};
+use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode, WhenFull};
 use crate::control::{
     ControlServer, FifoStatus, LineCounts, ProcessStatus, RouteStatus, STATUS_VERSION, SinkStatus,
     Status,
@@ -129,11 +129,25 @@ struct Sink {
     keep_alive: Option<OwnedFd>,
     /// Registered for writability: it holds bytes the pipe could not take.
     watched: bool,
-    /// It cannot take bytes for now (its process closed stdin or is gone for
-    /// good, or fifod's stdout is not a pipe): what comes is dropped, counted.
-    refusing: bool,
+    /// Whether it takes bytes.
+    intake: Intake,
     /// An output FIFO's end waits for its reader to empty it: when to look.
     end_check: Option<(Instant, Duration)>,
+}
+
+/// Whether a sink takes bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intake {
+    /// Bytes are written to its fd, or wait for one (a process restarting,
+    /// an output FIFO between sessions).
+    Open,
+    /// It cannot take bytes (its process closed stdin or will not run again,
+    /// fifod's stdout is not a pipe or its reader left): what it holds and
+    /// what comes is dropped, and counted.
+    Refusing,
+    /// fifod is stopping and will not write to it again: what it holds is
+    /// reported as undelivered.
+    Closed,
 }
 
 /// Rate-limiting of drop messages for one lane.
@@ -195,6 +209,7 @@ fn signal_name(signal: libc::c_int) -> &'static str {
 
 /// Runs the daemon until SIGTERM or SIGINT and a clean shutdown.
 pub fn run(config: Config) -> Result<(), RunError> {
+    child::keep_inherited_fds_from_children();
     // Handlers first: a SIGTERM during start must not kill fifod before it
     // can remove what it made.
     let events = EventLoop::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
@@ -218,9 +233,14 @@ fn is_pipe_or_socket(fd: BorrowedFd<'_>) -> bool {
     })
 }
 
-fn std_stream(raw: libc::c_int) -> Option<OwnedFd> {
-    // SAFETY: fd 0 and 1 are open for the life of the process (or the
-    // borrow is refused by fstat below); the borrow ends before any close.
+/// Takes fifod's own fd 0 or 1 as an endpoint, if it is a pipe or socket:
+/// the stream moves to a new close-on-exec fd that only fifod holds, and
+/// `/dev/null` takes its number. Closing the endpoint then really ends the
+/// stream (the consumer of a forwarded `stdout` sees EOF), and nothing
+/// written to fd 1 by accident can slip into it.
+fn take_std_stream(raw: libc::c_int) -> Option<OwnedFd> {
+    // SAFETY: fd 0 and 1 stay open for the life of the process (fstat below
+    // refuses a closed one), and the borrow ends before they are replaced.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
     if !is_pipe_or_socket(fd) {
         return None;
@@ -229,6 +249,16 @@ fn std_stream(raw: libc::c_int) -> Option<OwnedFd> {
     let flags = nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_GETFL).ok()?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        Ok(null) => {
+            // SAFETY: dup2 onto fd 0 or 1, which no Rust object owns; the
+            // source is a live File borrowed for the call.
+            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), raw) } < 0 {
+                warn!("cannot detach fd {raw}: {}", std::io::Error::last_os_error());
+            }
+        }
+        Err(e) => warn!("cannot open /dev/null to detach fd {raw}: {e}"),
+    }
     Some(owned)
 }
 
@@ -264,7 +294,7 @@ impl Daemon {
             fd: None,
             keep_alive: None,
             watched: false,
-            refusing: false,
+            intake: Intake::Open,
             end_check: None,
         };
 
@@ -319,7 +349,7 @@ impl Daemon {
         }
         if named_in_from(&SourceRef::Stdin) {
             let mut source = new_source(SourceKind::Stdin, "stdin".to_string());
-            source.fd = std_stream(libc::STDIN_FILENO);
+            source.fd = take_std_stream(libc::STDIN_FILENO);
             if source.fd.is_none() {
                 info!("stdin is not a pipe: the stdin endpoint carries nothing");
             }
@@ -328,12 +358,12 @@ impl Daemon {
         }
         if named_in_to(&SinkRef::Stdout) {
             let mut sink = new_sink(SinkKind::Stdout, "stdout".to_string());
-            sink.fd = std_stream(libc::STDOUT_FILENO);
+            sink.fd = take_std_stream(libc::STDOUT_FILENO);
             if sink.fd.is_none() {
                 info!(
                     "stdout is not a pipe: the stdout endpoint carries nothing (bytes are counted as dropped)"
                 );
-                sink.refusing = true;
+                sink.intake = Intake::Refusing;
             }
             sink_ids.insert(SinkRef::Stdout, sinks.len());
             sinks.push(sink);

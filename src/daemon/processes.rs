@@ -17,7 +17,7 @@ impl Daemon {
                 self.children[c].started(pid, now);
                 if let Some(k) = ends.stdin {
                     self.set_sink_fd(k, pipes.stdin);
-                    self.sinks[k].refusing = false;
+                    self.sinks[k].intake = Intake::Open;
                     self.flush(k);
                 }
                 for (s, fd) in [(ends.stdout, pipes.stdout), (ends.stderr, pipes.stderr)] {
@@ -69,11 +69,16 @@ impl Daemon {
         // Its stdout and stderr are read to their end; its stdin is gone.
         if let Some(k) = self.ends[c].stdin {
             self.set_sink_fd(k, None);
-            if restart_at.is_none() {
-                self.sinks[k].refusing = true;
+            if stopping {
+                // What it still holds is reported as undelivered at the end.
+                self.sinks[k].intake = Intake::Closed;
+            } else if restart_at.is_none() {
+                self.sinks[k].intake = Intake::Refusing;
                 let lost = self.relay.discard(k);
                 if lost > 0 {
-                    warn!("process {name}: {lost} bytes held for its stdin are dropped");
+                    warn!(
+                        "process {name} will not run again: {lost} bytes held for its stdin are dropped"
+                    );
                 }
                 self.flush(k);
             }

@@ -120,11 +120,9 @@ impl Daemon {
                             }
                         }
                     }
-                    let held_for_children = self
-                        .ends
-                        .iter()
-                        .filter_map(|e| e.stdin)
-                        .any(|k| self.relay.held_for(k) > 0 && !self.sinks[k].refusing);
+                    let held_for_children = self.ends.iter().filter_map(|e| e.stdin).any(|k| {
+                        self.relay.held_for(k) > 0 && self.sinks[k].intake == Intake::Open
+                    });
                     if !held_for_children {
                         self.close_child_stdins();
                         self.state = State::Draining {
@@ -170,7 +168,7 @@ impl Daemon {
         for c in 0..self.ends.len() {
             if let Some(k) = self.ends[c].stdin {
                 self.set_sink_fd(k, None);
-                self.sinks[k].refusing = true;
+                self.sinks[k].intake = Intake::Closed;
             }
         }
     }
@@ -209,7 +207,7 @@ impl Daemon {
                 SourceKind::Fifo { .. } | SourceKind::Stdin => s.quota.is_none_or(|q| q == 0),
                 _ => s.fd.is_none(),
             })
-            && self.relay.held_total() == self.refused_held()
+            && self.relay.held_total() == self.held_for_good()
             && self.sinks.iter().all(|k| match (&k.kind, &k.fd) {
                 (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()) == 0,
                 _ => true,
@@ -217,9 +215,9 @@ impl Daemon {
     }
 
     /// Bytes held for sinks that will never take them.
-    pub(super) fn refused_held(&self) -> usize {
+    pub(super) fn held_for_good(&self) -> usize {
         (0..self.sinks.len())
-            .filter(|&k| self.sinks[k].refusing)
+            .filter(|&k| self.sinks[k].intake != Intake::Open)
             .map(|k| self.relay.held_for(k))
             .sum()
     }
