@@ -249,12 +249,19 @@ fn take_std_stream(raw: libc::c_int) -> Option<OwnedFd> {
     let flags = nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_GETFL).ok()?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         Ok(null) => {
             // SAFETY: dup2 onto fd 0 or 1, which no Rust object owns; the
             // source is a live File borrowed for the call.
             if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), raw) } < 0 {
-                warn!("cannot detach fd {raw}: {}", std::io::Error::last_os_error());
+                warn!(
+                    "cannot detach fd {raw}: {}",
+                    std::io::Error::last_os_error()
+                );
             }
         }
         Err(e) => warn!("cannot open /dev/null to detach fd {raw}: {e}"),
