@@ -6,7 +6,9 @@ mod common;
 
 mod cli;
 mod config_errors;
+mod framing;
 mod lifecycle;
 mod processes;
 mod relay;
 mod shutdown;
+mod status;

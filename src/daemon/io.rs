@@ -232,11 +232,12 @@ impl Daemon {
             }
         }
         debug!("{}: end of session", self.sources[s].name);
-        if self.relay.source_ended(s) {
-            let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
-            for k in fed {
-                self.flush(k);
-            }
+        // Its unfinished line, and on forwarding routes an end, are now
+        // queued for its sinks.
+        self.relay.source_ended(s);
+        let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
+        for k in fed {
+            self.flush(k);
         }
     }
 

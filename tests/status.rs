@@ -1,0 +1,588 @@
+//! `fifod status`: the tables and the JSON document a live daemon answers
+//! with, the exit status when no daemon answers, and the control socket's
+//! life on disk.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixListener;
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::common::{
+    Daemon, Launch, Outcome, Sandbox, TIMEOUT, lstat, open_reader, open_writer, read_exact,
+    write_all,
+};
+
+// ---------------------------------------------------------------------------
+// Helpers (also used by the framing tests)
+// ---------------------------------------------------------------------------
+
+/// Runs `fifod status --config <sandbox config>` (with `--json` if asked).
+pub(crate) fn status_of(sb: &Sandbox, json: bool) -> Outcome {
+    let mut args = vec![
+        OsString::from("status"),
+        "--config".into(),
+        sb.config_path().into(),
+    ];
+    if json {
+        args.push("--json".into());
+    }
+    sb.run_to_exit(&args, &Launch::default())
+}
+
+/// `fifod status --json` of a running daemon, parsed; panics unless it
+/// exits 0 with one JSON document.
+pub(crate) fn status_json(d: &Daemon) -> Value {
+    let out = status_of(&d.sb, true);
+    out.assert_code(0);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "fifod status --json printed no JSON document: {e}\n--- stdout ---\n{}",
+            out.stdout
+        )
+    })
+}
+
+/// `v[key]` as an unsigned number; panics (with `v`) if absent or not one.
+pub(crate) fn num(v: &Value, key: &str) -> u64 {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no unsigned number {key:?} in {v}"))
+}
+
+/// `v[key]` as a string; panics (with `v`) if absent or not one.
+pub(crate) fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string {key:?} in {v}"))
+}
+
+/// `v[key]` as an array; panics (with `v`) if absent or not one.
+pub(crate) fn array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("no array {key:?} in {v}"))
+}
+
+/// The entry of `status.fifos` named `name`.
+pub(crate) fn fifo_entry<'a>(status: &'a Value, name: &str) -> &'a Value {
+    let found: Vec<&Value> = array(status, "fifos")
+        .iter()
+        .filter(|f| text(f, "name") == name)
+        .collect();
+    assert_eq!(found.len(), 1, "one fifo {name:?} expected in {status}");
+    found[0]
+}
+
+/// The entry of `status.processes` named `name`.
+pub(crate) fn process_entry<'a>(status: &'a Value, name: &str) -> &'a Value {
+    let found: Vec<&Value> = array(status, "processes")
+        .iter()
+        .filter(|p| text(p, "name") == name)
+        .collect();
+    assert_eq!(found.len(), 1, "one process {name:?} expected in {status}");
+    found[0]
+}
+
+/// `status.routes[route]` (checking its `index`).
+pub(crate) fn route_entry(status: &Value, route: usize) -> &Value {
+    let r = array(status, "routes")
+        .get(route)
+        .unwrap_or_else(|| panic!("no route[{route}] in {status}"));
+    assert_eq!(num(r, "index"), route as u64, "route[{route}]: {r}");
+    r
+}
+
+/// The sink `sink` of route `route`.
+pub(crate) fn sink_entry<'a>(status: &'a Value, route: usize, sink: &str) -> &'a Value {
+    let found: Vec<&Value> = array(route_entry(status, route), "sinks")
+        .iter()
+        .filter(|s| text(s, "sink") == sink)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one sink {sink:?} expected in route[{route}] of {status}"
+    );
+    found[0]
+}
+
+/// The four counts of a sink (or of its `lines`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub produced: u64,
+    pub delivered: u64,
+    pub held: u64,
+    pub dropped: u64,
+}
+
+pub(crate) fn counts(v: &Value) -> Counts {
+    Counts {
+        produced: num(v, "produced"),
+        delivered: num(v, "delivered"),
+        held: num(v, "held"),
+        dropped: num(v, "dropped"),
+    }
+}
+
+/// The byte counts of a sink, and its line counts (None when `lines` is
+/// null). Panics if either breaks `produced = delivered + held + dropped`,
+/// or if the line counts exceed the byte counts they are part of.
+pub(crate) fn checked_counts(sink: &Value) -> (Counts, Option<Counts>) {
+    let bytes = counts(sink);
+    assert_eq!(
+        bytes.produced,
+        bytes.delivered + bytes.held + bytes.dropped,
+        "bytes: produced != delivered + held + dropped in {sink}"
+    );
+    let lines = match sink.get("lines") {
+        Some(Value::Null) => None,
+        Some(l) => Some(counts(l)),
+        None => panic!("no \"lines\" in {sink}"),
+    };
+    if let Some(l) = lines {
+        assert_eq!(
+            l.produced,
+            l.delivered + l.held + l.dropped,
+            "lines: produced != delivered + held + dropped in {sink}"
+        );
+        // A line is counted by its newline, which is one of the bytes.
+        assert!(
+            l.produced <= bytes.produced
+                && l.delivered <= bytes.delivered
+                && l.held <= bytes.held
+                && l.dropped <= bytes.dropped,
+            "more lines than bytes in {sink}"
+        );
+    }
+    (bytes, lines)
+}
+
+/// Rows of the table whose header starts with `first_column`, each split
+/// into cells (cells are separated by two spaces or more).
+fn table_rows(text: &str, first_column: &str) -> Vec<Vec<String>> {
+    let split = |line: &str| -> Vec<String> {
+        line.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(ToString::to_string)
+            .collect()
+    };
+    let mut lines = text.lines();
+    let header = format!("{first_column} ");
+    for line in lines.by_ref() {
+        if line.starts_with(&header) {
+            break;
+        }
+    }
+    lines
+        .take_while(|l| !l.trim().is_empty())
+        .map(split)
+        .collect()
+}
+
+fn row<'a>(rows: &'a [Vec<String>], first: &str, table: &str) -> &'a [String] {
+    rows.iter()
+        .find(|r| r.first().map(String::as_str) == Some(first))
+        .unwrap_or_else(|| panic!("no row {first:?} in the {table} table: {rows:?}"))
+}
+
+/// Writes `n` lines of exactly 100 bytes, tagged `tag` and numbered.
+fn hundred_byte_lines(tag: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut line = format!("{tag}{i:03}:").into_bytes();
+            line.resize(99, b'a' + (i % 26) as u8);
+            line.push(b'\n');
+            line
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+const LIVE: &str = r#"
+[fifo.a]
+mode = "0620"
+
+[fifo.b]
+
+[fifo.out]
+mode = "0640"
+
+[process.cat]
+command = ["cat"]
+
+[[route]]
+from = ["a"]
+to = ["cat"]
+
+[[route]]
+from = ["cat", "b"]
+to = ["out"]
+framing = "lines"
+"#;
+
+#[test]
+fn status_reports_what_a_live_daemon_relayed() {
+    let mut d = Daemon::start(LIVE);
+    let out = open_reader(&d.fifo("out"));
+    let a_lines = hundred_byte_lines("a", 10);
+    let b_lines = hundred_byte_lines("b", 25);
+    let end = Instant::now() + TIMEOUT;
+    {
+        let a = open_writer(&d.fifo("a"));
+        let b = open_writer(&d.fifo("b"));
+        write_all(&a, &a_lines.concat(), end);
+        write_all(&b, &b_lines.concat(), end);
+    }
+    // Everything arrives (through `cat` for `a`), whole lines interleaved.
+    let got = read_exact(&out, 3500, TIMEOUT);
+    let mut got_lines: Vec<Vec<u8>> = got
+        .split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    got_lines.sort();
+    let mut want: Vec<Vec<u8>> = a_lines.iter().chain(&b_lines).cloned().collect();
+    want.sort();
+    assert!(
+        got_lines == want,
+        "out did not get exactly the lines written"
+    );
+
+    // Once the reader has every byte, fifod counted every one of them.
+    let st = status_json(&d);
+    assert_eq!(st["version"], 1, "{st}");
+    assert_eq!(num(&st, "pid"), u64::from(d.pid()), "{st}");
+    assert_eq!(text(&st, "state"), "running", "{st}");
+    assert_eq!(
+        text(&st, "dir"),
+        d.sb.run_dir().display().to_string(),
+        "{st}"
+    );
+    let uptime = st["uptime_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("uptime_seconds is not a number: {st}"));
+    assert!((0.0..600.0).contains(&uptime), "uptime_seconds {uptime}");
+
+    assert_eq!(array(&st, "fifos").len(), 3, "{st}");
+    for (name, mode, role, bytes) in [
+        ("a", "0620", "input", 1000),
+        ("b", "0600", "input", 2500),
+        ("out", "0640", "output", 3500),
+    ] {
+        let f = fifo_entry(&st, name);
+        assert_eq!(
+            text(f, "path"),
+            d.fifo(name).display().to_string(),
+            "{name}: {f}"
+        );
+        assert_eq!(text(f, "mode"), mode, "{name}: {f}");
+        assert_eq!(text(f, "role"), role, "{name}: {f}");
+        assert_eq!(num(f, "bytes"), bytes, "{name}: {f}");
+        assert_eq!(num(f, "queued"), 0, "{name}: {f}");
+        assert!(
+            f["peers"].is_null() || f["peers"].is_boolean(),
+            "{name}: peers must be null or a bool: {f}"
+        );
+    }
+
+    assert_eq!(array(&st, "processes").len(), 1, "{st}");
+    let cat = process_entry(&st, "cat");
+    assert_eq!(cat["command"], serde_json::json!(["cat"]), "{cat}");
+    assert_eq!(text(cat, "state"), "running", "{cat}");
+    assert_eq!(num(cat, "restarts"), 0, "{cat}");
+    assert!(cat["last_exit"].is_null(), "{cat}");
+    assert_eq!(num(cat, "bytes_in"), 1000, "{cat}");
+    assert_eq!(num(cat, "bytes_out"), 1000, "{cat}");
+    let cat_pid = num(cat, "pid");
+    let comm = fs::read_to_string(format!("/proc/{cat_pid}/comm"))
+        .unwrap_or_else(|e| panic!("process cat (pid {cat_pid}) is not in /proc: {e}"));
+    assert_eq!(comm.trim_end(), "cat", "pid {cat_pid} is not cat");
+    let stat = fs::read_to_string(format!("/proc/{cat_pid}/stat")).expect("read stat");
+    let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad /proc/{cat_pid}/stat: {stat}"));
+    assert_eq!(ppid, d.pid(), "cat is not fifod's child");
+
+    assert_eq!(array(&st, "routes").len(), 2, "{st}");
+    let r0 = route_entry(&st, 0);
+    assert_eq!(r0["from"], serde_json::json!(["a"]), "{r0}");
+    assert_eq!(r0["to"], serde_json::json!(["cat"]), "{r0}");
+    assert_eq!(text(r0, "framing"), "bytes", "{r0}");
+    assert_eq!(text(r0, "when_full"), "block", "{r0}");
+    assert_eq!(text(r0, "eof"), "hold", "{r0}");
+    assert_eq!(num(r0, "long_lines"), 0, "{r0}");
+    assert_eq!(array(r0, "sinks").len(), 1, "{r0}");
+    let (bytes, lines) = checked_counts(sink_entry(&st, 0, "cat"));
+    assert_eq!(
+        bytes,
+        Counts {
+            produced: 1000,
+            delivered: 1000,
+            held: 0,
+            dropped: 0
+        },
+        "route[0] -> cat"
+    );
+    assert_eq!(lines, None, "a byte route has no line counts");
+
+    let r1 = route_entry(&st, 1);
+    assert_eq!(r1["from"], serde_json::json!(["cat", "b"]), "{r1}");
+    assert_eq!(r1["to"], serde_json::json!(["out"]), "{r1}");
+    assert_eq!(text(r1, "framing"), "lines", "{r1}");
+    assert_eq!(text(r1, "when_full"), "block", "{r1}");
+    assert_eq!(text(r1, "eof"), "hold", "{r1}");
+    assert_eq!(num(r1, "long_lines"), 0, "{r1}");
+    assert_eq!(array(r1, "sinks").len(), 1, "{r1}");
+    let (bytes, lines) = checked_counts(sink_entry(&st, 1, "out"));
+    assert_eq!(
+        bytes,
+        Counts {
+            produced: 3500,
+            delivered: 3500,
+            held: 0,
+            dropped: 0
+        },
+        "route[1] -> out"
+    );
+    assert_eq!(
+        lines,
+        Some(Counts {
+            produced: 35,
+            delivered: 35,
+            held: 0,
+            dropped: 0
+        }),
+        "route[1] -> out, in lines"
+    );
+
+    // The same, as tables.
+    let human = status_of(&d.sb, false);
+    human.assert_code(0);
+    let t = &human.stdout;
+    let first = t.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("fifod pid {}, running for ", d.pid()))
+            && first.ends_with(&format!(", dir {}", d.sb.run_dir().display())),
+        "unexpected first line {first:?}\n{t}"
+    );
+    let fifos = table_rows(t, "FIFO");
+    assert_eq!(fifos.len(), 3, "FIFO table: {fifos:?}\n{t}");
+    for (name, mode, role, bytes) in [
+        ("a", "0620", "input", "1000 B"),
+        ("b", "0600", "input", "2.4 KiB"),
+        ("out", "0640", "output", "3.4 KiB"),
+    ] {
+        let r = row(&fifos, name, "FIFO");
+        let path = d.fifo(name).display().to_string();
+        assert_eq!(r.len(), 7, "FIFO row {r:?}\n{t}");
+        let peers = r[4].as_str();
+        assert!(["-", "yes", "no"].contains(&peers), "{r:?}");
+        assert_eq!(
+            r,
+            [name, path.as_str(), mode, role, peers, bytes, "0 B"],
+            "FIFO row\n{t}"
+        );
+    }
+    let procs = table_rows(t, "PROCESS");
+    assert_eq!(procs.len(), 1, "PROCESS table: {procs:?}\n{t}");
+    assert_eq!(
+        row(&procs, "cat", "PROCESS"),
+        [
+            "cat".to_string(),
+            cat_pid.to_string(),
+            "running".into(),
+            "0".into(),
+            "-".into()
+        ],
+        "\n{t}"
+    );
+    let routes = table_rows(t, "ROUTE");
+    assert_eq!(routes.len(), 2, "ROUTE table: {routes:?}\n{t}");
+    assert_eq!(
+        row(&routes, "route[0]", "ROUTE"),
+        ["route[0]", "a", "cat", "bytes", "1000 B", "0 B", "0 B"],
+        "\n{t}"
+    );
+    assert_eq!(
+        row(&routes, "route[1]", "ROUTE"),
+        [
+            "route[1]",
+            "cat,b",
+            "out",
+            "lines",
+            "3.4 KiB (35 lines)",
+            "0 B (0 lines)",
+            "0 B (0 lines)"
+        ],
+        "\n{t}"
+    );
+
+    d.stop_ok();
+    assert_eq!(d.stats(0, "cat").accepted, 1000);
+    assert_eq!(d.stats(1, "out").delivered, 3500);
+}
+
+const ONE_ROUTE: &str = r#"
+[fifo.in]
+[fifo.out]
+
+[[route]]
+from = ["in"]
+to = ["out"]
+"#;
+
+fn assert_not_running(sb: &Sandbox, when: &str) {
+    for json in [false, true] {
+        let out = status_of(sb, json);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{when} (--json: {json}): expected exit 3\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("not running"),
+            "{when} (--json: {json}): no \"not running\" in {:?}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn status_without_a_daemon_exits_3() {
+    let sb = Sandbox::new();
+    sb.write_config(ONE_ROUTE);
+    // The dir does not even exist.
+    assert!(lstat(&sb.run_dir()).is_none());
+    assert_not_running(&sb, "no dir");
+    // The dir exists, with no socket in it.
+    fs::create_dir(sb.run_dir()).expect("mkdir run");
+    assert_not_running(&sb, "empty dir");
+    // A socket nobody listens on (as a crash leaves it).
+    drop(UnixListener::bind(sb.run_dir().join("control.sock")).expect("bind"));
+    assert!(lstat(&sb.run_dir().join("control.sock")).is_some_and(|m| m.file_type().is_socket()));
+    assert_not_running(&sb, "stale socket");
+}
+
+#[test]
+fn control_socket_is_private_while_running_and_removed_at_stop() {
+    let sb = Sandbox::new();
+    sb.write_config(ONE_ROUTE);
+    let socket = sb.run_dir().join("control.sock");
+    // A umask of 0 must not widen the socket's mode.
+    let mut d = Daemon::start_with(
+        sb,
+        &Launch {
+            umask: Some(0),
+            ..Launch::default()
+        },
+    );
+    let meta = lstat(&socket).unwrap_or_else(|| panic!("no {}\n{}", socket.display(), d.log()));
+    assert!(
+        meta.file_type().is_socket(),
+        "{} is not a socket",
+        socket.display()
+    );
+    assert_eq!(meta.mode() & 0o7777, 0o600, "mode {:o}", meta.mode());
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    assert_eq!(num(&status_json(&d), "pid"), u64::from(d.pid()));
+
+    d.stop_ok();
+    assert!(
+        lstat(&socket).is_none(),
+        "{} is left after the stop\n{}",
+        socket.display(),
+        d.log()
+    );
+    assert_not_running(&d.sb, "after the stop");
+}
+
+#[test]
+fn a_socket_left_by_a_crash_is_replaced() {
+    // Two daemons, one after the other, on the same dir.
+    let shared = Sandbox::new();
+    let toml = format!(
+        "[daemon]\ndir = \"{}\"\n{ONE_ROUTE}",
+        shared.run_dir().display()
+    );
+    let socket = shared.run_dir().join("control.sock");
+    let sb = Sandbox::new();
+    sb.write_config(&toml);
+    let mut d = Daemon::start_with(sb, &Launch::default());
+    let first = d.pid();
+    assert_eq!(num(&status_json(&d), "pid"), u64::from(first));
+    d.stop(Signal::SIGKILL);
+    assert!(
+        lstat(&socket).is_some_and(|m| m.file_type().is_socket()),
+        "SIGKILL cannot have removed the socket"
+    );
+    assert_not_running(&d.sb, "after a crash");
+
+    let sb = Sandbox::new();
+    sb.write_config(&toml);
+    let mut d = Daemon::start_with(sb, &Launch::default());
+    assert_ne!(d.pid(), first);
+    assert_eq!(num(&status_json(&d), "pid"), u64::from(d.pid()));
+    let meta = lstat(&socket).expect("socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o7777, 0o600, "mode {:o}", meta.mode());
+    d.stop_ok();
+    assert!(lstat(&socket).is_none(), "{}", d.log());
+}
+
+#[test]
+fn an_empty_control_turns_the_socket_off() {
+    let toml = format!("[daemon]\ncontrol = \"\"\n{ONE_ROUTE}");
+    let mut d = Daemon::start(&toml);
+    // The daemon relays as usual.
+    let r = open_reader(&d.fifo("out"));
+    write_all(
+        &open_writer(&d.fifo("in")),
+        b"ping\n",
+        Instant::now() + TIMEOUT,
+    );
+    assert_eq!(read_exact(&r, 5, TIMEOUT), b"ping\n");
+
+    let mut entries: BTreeMap<String, bool> = BTreeMap::new();
+    for e in fs::read_dir(d.sb.run_dir()).expect("read run dir") {
+        let e = e.expect("dir entry");
+        let is_socket = e.file_type().expect("file type").is_socket();
+        entries.insert(e.file_name().to_string_lossy().into_owned(), is_socket);
+    }
+    assert!(
+        !entries.values().any(|&s| s),
+        "a socket exists with control = \"\": {entries:?}"
+    );
+    assert!(!entries.contains_key("control.sock"), "{entries:?}");
+
+    for json in [false, true] {
+        let out = status_of(&d.sb, json);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "expected exit 1 (not 3: this is no stopped daemon)\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("control"),
+            "the message should say the control socket is off: {:?}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+    }
+    // The daemon did not mind.
+    assert!(d.try_exited().is_none(), "{}", d.log());
+    d.stop_ok();
+}
