@@ -105,6 +105,14 @@ impl Daemon {
                 deadline,
                 stdins_closed,
             } => {
+                // Every tick, offer what is held to sinks not waiting for
+                // writability: the drain must not depend on a wake-up.
+                for k in 0..self.sinks.len() {
+                    let sink = &self.sinks[k];
+                    if sink.intake == Intake::Open && !sink.watched && self.relay.held_for(k) > 0 {
+                        self.flush(k);
+                    }
+                }
                 let inputs_done = self.sources.iter().all(|s| s.quota.is_none_or(|q| q == 0));
                 if !stdins_closed && inputs_done {
                     // Writers that left a line unfinished get it delivered as it is.
