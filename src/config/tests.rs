@@ -237,3 +237,68 @@ fn names_and_ranges() {
         "{errs:?}"
     );
 }
+
+/// Mutated configs (bytes flipped, cut, repeated, nested deeply) must give
+/// diagnostics or a config, never a panic.
+#[test]
+fn mangled_configs_never_panic() {
+    let seeds = [
+        include_str!("../../config/example.toml"),
+        "[daemon]\ndir = \"/d\"\n[fifo.a]\n[process.p]\ncommand = [\"cat\"]\n[[route]]\nfrom = [\"a\"]\nto = [\"p\"]\nframing = \"lines\"\n",
+    ];
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n.max(1) as u64) as usize
+    };
+    let alphabet = b"[]{}=\"'.,\n #abcdefz019-_\\\0\xff";
+    for round in 0..3000 {
+        let seed = seeds[round % seeds.len()].as_bytes();
+        let mut bytes = seed.to_vec();
+        for _ in 0..=next(8) {
+            let at = next(bytes.len() + 1);
+            match next(4) {
+                0 if !bytes.is_empty() => {
+                    bytes.remove(at.min(bytes.len() - 1));
+                }
+                1 => bytes.insert(at, alphabet[next(alphabet.len())]),
+                2 => {
+                    let end = (at + next(40)).min(bytes.len());
+                    let piece = bytes[at..end].to_vec();
+                    bytes.splice(at..at, piece);
+                }
+                _ => bytes.truncate(at),
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = parse("f.toml", &text, &env());
+    }
+    let deep = format!("a = {}{}", "[".repeat(5000), "]".repeat(5000));
+    assert!(parse("f.toml", &deep, &env()).is_err());
+    let wide = "[fifo.x]\n".to_string() + &"# comment\n".repeat(50_000);
+    assert!(parse("f.toml", &wide, &env()).is_ok());
+}
+
+#[test]
+fn only_a_bounded_regular_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // A FIFO with no writer would block a plain read forever.
+    let err = load(&fifo, &env()).unwrap_err().to_string();
+    assert!(
+        err.ends_with("cannot read config: is a FIFO, not a regular file"),
+        "{err}"
+    );
+    let err = load(dir.path(), &env()).unwrap_err().to_string();
+    assert!(err.ends_with("is a directory, not a regular file"), "{err}");
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+    let err = load(&big, &env()).unwrap_err().to_string();
+    assert!(
+        err.contains("a config may be at most 1048576 bytes"),
+        "{err}"
+    );
+}
