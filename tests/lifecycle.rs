@@ -649,3 +649,31 @@ fn replaced_fifo_is_not_removed() {
     left.sort();
     assert_eq!(left, vec![OsString::from("out")]);
 }
+
+#[test]
+fn too_low_a_file_limit_is_a_clear_error_at_start() {
+    let sb = Sandbox::new();
+    sb.write_config(SIMPLE);
+    let limited = sb.path("limited-fifod");
+    fs::write(
+        &limited,
+        format!(
+            "#!/bin/sh\nexec prlimit --nofile=40:40 '{}' \"$@\"\n",
+            crate::common::BIN
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&limited, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = sb.run_expect_exit(&Launch {
+        bin: Some(limited),
+        ..Launch::default()
+    });
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("file descriptors, but RLIMIT_NOFILE allows 40"),
+        "{}",
+        out.stderr
+    );
+    assert!(!sb.run_dir().exists(), "nothing is created");
+}

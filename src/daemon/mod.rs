@@ -210,6 +210,7 @@ fn signal_name(signal: libc::c_int) -> &'static str {
 /// Runs the daemon until SIGTERM or SIGINT and a clean shutdown.
 pub fn run(config: Config) -> Result<(), RunError> {
     child::keep_inherited_fds_from_children();
+    ensure_fd_limit(&config)?;
     // Handlers first: a SIGTERM during start must not kill fifod before it
     // can remove what it made.
     let events = EventLoop::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
@@ -223,6 +224,34 @@ pub fn run(config: Config) -> Result<(), RunError> {
     daemon.start_all();
     daemon.run_loop();
     Ok(())
+}
+
+/// fds fifod needs beyond those of its endpoints: epoll, signal pipes,
+/// directories, the lock, the control socket and its clients, /dev/null.
+const BASE_FDS: u64 = 64;
+
+/// Makes sure the config fits in the fd limit, raising the soft limit up to
+/// the hard one if need be, so that a config too large fails at start with a
+/// clear message rather than in the middle of the run.
+fn ensure_fd_limit(config: &Config) -> Result<(), RunError> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // Each FIFO may briefly hold a second fd (an end of session, a fresh
+    // reader); each process has up to three pipe ends.
+    let needed = BASE_FDS + 2 * config.fifos.len() as u64 + 3 * config.processes.len() as u64;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return Ok(());
+    };
+    if soft >= needed {
+        return Ok(());
+    }
+    if hard >= needed && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        info!("raised the open-file limit from {soft} to {hard}");
+        return Ok(());
+    }
+    Err(RunError::Start(format!(
+        "the config needs about {needed} file descriptors, but RLIMIT_NOFILE allows {hard}; \
+         raise it (ulimit -n, or LimitNOFILE= in the unit)"
+    )))
 }
 
 /// Whether fifod's own fd 0 or 1 is something epoll can wait on.
