@@ -24,6 +24,8 @@ use crate::config::{ProcessConfig, Restart, StderrMode};
 
 /// The back-off never grows past this (unless `restart_delay` is longer).
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// The back-off after the first restart is at least this.
+const MIN_BACKOFF: Duration = Duration::from_millis(1);
 /// A child that ran this long was healthy: its back-off starts over.
 const STABLE_RUN: Duration = Duration::from_secs(10);
 
@@ -219,17 +221,38 @@ pub fn keep_inherited_fds_from_children() {
     }
 }
 
-/// Reaps every child that has exited, without blocking.
+/// Reaps every child that has exited, without blocking. Before a child
+/// is reaped, whatever it left running in its process group is killed: its
+/// zombie still holds the group's id, so the signal cannot reach a stranger,
+/// and a leftover could otherwise hold its pipes open and outlive fifod.
 pub fn reap() -> Vec<(Pid, Exit)> {
+    use nix::sys::wait::{Id, waitid};
     let mut exited = Vec::new();
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => exited.push((pid, Exit::Code(code))),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => exited.push((pid, Exit::Signal(signal))),
+        let peeked = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        );
+        let pid = match peeked {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => pid,
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(e) => {
                 log::error!("waiting for children failed: {}", e.desc());
+                break;
+            }
+        };
+        // Each child leads its own group (process_group(0) at spawn).
+        match killpg(pid, Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH | Errno::EPERM) => {}
+            Err(e) => log::warn!("cannot clean up process group {pid}: {}", e.desc()),
+        }
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => exited.push((pid, Exit::Code(code))),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => exited.push((pid, Exit::Signal(signal))),
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("reaping {pid} failed: {}", e.desc());
                 break;
             }
         }
@@ -310,7 +333,10 @@ impl Supervised {
         let at = now + self.delay;
         self.restart_at = Some(at);
         self.restarts += 1;
-        self.delay = (self.delay * 2).min(MAX_RESTART_DELAY.max(self.spec.restart_delay));
+        // Even from a restart_delay of 0, the back-off grows.
+        self.delay = (self.delay * 2)
+            .max(MIN_BACKOFF)
+            .min(MAX_RESTART_DELAY.max(self.spec.restart_delay));
         Some(at)
     }
 

@@ -180,8 +180,7 @@ impl Footprint {
         match footprint.populate(config) {
             Ok(()) => Ok(footprint),
             Err(e) => {
-                // What was there before fifod started stays.
-                footprint.remove_paths(|fifo| !fifo.adopted);
+                footprint.undo_start();
                 Err(e)
             }
         }
@@ -190,6 +189,15 @@ impl Footprint {
     fn populate(&mut self, config: &Config) -> Result<(), FsError> {
         let daemon = &config.daemon;
         let dir = self.open_dir(&daemon.dir, Some(daemon.dir_mode))?;
+        // The lock and the control socket live here: nobody else may be
+        // able to put a file in it, sticky bit or not.
+        let st = fstat(dir.as_ref()).map_err(failed(&daemon.dir, "inspect"))?;
+        if st.st_mode & 0o002 != 0 {
+            return Err(refused(
+                &daemon.dir,
+                "the directory is writable by everyone; fifod's own dir must not be",
+            ));
+        }
         self.lock = Some(take_lock(&dir, &daemon.dir)?);
         for spec in &config.fifos {
             let parent_path = spec.path.parent().unwrap_or(Path::new("/"));
@@ -337,6 +345,12 @@ impl Footprint {
     /// created (only if empty). Called once, at shutdown.
     pub fn remove(&mut self) {
         self.remove_paths(|_| true);
+    }
+
+    /// Undoes a start that failed after the footprint was made: what fifod
+    /// created goes, what it adopted (it was there before) stays.
+    pub fn undo_start(&mut self) {
+        self.remove_paths(|fifo| !fifo.adopted);
     }
 
     fn remove_lock_and_dirs(&mut self) {
@@ -605,6 +619,15 @@ fn take_lock(dir: &Rc<OwnedFd>, dir_path: &Path) -> Result<(File, Entry), FsErro
             e => failed(&path, "open lock file")(e),
         })?;
         let st = fstat(&fd).map_err(failed(&path, "inspect"))?;
+        if st.st_uid != nix::unistd::geteuid().as_raw() {
+            return Err(refused(
+                &path,
+                format!(
+                    "the lock file is owned by uid {}, not by fifod's user",
+                    st.st_uid
+                ),
+            ));
+        }
         if !is_kind(&st, SFlag::S_IFREG) || st.st_nlink != 1 {
             return Err(refused(
                 &path,

@@ -534,6 +534,23 @@ impl Relay {
         }
     }
 
+    /// Whether every blocking lane `source` feeds is empty.
+    pub fn blocking_lanes_empty(&self, source: SourceId) -> bool {
+        self.source_routes[source].iter().all(|&(r, _)| {
+            self.routes[r].lanes.iter().all(|&l| {
+                let lane = &self.lanes[l];
+                lane.policy != WhenFull::Block || lane.held.is_empty()
+            })
+        })
+    }
+
+    /// Whether `source` has a line in progress on some route.
+    pub fn has_partial_lines(&self, source: SourceId) -> bool {
+        self.source_routes[source]
+            .iter()
+            .any(|&(r, position)| !self.routes[r].partial[position].is_empty())
+    }
+
     /// Passes on `source`'s lines in progress as they are, without a newline.
     pub fn flush_lines_of(&mut self, source: SourceId) {
         for i in 0..self.source_routes[source].len() {

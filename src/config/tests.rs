@@ -302,3 +302,23 @@ fn only_a_bounded_regular_file_is_read() {
         "{err}"
     );
 }
+
+#[test]
+fn the_control_socket_lives_inside_dir() {
+    let text = "[daemon]\ndir = \"/d\"\ncontrol = \"/tmp/elsewhere.sock\"\n";
+    assert_eq!(
+        errors(text),
+        [
+            "f.toml:3:11: daemon.control: must be a path inside dir, relative to it (such as \"control.sock\")"
+        ]
+    );
+    let config = parse(
+        "f.toml",
+        "[daemon]\ndir = \"/d\"\ncontrol = \"sub/c.sock\"\n",
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(config.daemon.control, Some(PathBuf::from("/d/sub/c.sock")));
+    let off = parse("f.toml", "[daemon]\ndir = \"/d\"\ncontrol = \"\"\n", &env()).unwrap();
+    assert_eq!(off.daemon.control, None);
+}

@@ -113,6 +113,15 @@ pub(super) fn validate_control(
     }
     let path =
         normalize_path(value.get_ref()).map_err(|e| problems.at(value, "daemon.control", e))?;
+    // Inside dir, the lock covers it: a stale socket there is fifod's own.
+    if path.is_absolute() {
+        problems.at(
+            value,
+            "daemon.control",
+            "must be a path inside dir, relative to it (such as \"control.sock\")",
+        );
+        return Err(());
+    }
     match path.file_name() {
         // Bound by name from inside its directory: only the name must fit
         // in a socket address.

@@ -44,7 +44,10 @@ impl Daemon {
         if !source.paused || source.quota == Some(0) || self.state == State::Done {
             return;
         }
-        if self.relay.read_budget(s, RESUME_AT) >= RESUME_AT {
+        // Enough room to be worth a read, or as much as there will ever be
+        // (a small buffer with a line in progress may never reach RESUME_AT).
+        let budget = self.relay.read_budget(s, RESUME_AT);
+        if budget >= RESUME_AT || (budget > 0 && self.relay.blocking_lanes_empty(s)) {
             self.sources[s].paused = false;
             self.watch_source(s);
         }

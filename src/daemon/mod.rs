@@ -51,6 +51,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// look again, doubling up to the maximum.
 const END_POLL_FIRST: Duration = Duration::from_millis(10);
 const END_POLL_MAX: Duration = Duration::from_secs(1);
+/// How long the control socket rests after an accept error.
+const CONTROL_RETRY: Duration = Duration::from_secs(1);
 /// Between SIGTERM and SIGKILL to a child's process group at shutdown.
 const KILL_GRACE: Duration = Duration::from_secs(1);
 /// A `stderr = "log"` line longer than this is logged in pieces.
@@ -161,11 +163,11 @@ struct DropLog {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Running,
-    /// Taking what the inputs hold, then ending the processes' input, then
-    /// delivering their output, until everything is out or `deadline`.
+    /// Taking what the inputs hold, ending each process's input once what
+    /// feeds it ended, delivering their output, until everything is out or
+    /// `deadline`.
     Draining {
         deadline: Instant,
-        stdins_closed: bool,
     },
     /// Processes got SIGTERM (then SIGKILL at `next`).
     Killing {
@@ -197,6 +199,8 @@ pub struct Daemon {
     scratch: Vec<u8>,
     state: State,
     control: Option<ControlServer>,
+    /// The control socket is not watched until then (after an error).
+    control_retry_at: Option<Instant>,
     started_at: Instant,
     /// Where bytes every sink already has (by `tee`) are spliced to be
     /// consumed from their source without a copy.
@@ -497,6 +501,7 @@ impl Daemon {
             scratch: vec![0; READ_CHUNK],
             state: State::Running,
             control,
+            control_retry_at: None,
             started_at: Instant::now(),
             dev_null: std::fs::OpenOptions::new()
                 .write(true)
@@ -505,7 +510,7 @@ impl Daemon {
                 .map(OwnedFd::from),
         };
         if let Some(e) = fail {
-            daemon.footprint.remove();
+            daemon.footprint.undo_start();
             return Err(e.into());
         }
         Ok(daemon)

@@ -18,6 +18,7 @@ impl Daemon {
             consider(sink.end_check.map(|(at, _)| at));
         }
         consider(self.control.as_ref().and_then(ControlServer::next_deadline));
+        consider(self.control_retry_at);
         match self.state {
             State::Draining { deadline, .. } => {
                 consider(Some(deadline));
@@ -40,6 +41,9 @@ impl Daemon {
             if self.sinks[k].end_check.is_some_and(|(at, _)| at <= now) {
                 self.flush(k);
             }
+        }
+        if self.control_retry_at.is_some_and(|at| at <= now) {
+            self.resume_control();
         }
         if let Some(control) = &mut self.control {
             for slot in control.expired(now) {
@@ -68,11 +72,7 @@ impl Daemon {
                 );
                 self.state = State::Draining {
                     deadline: Instant::now() + timeout,
-                    stdins_closed: false,
                 };
-                for child in &mut self.children {
-                    child.restart_at = None;
-                }
                 // Take what writers already put in the inputs, and no more.
                 for s in 0..self.sources.len() {
                     if matches!(
@@ -89,6 +89,22 @@ impl Daemon {
                         }
                     }
                 }
+                for c in 0..self.children.len() {
+                    self.children[c].restart_at = None;
+                    match (self.children[c].pid, self.ends[c].stdin) {
+                        // Down, and not coming back: it takes nothing more.
+                        (None, Some(k)) => self.close_stdin(k),
+                        // It reads no input, so no end of input will stop it.
+                        (Some(pid), None) => {
+                            info!(
+                                "sending SIGTERM to process {} (pid {pid}), which reads no input",
+                                self.children[c].name()
+                            );
+                            child::signal_group(pid, Signal::SIGTERM);
+                        }
+                        _ => {}
+                    }
+                }
             }
             State::Draining { .. } => {
                 info!("received {name} again: skipping the rest of the drain");
@@ -101,10 +117,7 @@ impl Daemon {
     pub(super) fn advance_shutdown(&mut self, now: Instant) {
         match self.state {
             State::Running | State::Done => {}
-            State::Draining {
-                deadline,
-                stdins_closed,
-            } => {
+            State::Draining { deadline } => {
                 // Every tick, offer what is held to sinks not waiting for
                 // writability: the drain must not depend on a wake-up.
                 for k in 0..self.sinks.len() {
@@ -113,34 +126,32 @@ impl Daemon {
                         self.flush(k);
                     }
                 }
-                let inputs_done = self.sources.iter().all(|s| s.quota.is_none_or(|q| q == 0));
-                if !stdins_closed && inputs_done {
-                    // Writers that left a line unfinished get it delivered as it is.
-                    for s in 0..self.sources.len() {
-                        if matches!(
-                            self.sources[s].kind,
-                            SourceKind::Fifo { .. } | SourceKind::Stdin
-                        ) {
-                            self.relay.flush_lines_of(s);
-                            let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
-                            for k in fed {
-                                self.flush(k);
-                            }
+                // Writers that left a line unfinished get it delivered as
+                // it is, once their input is taken.
+                for s in 0..self.sources.len() {
+                    if matches!(
+                        self.sources[s].kind,
+                        SourceKind::Fifo { .. } | SourceKind::Stdin
+                    ) && self.sources[s].quota == Some(0)
+                        && self.relay.has_partial_lines(s)
+                    {
+                        self.relay.flush_lines_of(s);
+                        let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
+                        for k in fed {
+                            self.flush(k);
                         }
                     }
-                    let held_for_children = self.ends.iter().filter_map(|e| e.stdin).any(|k| {
-                        self.relay.held_for(k) > 0 && self.sinks[k].intake == Intake::Open
-                    });
-                    if !held_for_children {
-                        self.close_child_stdins();
-                        self.state = State::Draining {
-                            deadline,
-                            stdins_closed: true,
-                        };
-                    }
                 }
+                self.close_finished_stdins();
                 if self.drained() {
-                    info!("drain complete");
+                    let lost = self.held_for_good();
+                    if lost == 0 {
+                        info!("drain complete");
+                    } else {
+                        warn!(
+                            "drain complete, but {lost} bytes were held for processes that stopped"
+                        );
+                    }
                     self.state = State::Done;
                 } else if now >= deadline {
                     warn!(
@@ -172,18 +183,51 @@ impl Daemon {
         }
     }
 
-    pub(super) fn close_child_stdins(&mut self) {
-        for c in 0..self.ends.len() {
-            if let Some(k) = self.ends[c].stdin {
-                self.set_sink_fd(k, None);
-                self.sinks[k].intake = Intake::Closed;
+    /// Whether a source will produce nothing more in this drain.
+    fn source_finished(&self, s: SourceId) -> bool {
+        let source = &self.sources[s];
+        match source.kind {
+            SourceKind::Fifo { .. } | SourceKind::Stdin => {
+                source.fd.is_none() || source.quota == Some(0)
+            }
+            SourceKind::Stdout(_) | SourceKind::Stderr(_) | SourceKind::Log(_) => {
+                source.fd.is_none()
             }
         }
     }
 
+    /// Ends the input of each process whose every source has finished and
+    /// whose bytes were all written: in a pipeline, each stage's stdin
+    /// closes after the stage before it ended, so nothing is cut off.
+    fn close_finished_stdins(&mut self) {
+        for c in 0..self.ends.len() {
+            let Some(k) = self.ends[c].stdin else {
+                continue;
+            };
+            if self.sinks[k].intake != Intake::Open || self.relay.held_for(k) > 0 {
+                continue;
+            }
+            let feeders: Vec<SourceId> = self.relay.sources_feeding(k).collect();
+            if feeders.iter().all(|&s| self.source_finished(s)) {
+                self.close_stdin(k);
+            }
+        }
+    }
+
+    /// Closes a process's stdin for good: it gets EOF, and what is still
+    /// held for it is reported as undelivered.
+    fn close_stdin(&mut self, k: SinkId) {
+        self.set_sink_fd(k, None);
+        self.sinks[k].intake = Intake::Closed;
+    }
+
     /// SIGTERM to every running process's group; SIGKILL follows.
     pub(super) fn stop_children(&mut self, now: Instant) {
-        self.close_child_stdins();
+        for c in 0..self.ends.len() {
+            if let Some(k) = self.ends[c].stdin {
+                self.close_stdin(k);
+            }
+        }
         let mut any = false;
         for child in &self.children {
             if let Some(pid) = child.pid {
@@ -203,18 +247,8 @@ impl Daemon {
     }
 
     pub(super) fn drained(&self) -> bool {
-        let State::Draining {
-            stdins_closed: true,
-            ..
-        } = self.state
-        else {
-            return false;
-        };
         self.children.iter().all(|c| c.pid.is_none())
-            && self.sources.iter().all(|s| match s.kind {
-                SourceKind::Fifo { .. } | SourceKind::Stdin => s.quota.is_none_or(|q| q == 0),
-                _ => s.fd.is_none(),
-            })
+            && (0..self.sources.len()).all(|s| self.source_finished(s))
             && self.relay.held_total() == self.held_for_good()
             && self.sinks.iter().all(|k| match (&k.kind, &k.fd) {
                 (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()) == 0,
@@ -238,6 +272,10 @@ impl Daemon {
                 child::signal_group(pid, Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(pid, None);
             }
+        }
+        // Lines still in progress are held too: count them with the rest.
+        for s in 0..self.sources.len() {
+            self.relay.flush_lines_of(s);
         }
         for l in 0..self.relay.lanes().len() {
             let lane = &self.relay.lanes()[l];

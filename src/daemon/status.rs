@@ -19,7 +19,25 @@ impl Daemon {
             }
             Ok(None) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => warn!("control socket: {e}"),
+            Err(e) => {
+                // Out of fds, say: the listener stays readable, so stop
+                // watching it for a while rather than spin.
+                warn!("control socket: {e}; not answering for a second");
+                let _ = self.events.remove(control.listener_fd());
+                self.control_retry_at = Some(Instant::now() + CONTROL_RETRY);
+            }
+        }
+    }
+
+    /// Watches the control socket again after a pause.
+    pub(super) fn resume_control(&mut self) {
+        self.control_retry_at = None;
+        if let Some(control) = &self.control
+            && let Err(e) = self
+                .events
+                .add(control.listener_fd(), Token::Control, Interest::Read)
+        {
+            warn!("cannot watch the control socket: {e}");
         }
     }
 
