@@ -25,6 +25,9 @@ use std::collections::VecDeque;
 
 use crate::config::WhenFull;
 
+/// An empty lane keeps at most this much memory.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// Indexes into the daemon's tables of sources and sinks.
 pub type SourceId = usize;
 pub type SinkId = usize;
@@ -123,6 +126,11 @@ impl Lane {
     fn remove_front(&mut self, n: usize) {
         self.held.drain(..n);
         self.front += n as u64;
+        // A burst can grow a lane to its whole buffer; give the memory back
+        // once it is delivered rather than keep every lane at its peak.
+        if self.held.is_empty() && self.held.capacity() > KEEP_CAPACITY {
+            self.held = VecDeque::new();
+        }
     }
 
     /// Drops `n` held bytes starting `at` bytes after the front, keeping the

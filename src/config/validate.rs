@@ -314,6 +314,12 @@ pub(super) fn check_paths(
 ) {
     let Some(daemon) = daemon else { return };
     let lock = daemon.dir.join(LOCK_FILE_NAME);
+    // Every path, so that a FIFO's ancestors are looked up rather than each
+    // pair of FIFOs compared (configs with thousands of FIFOs exist).
+    let mut by_path: HashMap<&Path, &str> = HashMap::new();
+    for fifo in fifos {
+        by_path.entry(fifo.path.as_path()).or_insert(&fifo.name);
+    }
     let mut seen: HashMap<&Path, &str> = HashMap::new();
     for (fifo, span) in fifos.iter().zip(spans) {
         let key = format!("fifo.{}.path", fifo.name);
@@ -326,14 +332,11 @@ pub(super) fn check_paths(
             problems.add(span, key, "is the daemon's control socket (daemon.control)");
         } else if let Some(other) = seen.get(fifo.path.as_path()) {
             problems.add(span, key, format!("same path as fifo.{other}"));
-        } else if let Some(other) = fifos
-            .iter()
-            .find(|o| o.path != fifo.path && fifo.path.starts_with(&o.path))
-        {
+        } else if let Some(other) = fifo.path.ancestors().skip(1).find_map(|a| by_path.get(a)) {
             problems.add(
                 span,
                 key,
-                format!("is inside fifo.{}, which is a FIFO", other.name),
+                format!("is inside fifo.{other}, which is a FIFO"),
             );
         }
         seen.insert(&fifo.path, &fifo.name);
