@@ -1,0 +1,295 @@
+//! Hardening: a restart back-off that never spins, a lock file and a `dir`
+//! that others could have planted or can write, and a control socket that
+//! must stay inside `dir`.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::common::{Daemon, Launch, Sandbox, TIMEOUT, is_root, lstat, wait_until};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// The messages of the log (what follows `[time LEVEL target] `).
+fn messages(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix('[')?;
+            let at = l.find("] ")?;
+            Some(&l[at + 2..])
+        })
+        .collect()
+}
+
+/// Pids of `started process NAME (pid N)`, in order.
+fn started_pids(log: &str, name: &str) -> Vec<i32> {
+    let prefix = format!("started process {name} (pid ");
+    messages(log)
+        .iter()
+        .filter_map(|m| m.strip_prefix(&prefix))
+        .map(|rest| {
+            rest.trim_end_matches(')')
+                .parse()
+                .unwrap_or_else(|_| panic!("bad pid in {rest:?}"))
+        })
+        .collect()
+}
+
+/// `process NAME (pid N) <how>` messages, as (pid, how), in order.
+fn exits(log: &str, name: &str) -> Vec<(i32, String)> {
+    let prefix = format!("process {name} (pid ");
+    messages(log)
+        .iter()
+        .filter_map(|m| m.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (pid, how) = rest.split_once(") ")?;
+            Some((pid.parse().ok()?, how.to_string()))
+        })
+        .collect()
+}
+
+/// Pids of fifod's live children.
+fn children_of(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let parent = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if parent == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A running daemon that, when dropped, leaves no child behind: fifod is
+/// frozen, its children noted, and both are killed.
+#[derive(Debug)]
+struct Guarded(Daemon);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.0.try_exited().is_some() {
+            return;
+        }
+        let fifod = self.0.pid() as i32;
+        let _ = kill(Pid::from_raw(fifod), Signal::SIGSTOP);
+        let kids = children_of(fifod);
+        let _ = kill(Pid::from_raw(fifod), Signal::SIGKILL);
+        let _ = wait_until(TIMEOUT, || self.0.try_exited().is_some());
+        for k in kids {
+            let _ = killpg(Pid::from_raw(k), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
+        }
+    }
+}
+
+/// `fifod <cmd> --config <sandbox config>` to completion.
+fn run_cmd(sb: &Sandbox, cmd: &str) -> crate::common::Outcome {
+    sb.run_to_exit(
+        &[
+            OsString::from(cmd),
+            "--config".into(),
+            sb.config_path().into(),
+        ],
+        &Launch::default(),
+    )
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Restart back-off
+// ---------------------------------------------------------------------------
+
+#[test]
+fn zero_restart_delay_still_backs_off_from_a_1ms_floor() {
+    let mut g = Guarded(Daemon::start(
+        r#"
+[process.f]
+command = ["false"]
+restart = "always"
+restart_delay = "0ms"
+"#,
+    ));
+    let d = &mut g.0;
+    // Watch for 2 s: the restarts must stay few (a 1 ms floor doubling
+    // gives about 12; no floor gives thousands).
+    let mut starts = 0;
+    let spun = wait_until(Duration::from_secs(2), || {
+        starts = started_pids(&d.log(), "f").len();
+        starts >= 50
+    });
+    assert!(
+        !spun,
+        "{starts} starts within 2 s with restart_delay 0ms: no back-off\n--- log ---\n{}",
+        d.log()
+    );
+    // And the announced back-off, after a first immediate restart (the
+    // configured 0ms) if there is one, starts at the 1 ms floor and
+    // doubles.
+    let mut log = String::new();
+    assert!(
+        wait_until(TIMEOUT, || {
+            log = d.log();
+            exits(&log, "f").len() >= 4
+        }),
+        "fewer than 4 exits of `false`\n--- log ---\n{log}"
+    );
+    let announced: Vec<String> = exits(&log, "f").into_iter().take(4).map(|e| e.1).collect();
+    let skip = usize::from(announced[0] == "exited with status 1; restarting in 0s");
+    assert_eq!(
+        announced[skip..skip + 3],
+        ["1ms", "2ms", "4ms"]
+            .iter()
+            .map(|ms| format!("exited with status 1; restarting in {ms}"))
+            .collect::<Vec<_>>(),
+        "{log}"
+    );
+    d.stop_ok();
+}
+
+// ---------------------------------------------------------------------------
+// The lock file and dir
+// ---------------------------------------------------------------------------
+
+#[test]
+fn lock_file_of_another_user_is_refused_and_left_alone() {
+    if !is_root() {
+        println!("skipped: chowning the lock file to another user needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write_config("[fifo.a]\n");
+    let dir = sb.run_dir();
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let lock = dir.join(".fifod.lock");
+    fs::write(&lock, "4242\n").unwrap();
+    fs::set_permissions(&lock, fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).unwrap();
+    let before = fs::symlink_metadata(&lock).unwrap();
+
+    let out = sb.run_expect_exit(&Launch::default());
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("lock") && out.stderr.contains("owned by uid 65534"),
+        "stderr must name the lock file's owner:\n{}",
+        out.stderr
+    );
+    let after = fs::symlink_metadata(&lock).expect("the lock file was removed");
+    assert_eq!(
+        (
+            after.dev(),
+            after.ino(),
+            after.uid(),
+            after.gid(),
+            after.mode()
+        ),
+        (before.dev(), before.ino(), 65534, 65534, before.mode()),
+        "the lock file was replaced or changed"
+    );
+    assert_eq!(fs::read_to_string(&lock).unwrap(), "4242\n");
+    assert_eq!(
+        names_in(&dir),
+        vec![".fifod.lock".to_string()],
+        "fifod left something in dir"
+    );
+}
+
+#[test]
+fn world_writable_dir_is_refused_even_with_the_sticky_bit() {
+    let sb = Sandbox::new();
+    sb.write_config("[fifo.a]\n");
+    let dir = sb.run_dir();
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    assert_eq!(
+        fs::symlink_metadata(&dir).unwrap().mode() & 0o7777,
+        0o1777,
+        "test premise: dir mode"
+    );
+
+    let out = sb.run_expect_exit(&Launch::default());
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("refusing") && out.stderr.contains("writable by everyone"),
+        "stderr must refuse the world-writable dir:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        names_in(&dir),
+        Vec::<String>::new(),
+        "fifod created something in the refused dir\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        fs::symlink_metadata(&dir).unwrap().mode() & 0o7777,
+        0o1777,
+        "fifod changed the refused dir's mode"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The control socket
+// ---------------------------------------------------------------------------
+
+#[test]
+fn control_socket_outside_dir_is_a_config_error() {
+    let sb = Sandbox::new();
+    let cfg = sb.write_raw_config(
+        "[daemon]\ndir = \"{RUN}\"\ncontrol = \"/tmp/elsewhere.sock\"\n\n[fifo.a]\n",
+    );
+    let out = run_cmd(&sb, "check");
+    out.assert_code(1);
+    let file = cfg.display().to_string();
+    let located: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("{file}:")))
+        .collect();
+    assert_eq!(
+        located.len(),
+        1,
+        "expected one located error:\n{}",
+        out.stderr
+    );
+    let prefix = format!("{file}:3:11: daemon.control: ");
+    assert!(
+        located[0].starts_with(&prefix) && located[0][prefix.len()..].contains("inside dir"),
+        "expected `{prefix}...inside dir...`, got:\n{}",
+        out.stderr
+    );
+    assert!(
+        lstat(&sb.run_dir()).is_none(),
+        "check touched the filesystem"
+    );
+}
