@@ -115,9 +115,9 @@ pub struct ControlServer {
     clients: Vec<Option<Client>>,
 }
 
-/// What the daemon should do after the server handled an event.
+/// How far an answer got.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Interest {
+pub enum Progress {
     /// Watch the client for writability.
     Write(usize),
     /// The client is done: stop watching it (its fd is closed).
@@ -162,15 +162,15 @@ impl ControlServer {
             deadline: Instant::now() + CLIENT_TIMEOUT,
         });
         Ok(match self.write(slot) {
-            Interest::Write(slot) => Some(slot),
-            Interest::Done(_) => None,
+            Progress::Write(slot) => Some(slot),
+            Progress::Done(_) => None,
         })
     }
 
     /// Writes more of a client's answer.
-    pub fn write(&mut self, slot: usize) -> Interest {
+    pub fn write(&mut self, slot: usize) -> Progress {
         let Some(client) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
-            return Interest::Done(slot);
+            return Progress::Done(slot);
         };
         loop {
             match client.stream.write(&client.answer[client.written..]) {
@@ -178,14 +178,14 @@ impl ControlServer {
                     client.written += n;
                     if client.written == client.answer.len() {
                         self.clients[slot] = None;
-                        return Interest::Done(slot);
+                        return Progress::Done(slot);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Interest::Write(slot),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Write(slot),
                 Err(_) => {
                     self.clients[slot] = None;
-                    return Interest::Done(slot);
+                    return Progress::Done(slot);
                 }
             }
         }
