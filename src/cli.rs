@@ -156,11 +156,52 @@ fn report_load_error(e: &LoadError) {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the config's `log_level`.
+/// Logs go to stderr; `RUST_LOG` overrides the config's `log_level`. Under
+/// journald each line carries its syslog priority (`<3>` for errors, `<4>`
+/// for warnings, ...) and no timestamp, which the journal adds itself, so
+/// that `journalctl -p warning` selects what it should.
 fn init_logging(level: log::LevelFilter) {
-    env_logger::Builder::new()
+    let mut builder = env_logger::Builder::new();
+    builder
         .filter_level(level)
         .parse_env("RUST_LOG")
-        .format_target(false)
-        .init();
+        .format_target(false);
+    if stderr_is_journal() {
+        builder.format(|out, record| {
+            use std::io::Write;
+            writeln!(
+                out,
+                "<{}>{}",
+                syslog_priority(record.level()),
+                record.args()
+            )
+        });
+    }
+    builder.init();
+}
+
+/// The syslog priority journald reads from a `<N>` prefix.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// Whether stderr is the stream systemd connected to the journal:
+/// `$JOURNAL_STREAM` names its device and inode (`DEV:INO`), and a stderr
+/// redirected elsewhere by the service no longer matches.
+fn stderr_is_journal() -> bool {
+    let Some(named) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = named.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }

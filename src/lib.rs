@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod event_loop;
 pub mod fifo;
+pub mod notify;
 pub mod pipe;
 pub mod relay;
 pub mod units;

@@ -24,6 +24,7 @@ use crate::control::{
 };
 use crate::event_loop::{Event, EventLoop, Interest, Token};
 use crate::fifo::{Access, Footprint, FsError};
+use crate::notify::Notifier;
 use crate::pipe::{self, Resized};
 use crate::relay::{LaneId, Relay, RouteSpec, SinkId, SourceId};
 use crate::units::{Size, format_duration};
@@ -205,6 +206,8 @@ pub struct Daemon {
     /// Where bytes every sink already has (by `tee`) are spliced to be
     /// consumed from their source without a copy.
     dev_null: Option<OwnedFd>,
+    /// The service manager, when there is one.
+    notifier: Notifier,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -508,6 +511,7 @@ impl Daemon {
                 .open("/dev/null")
                 .ok()
                 .map(OwnedFd::from),
+            notifier: Notifier::from_env(),
         };
         if let Some(e) = fail {
             daemon.footprint.undo_start();
@@ -537,6 +541,8 @@ impl Daemon {
             self.config.routes.len(),
             self.config.daemon.dir.display()
         );
+        let line = self.status_line();
+        self.notifier.ready(&line);
     }
 
     fn run_loop(&mut self) {
@@ -552,6 +558,9 @@ impl Daemon {
                 self.handle(event);
             }
             self.on_timers();
+            if !events.is_empty() && self.state == State::Running {
+                self.offer_status();
+            }
         }
         self.finish();
     }

@@ -19,6 +19,7 @@ impl Daemon {
         }
         consider(self.control.as_ref().and_then(ControlServer::next_deadline));
         consider(self.control_retry_at);
+        consider(self.notifier.next_deadline());
         match self.state {
             State::Draining { deadline, .. } => {
                 consider(Some(deadline));
@@ -58,6 +59,10 @@ impl Daemon {
                 }
             }
         }
+        self.notifier.on_timer(now);
+        if self.notifier.status_due(now) && self.state == State::Running {
+            self.offer_status();
+        }
         self.advance_shutdown(now);
     }
 
@@ -73,6 +78,8 @@ impl Daemon {
                 self.state = State::Draining {
                     deadline: Instant::now() + timeout,
                 };
+                self.notifier
+                    .stopping(&format!("stopping: draining (received {name})"));
                 // Take what writers already put in the inputs, and no more.
                 for s in 0..self.sources.len() {
                     if matches!(

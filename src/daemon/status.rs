@@ -41,6 +41,32 @@ impl Daemon {
         }
     }
 
+    /// Sends the service manager a fresh status line if it changed and the
+    /// rate limit allows.
+    pub(super) fn offer_status(&mut self) {
+        let now = Instant::now();
+        if self.notifier.status_wanted(now) {
+            let line = self.status_line();
+            self.notifier.status(now, line);
+        }
+    }
+
+    /// One line for `systemctl status`: what runs and how much moved.
+    pub(super) fn status_line(&self) -> String {
+        let running = self.children.iter().filter(|c| c.pid.is_some()).count();
+        let relayed: u64 = self.relay.lanes().iter().map(|l| l.stats().delivered).sum();
+        let dropped: u64 = self.relay.lanes().iter().map(|l| l.stats().dropped).sum();
+        let mut line = format!(
+            "{} fifos, {running}/{} processes running, {relayed} bytes relayed",
+            self.footprint.fifos.len(),
+            self.children.len(),
+        );
+        if dropped > 0 {
+            line.push_str(&format!(", {dropped} bytes dropped"));
+        }
+        line
+    }
+
     /// A snapshot of everything `fifod status` shows.
     pub(super) fn status(&self) -> Status {
         let delivered_to = |k: SinkId| -> u64 {
