@@ -289,6 +289,15 @@ struct RouteState {
     long_lines: u64,
 }
 
+/// How the endpoints and routes of a running relay map onto a new one:
+/// for each old index, the same thing in the new config, if it is there.
+#[derive(Debug)]
+pub struct RelayMap<'a> {
+    pub routes: &'a [Option<usize>],
+    pub sources: &'a [Option<SourceId>],
+    pub sinks: &'a [Option<SinkId>],
+}
+
 #[derive(Debug)]
 pub struct Relay {
     lanes: Vec<Lane>,
@@ -702,6 +711,122 @@ impl Relay {
     /// The lanes feeding `sink`.
     pub fn lanes_of_sink(&self, sink: SinkId) -> &[LaneId] {
         &self.sink_lanes[sink]
+    }
+
+    /// The most bytes a `tee` put into one of `source`'s sinks ahead of
+    /// consuming them from the source.
+    pub fn ahead_of(&self, source: SourceId) -> usize {
+        self.source_routes[source]
+            .iter()
+            .flat_map(|&(r, _)| self.routes[r].lanes.iter())
+            .map(|&l| self.lanes[l].ahead)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Carries what a running relay holds into this one, built for a new
+    /// config (a reload). `old` must be settled: no lane ahead of its source.
+    ///
+    /// - A route in both configs (`map.routes`) keeps its lanes whole: held
+    ///   bytes, end markers, counters, and each source's line in progress.
+    /// - A lane of a route that changed or went gives its held bytes to a
+    ///   lane of the same sink in the new relay (one whose route shares a
+    ///   source with the old route, if any), after what that lane already
+    ///   has; its sources' lines in progress are passed on first.
+    /// - Bytes for a sink that nothing feeds any more are returned, by old
+    ///   sink, for the caller to deliver or count.
+    pub fn inherit(&mut self, mut old: Relay, map: &RelayMap<'_>) -> Vec<(SinkId, Vec<u8>)> {
+        for r in 0..old.routes.len() {
+            if map.routes[r].is_none() {
+                for position in 0..old.routes[r].sources.len() {
+                    old.flush_partial(r, position);
+                }
+            }
+        }
+        // A lane with a line partly written goes first: its sink must see
+        // the rest of that line before anything else.
+        let mut order: Vec<LaneId> = (0..old.lanes.len()).collect();
+        order.sort_by_key(|&l| old.sink_owner[old.lanes[l].sink] != Some(l));
+        let mut leftovers: Vec<(SinkId, Vec<u8>)> = Vec::new();
+        for l in order {
+            let lane = &old.lanes[l];
+            let exact = map.routes[lane.route];
+            let Some(sink) = map.sinks[lane.sink] else {
+                if !lane.held.is_empty() {
+                    leftovers.push((lane.sink, lane.held.iter().copied().collect()));
+                }
+                continue;
+            };
+            let shares_source = |new_route: usize| {
+                old.routes[lane.route].sources.iter().any(|&s| {
+                    map.sources[s].is_some_and(|n| self.routes[new_route].sources.contains(&n))
+                })
+            };
+            let target = match exact {
+                Some(r) => self.routes[r]
+                    .lanes
+                    .iter()
+                    .copied()
+                    .find(|&t| self.lanes[t].sink == sink),
+                None => self.sink_lanes[sink]
+                    .iter()
+                    .copied()
+                    .find(|&t| shares_source(self.lanes[t].route))
+                    .or_else(|| self.sink_lanes[sink].first().copied()),
+            };
+            let Some(target) = target else {
+                if !lane.held.is_empty() {
+                    leftovers.push((lane.sink, lane.held.iter().copied().collect()));
+                }
+                continue;
+            };
+            let from = std::mem::replace(&mut old.lanes[l].held, VecDeque::new());
+            let lane = &old.lanes[l];
+            let into = &mut self.lanes[target];
+            let base = into.front + into.held.len() as u64;
+            for &end in &lane.ends {
+                into.ends.push_back(base + (end - lane.front));
+            }
+            if exact.is_some() {
+                let s = lane.stats;
+                into.stats.accepted += s.accepted;
+                into.stats.delivered += s.delivered;
+                into.stats.dropped += s.dropped;
+                into.stats.lines_accepted += s.lines_accepted;
+                into.stats.lines_delivered += s.lines_delivered;
+                into.stats.lines_dropped += s.lines_dropped;
+                into.ahead = lane.ahead;
+            } else {
+                into.stats.accepted += from.len() as u64;
+                if into.lines {
+                    into.stats.lines_accepted +=
+                        from.iter().filter(|&&b| b == b'\n').count() as u64;
+                }
+            }
+            if lane.mid_line && into.held.is_empty() {
+                into.mid_line = true;
+                self.sink_owner[sink] = Some(target);
+            }
+            into.held.extend(from);
+        }
+        for (r, route) in old.routes.into_iter().enumerate() {
+            let Some(new_route) = map.routes[r] else {
+                continue;
+            };
+            self.routes[new_route].long_lines += route.long_lines;
+            for (position, &source) in route.sources.iter().enumerate() {
+                let Some(new_source) = map.sources[source] else {
+                    continue;
+                };
+                let into = &mut self.routes[new_route];
+                if let Some(p) = into.sources.iter().position(|&s| s == new_source) {
+                    into.ended[p] = route.ended[position];
+                    into.in_long_line[p] = route.in_long_line[position];
+                    into.partial[p] = route.partial[position].clone();
+                }
+            }
+        }
+        leftovers
     }
 
     /// The sinks `source` feeds.

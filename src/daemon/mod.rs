@@ -23,7 +23,7 @@ use crate::control::{
     Status,
 };
 use crate::event_loop::{Event, EventLoop, Interest, Token};
-use crate::fifo::{Access, Footprint, FsError};
+use crate::fifo::{Access, Footprint, FsError, ManagedFifo};
 use crate::notify::Notifier;
 use crate::pipe::{self, Resized};
 use crate::relay::{LaneId, Relay, RouteSpec, SinkId, SourceId};
@@ -305,12 +305,18 @@ fn take_std_stream(raw: libc::c_int) -> Option<OwnedFd> {
     Some(owned)
 }
 
-impl Daemon {
-    fn new(
-        config: Config,
-        mut footprint: Footprint,
-        events: EventLoop,
-    ) -> Result<Daemon, RunError> {
+/// A config's endpoints and routes as the daemon and the relay index them,
+/// before any fd is attached.
+#[derive(Debug)]
+struct Tables {
+    sources: Vec<Source>,
+    sinks: Vec<Sink>,
+    ends: Vec<ProcessEnds>,
+    routes: Vec<RouteSpec>,
+}
+
+impl Tables {
+    fn new(config: &Config) -> Tables {
         let forwards_from = |r: &SourceRef| {
             config
                 .routes
@@ -391,25 +397,12 @@ impl Daemon {
             ends.push(e);
         }
         if named_in_from(&SourceRef::Stdin) {
-            let mut source = new_source(SourceKind::Stdin, "stdin".to_string());
-            source.fd = take_std_stream(libc::STDIN_FILENO);
-            if source.fd.is_none() {
-                info!("stdin is not a pipe: the stdin endpoint carries nothing");
-            }
             source_ids.insert(SourceRef::Stdin, sources.len());
-            sources.push(source);
+            sources.push(new_source(SourceKind::Stdin, "stdin".to_string()));
         }
         if named_in_to(&SinkRef::Stdout) {
-            let mut sink = new_sink(SinkKind::Stdout, "stdout".to_string());
-            sink.fd = take_std_stream(libc::STDOUT_FILENO);
-            if sink.fd.is_none() {
-                info!(
-                    "stdout is not a pipe: the stdout endpoint carries nothing (bytes are counted as dropped)"
-                );
-                sink.intake = Intake::Refusing;
-            }
             sink_ids.insert(SinkRef::Stdout, sinks.len());
-            sinks.push(sink);
+            sinks.push(new_sink(SinkKind::Stdout, "stdout".to_string()));
         }
 
         let routes: Vec<RouteSpec> = config
@@ -433,6 +426,85 @@ impl Daemon {
                     .then(|| usize::try_from(r.max_line.bytes()).unwrap_or(usize::MAX)),
             })
             .collect();
+        Tables {
+            sources,
+            sinks,
+            ends,
+            routes,
+        }
+    }
+
+    /// Gives fifod's own stdin and stdout endpoints their streams.
+    fn take_std_streams(&mut self) {
+        for source in &mut self.sources {
+            if source.kind == SourceKind::Stdin {
+                source.fd = take_std_stream(libc::STDIN_FILENO);
+                if source.fd.is_none() {
+                    info!("stdin is not a pipe: the stdin endpoint carries nothing");
+                }
+            }
+        }
+        for sink in &mut self.sinks {
+            if sink.kind == SinkKind::Stdout {
+                sink.fd = take_std_stream(libc::STDOUT_FILENO);
+                if sink.fd.is_none() {
+                    info!(
+                        "stdout is not a pipe: the stdout endpoint carries nothing (bytes are counted as dropped)"
+                    );
+                    sink.intake = Intake::Refusing;
+                }
+            }
+        }
+    }
+}
+
+/// The fd an input FIFO is read through. With `sessions`, read-only, so
+/// that the end of its writers shows: Linux reports hang-up to a reader that
+/// saw a writer leave, fifod's own write side included, so a first reader is
+/// opened, the write side (the start's fd, or `previous`) closed, and a
+/// second reader, which waits quietly for the first real writer, kept. The
+/// pipe is never without an fd, so nothing in it is lost.
+fn input_fd(
+    managed: &mut ManagedFifo,
+    sessions: bool,
+    previous: Option<OwnedFd>,
+) -> Result<OwnedFd, FsError> {
+    if !sessions {
+        return match managed.take_fd() {
+            Some(fd) => Ok(fd),
+            None => managed.reopen(Access::ReadWrite),
+        };
+    }
+    let first = managed.reopen(Access::Read)?;
+    drop(managed.take_fd());
+    drop(previous);
+    let quiet = managed.reopen(Access::Read);
+    drop(first);
+    quiet
+}
+
+/// The read-write fd an output FIFO is written through.
+fn output_fd(managed: &mut ManagedFifo) -> Result<OwnedFd, FsError> {
+    match managed.take_fd() {
+        Some(fd) => Ok(fd),
+        None => managed.reopen(Access::ReadWrite),
+    }
+}
+
+impl Daemon {
+    fn new(
+        config: Config,
+        mut footprint: Footprint,
+        events: EventLoop,
+    ) -> Result<Daemon, RunError> {
+        let mut tables = Tables::new(&config);
+        tables.take_std_streams();
+        let Tables {
+            mut sources,
+            mut sinks,
+            ends,
+            routes,
+        } = tables;
         let relay = Relay::new(&routes, sources.len(), sinks.len());
 
         // Take the FIFOs' fds. An input whose ends are forwarded is held
@@ -440,28 +512,16 @@ impl Daemon {
         let mut fail = None;
         for source in &mut sources {
             if let SourceKind::Fifo { fifo, sessions } = source.kind {
-                let managed = &mut footprint.fifos[fifo];
-                source.fd = if sessions {
-                    // Linux reports hang-up to a reader that saw a writer
-                    // leave, fifod's own write side included; a reader opened
-                    // after that waits quietly for the first real writer.
-                    // The pipe is never without an fd, so nothing in it is lost.
-                    let first = managed.reopen(Access::Read);
-                    drop(managed.take_fd());
-                    let reader = first.and_then(|first| {
-                        let quiet = managed.reopen(Access::Read);
-                        drop(first);
-                        quiet
-                    });
-                    reader.map_err(|e| fail = Some(e)).ok()
-                } else {
-                    managed.take_fd()
-                };
+                source.fd = input_fd(&mut footprint.fifos[fifo], sessions, None)
+                    .map_err(|e| fail = Some(e))
+                    .ok();
             }
         }
         for sink in &mut sinks {
             if let SinkKind::Fifo(fifo) = sink.kind {
-                sink.fd = footprint.fifos[fifo].take_fd();
+                sink.fd = output_fd(&mut footprint.fifos[fifo])
+                    .map_err(|e| fail = Some(e))
+                    .ok();
             }
         }
         if let Some(size) = config.daemon.pipe_size {
