@@ -139,7 +139,7 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     init_logging(config.daemon.log_level);
-    match daemon::run(config) {
+    match daemon::run(config, path.to_path_buf()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

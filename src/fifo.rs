@@ -21,7 +21,7 @@ use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode as NixMode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, mkfifoat, unlinkat};
 
-use crate::config::{Config, FifoConfig, LOCK_FILE_NAME};
+use crate::config::{Config, DaemonConfig, FifoConfig, LOCK_FILE_NAME};
 use crate::units::Mode;
 
 /// How many symlinks one directory lookup may pass through (as the kernel's
@@ -200,12 +200,7 @@ impl Footprint {
         }
         self.lock = Some(take_lock(&dir, &daemon.dir)?);
         for spec in &config.fifos {
-            let parent_path = spec.path.parent().unwrap_or(Path::new("/"));
-            let create = parent_path
-                .starts_with(&daemon.dir)
-                .then_some(daemon.dir_mode);
-            let parent = self.open_dir(parent_path, create)?;
-            let fifo = open_fifo(&parent, spec)?;
+            let fifo = self.make_fifo(daemon, spec)?;
             self.fifos.push(fifo);
         }
         if let Some(path) = &daemon.control {
@@ -219,6 +214,21 @@ impl Footprint {
             self.control_entry = Some(entry);
         }
         Ok(())
+    }
+
+    /// Creates or adopts one FIFO (and the directories above it, inside
+    /// `dir`). The caller keeps it in `fifos` for it to be removed at the end.
+    pub fn make_fifo(
+        &mut self,
+        daemon: &DaemonConfig,
+        spec: &FifoConfig,
+    ) -> Result<ManagedFifo, FsError> {
+        let parent_path = spec.path.parent().unwrap_or(Path::new("/"));
+        let create = parent_path
+            .starts_with(&daemon.dir)
+            .then_some(daemon.dir_mode);
+        let parent = self.open_dir(parent_path, create)?;
+        open_fifo(&parent, spec)
     }
 
     /// Hands the control socket's listener to the caller.
@@ -325,20 +335,23 @@ impl Footprint {
     /// Removes the FIFOs that `which` selects, the lock and the directories
     /// fifod created, each only if it still is the node fifod made.
     fn remove_paths(&mut self, which: impl Fn(&ManagedFifo) -> bool) {
-        for fifo in &self.fifos {
-            if !which(fifo) {
-                continue;
-            }
-            match fifo.entry.remove(UnlinkatFlags::NoRemoveDir) {
-                Ok(()) => info!("removed fifo {} at {}", fifo.name, fifo.path.display()),
-                Err(why) => warn!(
-                    "not removing {} (fifo {}): {why}",
-                    fifo.path.display(),
-                    fifo.name
-                ),
-            }
+        for fifo in self.fifos.iter().filter(|f| which(f)) {
+            Footprint::remove_fifo(fifo);
         }
         self.remove_lock_and_dirs();
+    }
+
+    /// Removes one FIFO that is no longer configured, if it still is the
+    /// node fifod made or adopted.
+    pub fn remove_fifo(fifo: &ManagedFifo) {
+        match fifo.entry.remove(UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => info!("removed fifo {} at {}", fifo.name, fifo.path.display()),
+            Err(why) => warn!(
+                "not removing {} (fifo {}): {why}",
+                fifo.path.display(),
+                fifo.name
+            ),
+        }
     }
 
     /// Removes every managed FIFO, the lock file and the directories fifod
@@ -697,9 +710,49 @@ impl ManagedFifo {
         self.fd.as_ref().map(AsFd::as_fd)
     }
 
+    /// Makes sure the FIFO holds a read-write fd of its own (it is in no
+    /// route after a reload, and must still never block nor lose a byte).
+    pub fn hold(&mut self) -> Result<(), FsError> {
+        if self.fd.is_none() {
+            self.fd = Some(self.reopen(Access::ReadWrite)?);
+        }
+        Ok(())
+    }
+
     /// Hands the read-write fd opened at start to the caller.
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
         self.fd.take()
+    }
+
+    /// Gives the FIFO the mode, owner and group of `spec` if it has others
+    /// (a reload changed them), through an fd on the node itself, never the
+    /// path. Returns what changed, for the log.
+    pub fn set_attributes(&self, spec: &FifoConfig) -> Result<Vec<String>, FsError> {
+        // A reader that comes and goes disturbs neither side of the pipe.
+        let fd = self.reopen(Access::Read)?;
+        let st = fstat(&fd).map_err(failed(&self.path, "inspect"))?;
+        let mut changed = Vec::new();
+        let owner = spec.owner.filter(|&uid| uid != st.st_uid);
+        let group = spec.group.filter(|&gid| gid != st.st_gid);
+        if owner.is_some() || group.is_some() {
+            fchown(&fd, owner.map(Uid::from_raw), group.map(Gid::from_raw))
+                .map_err(failed(&self.path, "change the owner of"))?;
+            if let Some(uid) = owner {
+                changed.push(format!("owner {} -> {uid}", st.st_uid));
+            }
+            if let Some(gid) = group {
+                changed.push(format!("group {} -> {gid}", st.st_gid));
+            }
+        }
+        // chown may clear set-id bits: set the mode after it, always.
+        if owner.is_some() || group.is_some() || st.st_mode & 0o7777 != spec.mode.bits() {
+            fchmod(&fd, NixMode::from_bits_truncate(spec.mode.bits()))
+                .map_err(failed(&self.path, "set the mode of"))?;
+            if st.st_mode & 0o7777 != spec.mode.bits() {
+                changed.push(format!("mode {:04o} -> {}", st.st_mode & 0o7777, spec.mode));
+            }
+        }
+        Ok(changed)
     }
 
     /// Opens the FIFO again, non-blocking, and only if the path still names

@@ -736,9 +736,13 @@ impl Relay {
     /// - Bytes for a sink that nothing feeds any more are returned, by old
     ///   sink, for the caller to deliver or count.
     pub fn inherit(&mut self, mut old: Relay, map: &RelayMap<'_>) -> Vec<(SinkId, Vec<u8>)> {
+        // Lines in progress that have nowhere to continue are passed on as
+        // they are: their route changed, or their source is not the same
+        // stream any more (a restarted process).
         for r in 0..old.routes.len() {
-            if map.routes[r].is_none() {
-                for position in 0..old.routes[r].sources.len() {
+            for position in 0..old.routes[r].sources.len() {
+                let source = old.routes[r].sources[position];
+                if map.routes[r].is_none() || map.sources[source].is_none() {
                     old.flush_partial(r, position);
                 }
             }
@@ -780,7 +784,7 @@ impl Relay {
                 }
                 continue;
             };
-            let from = std::mem::replace(&mut old.lanes[l].held, VecDeque::new());
+            let from = std::mem::take(&mut old.lanes[l].held);
             let lane = &old.lanes[l];
             let into = &mut self.lanes[target];
             let base = into.front + into.held.len() as u64;
@@ -809,7 +813,7 @@ impl Relay {
             }
             into.held.extend(from);
         }
-        for (r, route) in old.routes.into_iter().enumerate() {
+        for (r, mut route) in old.routes.into_iter().enumerate() {
             let Some(new_route) = map.routes[r] else {
                 continue;
             };
@@ -822,7 +826,7 @@ impl Relay {
                 if let Some(p) = into.sources.iter().position(|&s| s == new_source) {
                     into.ended[p] = route.ended[position];
                     into.in_long_line[p] = route.in_long_line[position];
-                    into.partial[p] = route.partial[position].clone();
+                    into.partial[p] = std::mem::take(&mut route.partial[position]);
                 }
             }
         }

@@ -97,12 +97,25 @@ impl Daemon {
             self.pause(s);
             return;
         }
-        let Some(fd) = &self.sources[s].fd else {
+        if self.take_from(s, budget) == 0 {
             return;
+        }
+        if self.sources[s].quota == Some(0) || self.relay.read_budget(s, 1) == 0 {
+            self.pause(s);
+        }
+    }
+
+    /// One read of up to `max` bytes from `s`, handed to the relay (or the
+    /// log); returns how many bytes came. An end or a failure is dealt with
+    /// here and returns 0, as does an empty pipe.
+    pub(super) fn take_from(&mut self, s: SourceId, max: usize) -> usize {
+        let Some(fd) = &self.sources[s].fd else {
+            return 0;
         };
-        let n = match nix::unistd::read(fd.as_fd(), &mut self.scratch[..budget]) {
+        let max = max.min(self.scratch.len());
+        let n = match nix::unistd::read(fd.as_fd(), &mut self.scratch[..max]) {
             Ok(n) => n,
-            Err(Errno::EAGAIN | Errno::EINTR) => return,
+            Err(Errno::EAGAIN | Errno::EINTR) => return 0,
             Err(e) => {
                 error!(
                     "{}: read failed: {}; no longer reading it",
@@ -110,12 +123,12 @@ impl Daemon {
                     e.desc()
                 );
                 self.set_source_fd(s, None);
-                return;
+                return 0;
             }
         };
         if n == 0 {
             self.source_ended(s);
-            return;
+            return 0;
         }
         self.sources[s].bytes += n as u64;
         if let Some(q) = &mut self.sources[s].quota {
@@ -142,9 +155,7 @@ impl Daemon {
                 self.note_drops_of_sink(k);
             }
         }
-        if self.sources[s].quota == Some(0) || self.relay.read_budget(s, 1) == 0 {
-            self.pause(s);
-        }
+        n
     }
 
     /// Moves bytes from `s` to its sinks without copying them through fifod:

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -32,6 +33,7 @@ use crate::units::{Size, format_duration};
 mod drops;
 mod io;
 mod processes;
+mod reload;
 mod shutdown;
 mod status;
 
@@ -208,6 +210,12 @@ pub struct Daemon {
     dev_null: Option<OwnedFd>,
     /// The service manager, when there is one.
     notifier: Notifier,
+    /// Where the config is read again on SIGHUP.
+    config_path: PathBuf,
+    /// Output FIFOs a reload removed, until their reader has everything.
+    retiring: Vec<reload::Retiring>,
+    /// Processes a reload stopped, until they are reaped.
+    stopped: Vec<reload::Stopped>,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -215,7 +223,7 @@ fn signal_name(signal: libc::c_int) -> &'static str {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT and a clean shutdown.
-pub fn run(config: Config) -> Result<(), RunError> {
+pub fn run(config: Config, config_path: PathBuf) -> Result<(), RunError> {
     child::keep_inherited_fds_from_children();
     ensure_fd_limit(&config)?;
     // Handlers first: a SIGTERM during start must not kill fifod before it
@@ -227,7 +235,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let old_umask = umask(NixMode::from_bits_truncate(0o077));
     let footprint = Footprint::create(&config);
     umask(old_umask);
-    let mut daemon = Daemon::new(config, footprint?, events)?;
+    let mut daemon = Daemon::new(config, config_path, footprint?, events)?;
     daemon.start_all();
     daemon.run_loop();
     Ok(())
@@ -467,7 +475,7 @@ impl Tables {
 fn input_fd(
     managed: &mut ManagedFifo,
     sessions: bool,
-    previous: Option<OwnedFd>,
+    previous: Vec<OwnedFd>,
 ) -> Result<OwnedFd, FsError> {
     if !sessions {
         return match managed.take_fd() {
@@ -494,6 +502,7 @@ fn output_fd(managed: &mut ManagedFifo) -> Result<OwnedFd, FsError> {
 impl Daemon {
     fn new(
         config: Config,
+        config_path: PathBuf,
         mut footprint: Footprint,
         events: EventLoop,
     ) -> Result<Daemon, RunError> {
@@ -512,7 +521,7 @@ impl Daemon {
         let mut fail = None;
         for source in &mut sources {
             if let SourceKind::Fifo { fifo, sessions } = source.kind {
-                source.fd = input_fd(&mut footprint.fifos[fifo], sessions, None)
+                source.fd = input_fd(&mut footprint.fifos[fifo], sessions, Vec::new())
                     .map_err(|e| fail = Some(e))
                     .ok();
             }
@@ -522,25 +531,6 @@ impl Daemon {
                 sink.fd = output_fd(&mut footprint.fifos[fifo])
                     .map_err(|e| fail = Some(e))
                     .ok();
-            }
-        }
-        if let Some(size) = config.daemon.pipe_size {
-            let source_fds = sources
-                .iter()
-                .filter(|s| matches!(s.kind, SourceKind::Fifo { .. }));
-            let sink_fds = sinks.iter().filter(|k| matches!(k.kind, SinkKind::Fifo(_)));
-            for (name, fd) in source_fds
-                .map(|s| (&s.name, s.fd.as_ref()))
-                .chain(sink_fds.map(|k| (&k.name, k.fd.as_ref())))
-            {
-                if let Some(fd) = fd {
-                    resize_pipe(name, fd.as_fd(), size);
-                }
-            }
-            for fifo in &footprint.fifos {
-                if let Some(fd) = fifo.fd() {
-                    resize_pipe(&fifo.name, fd, size);
-                }
             }
         }
         let drop_logs = relay.lanes().iter().map(|_| DropLog::default()).collect();
@@ -572,12 +562,43 @@ impl Daemon {
                 .ok()
                 .map(OwnedFd::from),
             notifier: Notifier::from_env(),
+            config_path,
+            retiring: Vec::new(),
+            stopped: Vec::new(),
         };
         if let Some(e) = fail {
             daemon.footprint.undo_start();
             return Err(e.into());
         }
+        daemon.resize_pipes();
         Ok(daemon)
+    }
+
+    /// Gives every FIFO the configured `pipe_size`.
+    fn resize_pipes(&self) {
+        let Some(size) = self.config.daemon.pipe_size else {
+            return;
+        };
+        let source_fds = self
+            .sources
+            .iter()
+            .filter(|s| matches!(s.kind, SourceKind::Fifo { .. }))
+            .map(|s| (&s.name, s.fd.as_ref()));
+        let sink_fds = self
+            .sinks
+            .iter()
+            .filter(|k| matches!(k.kind, SinkKind::Fifo(_)))
+            .map(|k| (&k.name, k.fd.as_ref()));
+        for (name, fd) in source_fds.chain(sink_fds) {
+            if let Some(fd) = fd {
+                resize_pipe(name, fd.as_fd(), size);
+            }
+        }
+        for fifo in &self.footprint.fifos {
+            if let Some(fd) = fifo.fd() {
+                resize_pipe(&fifo.name, fd, size);
+            }
+        }
     }
 
     fn start_all(&mut self) {
@@ -627,9 +648,7 @@ impl Daemon {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Signal(libc::SIGHUP) => {
-                warn!("received SIGHUP: reloading is not supported yet; the running config stays");
-            }
+            Event::Signal(libc::SIGHUP) => self.reload(),
             Event::Signal(libc::SIGCHLD) => self.on_children_exited(),
             Event::Signal(signal) => self.on_stop_signal(signal),
             Event::Ready {

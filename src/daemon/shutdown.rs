@@ -20,6 +20,7 @@ impl Daemon {
         consider(self.control.as_ref().and_then(ControlServer::next_deadline));
         consider(self.control_retry_at);
         consider(self.notifier.next_deadline());
+        consider(self.retired_deadline());
         match self.state {
             State::Draining { deadline, .. } => {
                 consider(Some(deadline));
@@ -60,6 +61,8 @@ impl Daemon {
             }
         }
         self.notifier.on_timer(now);
+        self.tend_retiring(now);
+        self.kill_stopped(now, false);
         if self.notifier.status_due(now) && self.state == State::Running {
             self.offer_status();
         }
@@ -280,6 +283,11 @@ impl Daemon {
                 let _ = nix::sys::wait::waitpid(pid, None);
             }
         }
+        self.kill_stopped(Instant::now(), true);
+        for stopped in self.stopped.drain(..) {
+            let _ = nix::sys::wait::waitpid(stopped.pid(), None);
+        }
+        self.remove_retiring();
         // Lines still in progress are held too: count them with the rest.
         for s in 0..self.sources.len() {
             self.relay.flush_lines_of(s);
