@@ -156,6 +156,9 @@ pub struct ManagedFifo {
     fd: Option<OwnedFd>,
     /// It was already there at start (left by a crash, say).
     pub adopted: bool,
+    /// The service manager made it and passed its fd: it is systemd's to
+    /// chmod and remove, never fifod's.
+    pub passed: bool,
     entry: Entry,
 }
 
@@ -175,9 +178,9 @@ impl Footprint {
     /// Creates the directory, takes the lock, and creates or adopts every
     /// FIFO of `config`, in that order. On failure, undoes what it did and
     /// leaves adopted nodes in place.
-    pub fn create(config: &Config) -> Result<Footprint, FsError> {
+    pub fn create(config: &Config, passed: HashMap<String, OwnedFd>) -> Result<Footprint, FsError> {
         let mut footprint = Footprint::default();
-        match footprint.populate(config) {
+        match footprint.populate(config, passed) {
             Ok(()) => Ok(footprint),
             Err(e) => {
                 footprint.undo_start();
@@ -186,7 +189,11 @@ impl Footprint {
         }
     }
 
-    fn populate(&mut self, config: &Config) -> Result<(), FsError> {
+    fn populate(
+        &mut self,
+        config: &Config,
+        mut passed: HashMap<String, OwnedFd>,
+    ) -> Result<(), FsError> {
         let daemon = &config.daemon;
         let dir = self.open_dir(&daemon.dir, Some(daemon.dir_mode))?;
         // The lock and the control socket live here: nobody else may be
@@ -200,7 +207,14 @@ impl Footprint {
         }
         self.lock = Some(take_lock(&dir, &daemon.dir)?);
         for spec in &config.fifos {
-            let fifo = self.make_fifo(daemon, spec)?;
+            let fifo = match passed.remove(&spec.name) {
+                Some(fd) => {
+                    let parent_path = spec.path.parent().unwrap_or(Path::new("/"));
+                    let parent = self.open_dir(parent_path, None)?;
+                    take_passed(&parent, spec, fd)?
+                }
+                None => self.make_fifo(daemon, spec)?,
+            };
             self.fifos.push(fifo);
         }
         if let Some(path) = &daemon.control {
@@ -344,6 +358,14 @@ impl Footprint {
     /// Removes one FIFO that is no longer configured, if it still is the
     /// node fifod made or adopted.
     pub fn remove_fifo(fifo: &ManagedFifo) {
+        if fifo.passed {
+            info!(
+                "left fifo {} at {} in place: it belongs to the service manager",
+                fifo.name,
+                fifo.path.display()
+            );
+            return;
+        }
         match fifo.entry.remove(UnlinkatFlags::NoRemoveDir) {
             Ok(()) => info!("removed fifo {} at {}", fifo.name, fifo.path.display()),
             Err(why) => warn!(
@@ -523,7 +545,64 @@ fn open_fifo(parent: &Rc<OwnedFd>, spec: &FifoConfig) -> Result<ManagedFifo, FsE
         path: path.to_owned(),
         fd: Some(fd),
         adopted: before.is_some(),
+        passed: false,
         entry,
+    })
+}
+
+/// Takes a FIFO the service manager passed (socket activation) as `spec`,
+/// once sure it is the node at the configured path.
+fn take_passed(
+    parent: &Rc<OwnedFd>,
+    spec: &FifoConfig,
+    fd: OwnedFd,
+) -> Result<ManagedFifo, FsError> {
+    let path = spec.path.as_path();
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused(path, "no file name"))?;
+    let st = fstat(&fd).map_err(failed(path, "inspect"))?;
+    let id = NodeId::of(&st);
+    match fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(at) if NodeId::of(&at) == id => {}
+        Ok(_) | Err(Errno::ENOENT) => {
+            return Err(refused(
+                path,
+                format!(
+                    "the FIFO passed as \"{}\" is not the one at this path: \
+                     ListenFIFO= and the config's path must name the same file",
+                    spec.name
+                ),
+            ));
+        }
+        Err(e) => return Err(failed(path, "inspect")(e)),
+    }
+    let flags = OFlag::from_bits_truncate(
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(failed(path, "inspect"))?,
+    );
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+    )
+    .map_err(failed(path, "set non-blocking"))?;
+    info!(
+        "fifo {} at {}: passed by the service manager (mode {:04o}, left as the socket unit set it)",
+        spec.name,
+        path.display(),
+        st.st_mode & 0o7777
+    );
+    Ok(ManagedFifo {
+        name: spec.name.clone(),
+        path: path.to_owned(),
+        fd: Some(fd),
+        adopted: true,
+        passed: true,
+        entry: Entry {
+            parent: Rc::clone(parent),
+            name: name.to_owned(),
+            path: path.to_owned(),
+            id,
+        },
     })
 }
 
@@ -728,6 +807,9 @@ impl ManagedFifo {
     /// (a reload changed them), through an fd on the node itself, never the
     /// path. Returns what changed, for the log.
     pub fn set_attributes(&self, spec: &FifoConfig) -> Result<Vec<String>, FsError> {
+        if self.passed {
+            return Ok(Vec::new());
+        }
         // A reader that comes and goes disturbs neither side of the pipe.
         let fd = self.reopen(Access::Read)?;
         let st = fstat(&fd).map_err(failed(&self.path, "inspect"))?;

@@ -3,6 +3,7 @@
 //! The binary is a thin wrapper around [`cli::main`]; ARCHITECTURE.md maps
 //! the modules and the invariants they keep.
 
+pub mod activation;
 pub mod child;
 pub mod cli;
 pub mod config;

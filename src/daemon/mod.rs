@@ -232,8 +232,9 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), RunError> {
         .map_err(|e| RunError::Start(format!("cannot set up the event loop: {e}")))?;
     // Nodes are created private and given their exact mode by fchmod; the
     // umask must not narrow that first step. Children get the umask back.
+    let passed = crate::activation::passed_fifos(&config).map_err(RunError::Start)?;
     let old_umask = umask(NixMode::from_bits_truncate(0o077));
-    let footprint = Footprint::create(&config);
+    let footprint = Footprint::create(&config, passed);
     umask(old_umask);
     let mut daemon = Daemon::new(config, config_path, footprint?, events)?;
     daemon.start_all();

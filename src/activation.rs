@@ -1,0 +1,49 @@
+//! FIFOs passed by the service manager (socket activation): a `.socket`
+//! unit's `ListenFIFO=` creates the FIFO and holds it open, and hands fifod
+//! its fd through `LISTEN_FDS`/`LISTEN_PID`, named by `FileDescriptorName=`
+//! in `LISTEN_FDNAMES`. Each name must be a `[fifo.NAME]` of the config.
+//!
+//! Such a FIFO belongs to systemd: fifod does not create, chmod, chown or
+//! remove it. Because systemd keeps it open, what writers put in it while
+//! fifod restarts waits in the pipe.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use nix::sys::stat::{SFlag, fstat};
+
+use crate::config::Config;
+
+/// Takes the fds passed to fifod, by name, checking that each is a FIFO
+/// that the config claims. Without `LISTEN_FDS` (or when `LISTEN_PID` names
+/// another process), there are none.
+pub fn passed_fifos(config: &Config) -> Result<HashMap<String, OwnedFd>, String> {
+    let passed = sd_notify::listen_fds_with_names()
+        .map_err(|e| format!("cannot take the fds passed by the service manager: {e}"))?;
+    let mut fifos = HashMap::new();
+    for (raw, name) in passed {
+        // SAFETY: by the LISTEN_FDS protocol (checked against LISTEN_PID),
+        // fds 3..3+LISTEN_FDS were open before fifod started and are passed
+        // for it to own; nothing else in fifod owns them, and this runs once.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let kind = fstat(&fd)
+            .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT)
+            .map_err(|e| format!("passed fd {raw} ({name}): {}", e.desc()))?;
+        if kind != SFlag::S_IFIFO {
+            return Err(format!(
+                "passed fd {raw} (named \"{name}\") is not a FIFO: fifod takes only \
+                 ListenFIFO= entries"
+            ));
+        }
+        if !config.fifos.iter().any(|f| f.name == name) {
+            return Err(format!(
+                "passed fd {raw} is named \"{name}\", but no [fifo.{name}] in the config claims \
+                 it; give each ListenFIFO= socket unit FileDescriptorName= matching a [fifo.NAME]"
+            ));
+        }
+        if fifos.insert(name.clone(), fd).is_some() {
+            return Err(format!("two passed fds are named \"{name}\""));
+        }
+    }
+    Ok(fifos)
+}
