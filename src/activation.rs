@@ -18,6 +18,15 @@ use crate::config::Config;
 /// that the config claims. Without `LISTEN_FDS` (or when `LISTEN_PID` names
 /// another process), there are none.
 pub fn passed_fifos(config: &Config) -> Result<HashMap<String, OwnedFd>, String> {
+    // LISTEN_FDNAMES is read only when fds are really for fifod: variables
+    // meant for another process (LISTEN_PID names it) are none of its business.
+    let none = sd_notify::listen_fds()
+        .map_err(|e| format!("cannot take the fds passed by the service manager: {e}"))?
+        .len()
+        == 0;
+    if none {
+        return Ok(HashMap::new());
+    }
     let passed = sd_notify::listen_fds_with_names()
         .map_err(|e| format!("cannot take the fds passed by the service manager: {e}"))?;
     let mut fifos = HashMap::new();
