@@ -394,8 +394,10 @@ impl Daemon {
                     .ok();
             }
         }
+        // An output between sessions keeps only its spare reader until the
+        // next writer: it is not opened for writing here.
         for sink in &mut tables.sinks {
-            if let (SinkKind::Fifo(fifo), None) = (sink.kind, &sink.fd) {
+            if let (SinkKind::Fifo(fifo), None, None) = (sink.kind, &sink.fd, &sink.keep_alive) {
                 sink.fd = output_fd(&mut fifos[fifo])
                     .map_err(|e| error!("fifo {}: {e}; not writing it", sink.name))
                     .ok();
