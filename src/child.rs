@@ -112,6 +112,13 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
+    // std drops root's supplementary groups before it changes the uid.
+    if let Some(gid) = spec.group {
+        command.gid(gid);
+    }
+    if let Some(uid) = spec.user {
+        command.uid(uid);
+    }
     for variable in PRIVATE_VARIABLES {
         command.env_remove(variable);
     }
@@ -359,6 +366,8 @@ mod tests {
             stderr: StderrMode::Merge,
             restart,
             restart_delay: Duration::from_millis(100),
+            user: None,
+            group: None,
         }
     }
 

@@ -94,6 +94,10 @@ pub struct ProcessConfig {
     pub stderr: StderrMode,
     pub restart: Restart,
     pub restart_delay: Duration,
+    /// The user and group it runs as (fifod must be root to set them); a
+    /// `user` without `group` runs with that user's primary group.
+    pub user: Option<u32>,
+    pub group: Option<u32>,
 }
 
 /// Where a process's standard error goes.
@@ -403,6 +407,8 @@ struct RawProcess {
     stderr: Option<Spanned<String>>,
     restart: Option<Spanned<String>>,
     restart_delay: Option<Spanned<String>>,
+    user: Option<Spanned<IdSpec>>,
+    group: Option<Spanned<IdSpec>>,
 }
 
 /// Errors gathered while loading, still as byte spans.
@@ -547,7 +553,7 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
     check_paths(&fifos, &path_spans, daemon.as_ref(), problems);
     let processes: Vec<ProcessConfig> = raw_processes
         .into_iter()
-        .filter_map(|(name, raw)| validate_process(&name, raw, problems))
+        .filter_map(|(name, raw)| validate_process(&name, raw, env, problems))
         .collect();
     let routes = validate_routes(raw_routes, &mut fifos, &processes, &declared, problems);
     let daemon = daemon?;
@@ -644,8 +650,15 @@ impl Config {
                 Restart::OnFailure => "on-failure",
                 Restart::Always => "always",
             };
+            let mut identity = String::new();
+            if let Some(uid) = p.user {
+                identity.push_str(&format!(", user {uid}"));
+            }
+            if let Some(gid) = p.group {
+                identity.push_str(&format!(", group {gid}"));
+            }
             lines.push(format!(
-                "process {}: {:?} (stderr {}, restart {restart})",
+                "process {}: {:?} (stderr {}, restart {restart}{identity})",
                 p.name,
                 p.command,
                 format!("{:?}", p.stderr).to_lowercase(),

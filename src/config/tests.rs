@@ -322,3 +322,46 @@ fn the_control_socket_lives_inside_dir() {
     let off = parse("f.toml", "[daemon]\ndir = \"/d\"\ncontrol = \"\"\n", &env()).unwrap();
     assert_eq!(off.daemon.control, None);
 }
+
+#[test]
+fn process_identity_is_looked_up_and_needs_root() {
+    let text = r#"
+[fifo.out]
+[process.p]
+command = ["/bin/true"]
+user = "nobody"
+[process.q]
+command = ["/bin/true"]
+user = "no-such-user-fifod"
+[[route]]
+from = ["p", "q"]
+to = ["out"]
+"#;
+    let found = errors(text);
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("process.p.user") && e.contains("only root")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("process.q.user") && e.contains("unknown user")),
+        "{found:?}"
+    );
+    let root = Environment {
+        is_root: true,
+        ..env()
+    };
+    let text = text.replace("user = \"no-such-user-fifod\"", "group = 0");
+    let config = parse("f.toml", &text, &root).expect("valid for root");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody exists");
+    assert_eq!(config.processes[0].user, Some(nobody.uid.as_raw()));
+    assert_eq!(config.processes[0].group, Some(nobody.gid.as_raw()));
+    assert_eq!(config.processes[1].user, None);
+    assert_eq!(config.processes[1].group, Some(0));
+}

@@ -346,6 +346,7 @@ pub(super) fn check_paths(
 pub(super) fn validate_process(
     name: &Spanned<std::borrow::Cow<'_, str>>,
     raw: RawProcess,
+    environment: &Environment,
     problems: &mut Problems,
 ) -> Option<ProcessConfig> {
     let key = format!("process.{}", name.get_ref());
@@ -451,6 +452,7 @@ pub(super) fn validate_process(
             }
         },
     };
+    let (user, group) = process_identity(&raw, &key, environment, problems);
     let (Some(stderr), Some(restart)) = (stderr, restart) else {
         return None;
     };
@@ -465,7 +467,68 @@ pub(super) fn validate_process(
         stderr,
         restart,
         restart_delay,
+        user,
+        group,
     })
+}
+
+/// A process's `user` and `group`: looked up, with the user's primary group
+/// when only `user` is given. Changing identity needs root.
+fn process_identity(
+    raw: &RawProcess,
+    key: &str,
+    env: &Environment,
+    problems: &mut Problems,
+) -> (Option<u32>, Option<u32>) {
+    let user = raw.user.as_ref().and_then(|u| {
+        lookup_id(u, IdKind::User)
+            .map_err(|e| problems.at(u, format!("{key}.user"), e))
+            .ok()
+    });
+    let group = raw.group.as_ref().and_then(|g| {
+        lookup_id(g, IdKind::Group)
+            .map_err(|e| problems.at(g, format!("{key}.group"), e))
+            .ok()
+    });
+    let group = group.or_else(|| {
+        let uid = nix::unistd::Uid::from_raw(user?);
+        match nix::unistd::User::from_uid(uid) {
+            Ok(Some(found)) => Some(found.gid.as_raw()),
+            _ => {
+                if let Some(u) = &raw.user {
+                    problems.at(
+                        u,
+                        format!("{key}.user"),
+                        "this uid has no entry in the user database: give group too",
+                    );
+                }
+                None
+            }
+        }
+    });
+    if !env.is_root {
+        let own_uid = nix::unistd::geteuid().as_raw();
+        let own_gid = nix::unistd::getegid().as_raw();
+        if let (Some(u), Some(uid)) = (&raw.user, user)
+            && uid != own_uid
+        {
+            problems.at(
+                u,
+                format!("{key}.user"),
+                "only root can start a process as another user",
+            );
+        }
+        if let (Some(g), Some(gid)) = (&raw.group, group)
+            && gid != own_gid
+        {
+            problems.at(
+                g,
+                format!("{key}.group"),
+                "only root can start a process in another group",
+            );
+        }
+    }
+    (user, group)
 }
 
 /// Finds the program as `exec` would: a name with a `/` is a path (relative
