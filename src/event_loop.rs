@@ -23,6 +23,8 @@ pub enum Token {
     Control,
     /// A control connection being answered.
     Client(usize),
+    /// The directories that hold managed FIFOs changed.
+    Dirs,
 }
 
 /// Which readiness to wait for.
@@ -50,6 +52,7 @@ const KIND_SOURCE: u64 = 1;
 const KIND_SINK: u64 = 2;
 const KIND_CONTROL: u64 = 3;
 const KIND_CLIENT: u64 = 4;
+const KIND_DIRS: u64 = 5;
 
 fn encode(token: Token) -> u64 {
     match token {
@@ -57,6 +60,7 @@ fn encode(token: Token) -> u64 {
         Token::Sink(i) => (KIND_SINK << 32) | i as u64,
         Token::Control => KIND_CONTROL << 32,
         Token::Client(i) => (KIND_CLIENT << 32) | i as u64,
+        Token::Dirs => KIND_DIRS << 32,
     }
 }
 
@@ -67,6 +71,7 @@ fn decode(data: u64) -> Option<Token> {
         KIND_SINK => Some(Token::Sink(index)),
         KIND_CONTROL => Some(Token::Control),
         KIND_CLIENT => Some(Token::Client(index)),
+        KIND_DIRS => Some(Token::Dirs),
         _ => None,
     }
 }

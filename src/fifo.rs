@@ -789,6 +789,16 @@ impl ManagedFifo {
         self.fd.as_ref().map(AsFd::as_fd)
     }
 
+    /// Whether the path still names the node fifod made or adopted.
+    pub fn in_place(&self) -> bool {
+        fstatat(
+            self.entry.parent.as_fd(),
+            self.entry.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| NodeId::of(&st) == self.entry.id)
+    }
+
     /// Makes sure the FIFO holds a read-write fd of its own (it is in no
     /// route after a reload, and must still never block nor lose a byte).
     pub fn hold(&mut self) -> Result<(), FsError> {

@@ -15,3 +15,4 @@ pub mod notify;
 pub mod pipe;
 pub mod relay;
 pub mod units;
+pub mod watch;

@@ -29,6 +29,7 @@ use crate::notify::Notifier;
 use crate::pipe::{self, Resized};
 use crate::relay::{LaneId, Relay, RouteSpec, SinkId, SourceId};
 use crate::units::{Size, format_duration};
+use crate::watch::DirWatch;
 
 mod drops;
 mod io;
@@ -216,6 +217,8 @@ pub struct Daemon {
     retiring: Vec<reload::Retiring>,
     /// Processes a reload stopped, until they are reaped.
     stopped: Vec<reload::Stopped>,
+    /// Tells when a FIFO's directory changed (one may have been removed).
+    dir_watch: Option<DirWatch>,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -566,6 +569,7 @@ impl Daemon {
             config_path,
             retiring: Vec::new(),
             stopped: Vec::new(),
+            dir_watch: None,
         };
         if let Some(e) = fail {
             daemon.footprint.undo_start();
@@ -612,6 +616,16 @@ impl Daemon {
                 .add(control.listener_fd(), Token::Control, Interest::Read)
         {
             error!("cannot watch the control socket: {e}; fifod status will not answer");
+        }
+        match DirWatch::new() {
+            Ok(watch) => {
+                if let Err(e) = self.events.add(watch.fd(), Token::Dirs, Interest::Read) {
+                    warn!("cannot watch the FIFOs' directories: {e}");
+                }
+                self.dir_watch = Some(watch);
+                self.watch_dirs();
+            }
+            Err(e) => warn!("cannot watch the FIFOs' directories: {e}"),
         }
         for c in 0..self.children.len() {
             self.start_child(c);
@@ -664,6 +678,9 @@ impl Daemon {
                 token: Token::Control,
                 ..
             } => self.answer_status(),
+            Event::Ready {
+                token: Token::Dirs, ..
+            } => self.on_dirs_changed(),
             Event::Ready {
                 token: Token::Client(slot),
                 ..

@@ -180,24 +180,39 @@ impl Daemon {
         if old_daemon.log_level != new.daemon.log_level {
             warn!("daemon.log_level changes at the next start, not on reload");
         }
-        if new == self.config {
+        // A FIFO whose path no longer names its node (someone removed or
+        // replaced it) is made again, as if it were new.
+        let vanished: Vec<bool> = self.footprint.fifos.iter().map(|f| !f.in_place()).collect();
+        if new == self.config && !vanished.contains(&true) {
             info!("the config did not change");
             return Ok(());
         }
+        let old_paths: Vec<PathBuf> = self.config.fifos.iter().map(|f| f.path.clone()).collect();
+        let kept_at =
+            |path: &PathBuf| (0..old_paths.len()).find(|&o| old_paths[o] == *path && !vanished[o]);
+        let was_vanished =
+            |path: &PathBuf| (0..old_paths.len()).any(|o| old_paths[o] == *path && vanished[o]);
 
         // FIFOs: kept by path; the new ones are made before anything else
         // changes, so that a failure leaves everything as it was.
         let mut fifos: Vec<Option<ManagedFifo>> = Vec::new();
         let mut made = Vec::new();
         for spec in &new.fifos {
-            let kept = self.config.fifos.iter().any(|old| old.path == spec.path);
-            if kept {
+            if kept_at(&spec.path).is_some() {
                 fifos.push(None);
                 continue;
             }
             match self.footprint.make_fifo(&new.daemon, spec) {
                 Ok(fifo) => {
-                    made.push(fifo.name.clone());
+                    made.push(if was_vanished(&spec.path) {
+                        format!(
+                            "fifo {}: made again at {}: someone removed or replaced it",
+                            fifo.name,
+                            fifo.path.display()
+                        )
+                    } else {
+                        format!("added fifo {}", fifo.name)
+                    });
                     fifos.push(Some(fifo));
                 }
                 Err(e) => {
@@ -208,12 +223,18 @@ impl Daemon {
                 }
             }
         }
-        let mut changes: Vec<String> = made.iter().map(|n| format!("added fifo {n}")).collect();
+        let mut changes = made;
 
         // From here on nothing fails: faults are logged and the reload goes on.
         self.flush_drop_logs();
         let mut tables = Tables::new(&new);
+        // The stream of a FIFO made again is a new one: it is not carried
+        // over. Its sink is (what is held for it goes to the new FIFO).
         let old_sources: HashMap<Key, SourceId> = (0..self.sources.len())
+            .filter(|&s| match self.sources[s].kind {
+                SourceKind::Fifo { fifo, .. } => !vanished[fifo],
+                _ => true,
+            })
             .map(|s| (source_key(self.sources[s].kind, &self.config), s))
             .collect();
         let old_sinks: HashMap<Key, SinkId> = (0..self.sinks.len())
@@ -304,12 +325,7 @@ impl Daemon {
             .collect();
         for (i, spec) in new.fifos.iter().enumerate() {
             if fifos[i].is_none() {
-                let o = self
-                    .config
-                    .fifos
-                    .iter()
-                    .position(|old| old.path == spec.path);
-                fifos[i] = o.and_then(|o| old_fifos[o].take());
+                fifos[i] = kept_at(&spec.path).and_then(|o| old_fifos[o].take());
                 if let Some(fifo) = &fifos[i] {
                     match fifo.set_attributes(spec) {
                         Ok(done) if !done.is_empty() => {
@@ -362,14 +378,20 @@ impl Daemon {
                 Key::Stdin(name) => kept_process(name),
                 _ => true,
             };
+            let same_pipe = match self.sinks[k].kind {
+                SinkKind::Fifo(fifo) => !vanished[fifo],
+                _ => true,
+            };
             let sink = &mut self.sinks[k];
             let into = &mut tables.sinks[n];
             into.intake = sink.intake;
-            if process_kept {
+            if process_kept && same_pipe {
                 into.fd = sink.fd.take();
             }
-            into.keep_alive = sink.keep_alive.take();
-            into.end_check = sink.end_check;
+            if same_pipe {
+                into.keep_alive = sink.keep_alive.take();
+                into.end_check = sink.end_check;
+            }
         }
         // Whatever fds the old tables still have on FIFOs are spare.
         for source in &mut self.sources {
@@ -471,6 +493,12 @@ impl Daemon {
                 continue;
             };
             let key = Key::Fifo(self.config.fifos[o].path.clone());
+            if vanished[o] {
+                // Its path is someone else's now, or the new FIFO's: the
+                // old node is left to whoever moved it, if anyone.
+                spare.remove(&self.config.fifos[o].path);
+                continue;
+            }
             changes.push(format!("removed fifo {}", fifo.name));
             let bytes = left_for.remove(&key).map(|(_, b)| b).unwrap_or_default();
             let is_output = self.config.fifos[o].role == Role::Output;
@@ -553,7 +581,57 @@ impl Daemon {
         for c in to_start {
             self.start_child(c);
         }
+        self.watch_dirs();
         Ok(())
+    }
+
+    /// Watches the directories of every managed FIFO.
+    pub(super) fn watch_dirs(&self) {
+        let Some(watch) = &self.dir_watch else {
+            return;
+        };
+        for fifo in &self.footprint.fifos {
+            if let Some(dir) = fifo.path.parent()
+                && let Err(e) = watch.watch(dir)
+            {
+                warn!("cannot watch {}: {e}", dir.display());
+            }
+        }
+    }
+
+    /// Something changed in a FIFO's directory: a FIFO whose path no longer
+    /// names it (removed, renamed, replaced) is made again at once, as a
+    /// reload would; writers still connected to the old one are read to
+    /// their end like those of a removed FIFO.
+    pub(super) fn on_dirs_changed(&mut self) {
+        let Some(watch) = &self.dir_watch else {
+            return;
+        };
+        if !watch.drain() || self.state != State::Running {
+            return;
+        }
+        let gone: Vec<&ManagedFifo> = self
+            .footprint
+            .fifos
+            .iter()
+            .filter(|f| !f.passed && !f.in_place())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for fifo in &gone {
+            warn!(
+                "fifo {}: {} was removed or replaced by someone else; making it again",
+                fifo.name,
+                fifo.path.display()
+            );
+        }
+        if let Err(why) = self.apply(self.config.clone()) {
+            error!(
+                "{why}; writers cannot reach the FIFO until its path is free again and fifod \
+                 gets SIGHUP"
+            );
+        }
     }
 
     /// Reads from `s` what its sinks already have through `tee`, so that
