@@ -181,8 +181,14 @@ impl Daemon {
             warn!("daemon.log_level changes at the next start, not on reload");
         }
         // A FIFO whose path no longer names its node (someone removed or
-        // replaced it) is made again, as if it were new.
-        let vanished: Vec<bool> = self.footprint.fifos.iter().map(|f| !f.in_place()).collect();
+        // replaced it) is made again, as if it were new; except one that
+        // systemd passed, which is systemd's to make.
+        let vanished: Vec<bool> = self
+            .footprint
+            .fifos
+            .iter()
+            .map(|f| !f.passed && !f.in_place())
+            .collect();
         if new == self.config && !vanished.contains(&true) {
             info!("the config did not change");
             return Ok(());
