@@ -567,7 +567,15 @@ impl Daemon {
 
         // Swap in the new tables and start what is new.
         self.footprint.fifos = fifos;
-        self.drop_logs = relay.lanes().iter().map(|_| DropLog::default()).collect();
+        // Drops carried over were logged already (just above, at the latest).
+        self.drop_logs = relay
+            .lanes()
+            .iter()
+            .map(|lane| DropLog {
+                reported: lane.stats().dropped,
+                ..DropLog::default()
+            })
+            .collect();
         self.relay = relay;
         self.sources = tables.sources;
         self.sinks = tables.sinks;
