@@ -169,12 +169,14 @@ fn init_logging(level: log::LevelFilter) {
     if stderr_is_journal() {
         builder.format(|out, record| {
             use std::io::Write;
-            writeln!(
-                out,
-                "<{}>{}",
-                syslog_priority(record.level()),
-                record.args()
-            )
+            // Each line of a message gets the prefix: a newline in it (from
+            // a process's output, say) cannot start a line of its own making.
+            let priority = syslog_priority(record.level());
+            let message = record.args().to_string();
+            for line in message.split('\n') {
+                writeln!(out, "<{priority}>{line}")?;
+            }
+            Ok(())
         });
     }
     builder.init();

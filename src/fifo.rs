@@ -172,6 +172,8 @@ pub struct Footprint {
     created_dirs: Vec<Entry>,
     dirs: HashMap<PathBuf, Rc<OwnedFd>>,
     lock: Option<(File, Entry)>,
+    /// fifod's `dir`: below it, no symbolic link is ever followed.
+    base: Option<PathBuf>,
 }
 
 impl Footprint {
@@ -196,6 +198,7 @@ impl Footprint {
     ) -> Result<(), FsError> {
         let daemon = &config.daemon;
         let dir = self.open_dir(&daemon.dir, Some(daemon.dir_mode))?;
+        self.base = Some(daemon.dir.clone());
         // The lock and the control socket live here: nobody else may be
         // able to put a file in it, sticky bit or not.
         let st = fstat(dir.as_ref()).map_err(failed(&daemon.dir, "inspect"))?;
@@ -255,7 +258,17 @@ impl Footprint {
     /// (such as `/var/run`). Missing components are made with `create`.
     fn open_dir(&mut self, path: &Path, create: Option<Mode>) -> Result<Rc<OwnedFd>, FsError> {
         if let Some(fd) = self.dirs.get(path) {
-            return Ok(Rc::clone(fd));
+            // A directory someone removed has no links left: look again.
+            if fstat(fd.as_ref()).is_ok_and(|st| st.st_nlink > 0) {
+                return Ok(Rc::clone(fd));
+            }
+            self.dirs.remove(path);
+        }
+        if let Some(base) = self.base.clone()
+            && path != base
+            && path.starts_with(&base)
+        {
+            return self.open_below(&base, path, create);
         }
         let root = openat(
             nix::fcntl::AT_FDCWD,
@@ -344,6 +357,64 @@ impl Footprint {
         check_dir_is_safe(path, &st)?;
         self.dirs.insert(path.to_owned(), Rc::clone(&dir));
         Ok(dir)
+    }
+
+    /// Opens a directory inside `base` (fifod's `dir`), one component at a
+    /// time from `base`'s fd: there, no symbolic link is followed, whoever
+    /// owns it, and every directory passes `check_dir_is_safe`.
+    fn open_below(
+        &mut self,
+        base: &Path,
+        path: &Path,
+        create: Option<Mode>,
+    ) -> Result<Rc<OwnedFd>, FsError> {
+        let mut current = self.open_dir(base, create)?;
+        let mut shown = base.to_path_buf();
+        let below = path.strip_prefix(base).unwrap_or(path);
+        for name in components(below) {
+            shown.push(&name);
+            let opened = openat(
+                current.as_fd(),
+                name.as_os_str(),
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                NixMode::empty(),
+            );
+            let fd = match opened {
+                Ok(fd) => {
+                    let st = fstat(&fd).map_err(failed(&shown, "inspect"))?;
+                    if is_kind(&st, SFlag::S_IFLNK) {
+                        return Err(refused(
+                            &shown,
+                            "it is a symbolic link, which fifod never follows inside its dir",
+                        ));
+                    }
+                    if !is_kind(&st, SFlag::S_IFDIR) {
+                        return Err(refused(
+                            &shown,
+                            format!("it is {}, not a directory", file_kind(&st)),
+                        ));
+                    }
+                    check_dir_is_safe(&shown, &st)?;
+                    fd
+                }
+                Err(Errno::ENOENT) if let Some(mode) = create => {
+                    let fd = make_dir(&current, &name, &shown, mode)?;
+                    let st = fstat(&fd).map_err(failed(&shown, "inspect"))?;
+                    self.created_dirs.push(Entry {
+                        parent: Rc::clone(&current),
+                        name: name.clone(),
+                        path: shown.clone(),
+                        id: NodeId::of(&st),
+                    });
+                    info!("created directory {} (mode {mode})", shown.display());
+                    fd
+                }
+                Err(e) => return Err(failed(&shown, "open directory")(e)),
+            };
+            current = Rc::new(fd);
+            self.dirs.insert(shown.clone(), Rc::clone(&current));
+        }
+        Ok(current)
     }
 
     /// Removes the FIFOs that `which` selects, the lock and the directories
@@ -693,6 +764,33 @@ fn bind_control(parent: &Rc<OwnedFd>, path: &Path) -> Result<(UnixListener, Entr
     Ok((listener, entry))
 }
 
+/// Only a regular file of fifod's user, with one link, can be the lock.
+fn check_lock_file(path: &Path, st: &FileStat) -> Result<(), FsError> {
+    if !is_kind(st, SFlag::S_IFREG) {
+        let mut reason = format!("the lock file is {}", file_kind(st));
+        if is_kind(st, SFlag::S_IFLNK) {
+            reason.push_str(" (fifod never follows symbolic links)");
+        }
+        return Err(refused(path, reason));
+    }
+    if st.st_nlink != 1 {
+        return Err(refused(
+            path,
+            format!("the lock file has {} hard links", st.st_nlink),
+        ));
+    }
+    if st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(refused(
+            path,
+            format!(
+                "the lock file is owned by uid {}, not by fifod's user",
+                st.st_uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Takes the per-directory lock: an flock on `.fifod.lock`, which holds the
 /// holder's pid. A crash releases an flock; a stale pid file alone would not.
 fn take_lock(dir: &Rc<OwnedFd>, dir_path: &Path) -> Result<(File, Entry), FsError> {
@@ -700,36 +798,37 @@ fn take_lock(dir: &Rc<OwnedFd>, dir_path: &Path) -> Result<(File, Entry), FsErro
     // The holder unlinks the file as it stops: if it did so between our open
     // and our lock, we hold a lock on a file nobody else sees. Try again.
     for _ in 0..3 {
-        let fd = openat(
+        // Inspected before it is opened: nothing but a regular file of
+        // fifod's user, with one link, is ever opened as the lock.
+        let create = match fstatat(dir.as_fd(), LOCK_FILE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                check_lock_file(&path, &st)?;
+                OFlag::empty()
+            }
+            Err(Errno::ENOENT) => OFlag::O_CREAT | OFlag::O_EXCL,
+            Err(e) => return Err(failed(&path, "inspect")(e)),
+        };
+        let fd = match openat(
             dir.as_fd(),
             LOCK_FILE_NAME,
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            OFlag::O_RDWR
+                | create
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
+                | OFlag::O_CLOEXEC,
             NixMode::S_IRUSR | NixMode::S_IWUSR,
-        )
-        .map_err(|e| match e {
-            Errno::ELOOP => refused(&path, "the lock file is a symbolic link"),
-            e => failed(&path, "open lock file")(e),
-        })?;
+        ) {
+            Ok(fd) => fd,
+            // It came or went between the look and the open: look again.
+            Err(Errno::EEXIST | Errno::ENOENT) => continue,
+            Err(Errno::ELOOP) => {
+                return Err(refused(&path, "the lock file is a symbolic link"));
+            }
+            Err(e) => return Err(failed(&path, "open lock file")(e)),
+        };
         let st = fstat(&fd).map_err(failed(&path, "inspect"))?;
-        if st.st_uid != nix::unistd::geteuid().as_raw() {
-            return Err(refused(
-                &path,
-                format!(
-                    "the lock file is owned by uid {}, not by fifod's user",
-                    st.st_uid
-                ),
-            ));
-        }
-        if !is_kind(&st, SFlag::S_IFREG) || st.st_nlink != 1 {
-            return Err(refused(
-                &path,
-                format!(
-                    "the lock file is {} with {} links",
-                    file_kind(&st),
-                    st.st_nlink
-                ),
-            ));
-        }
+        check_lock_file(&path, &st)?;
         let mut file = File::from(fd);
         match file.try_lock() {
             Ok(()) => {}

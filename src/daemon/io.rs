@@ -240,6 +240,10 @@ impl Daemon {
                 self.set_source_fd(s, None);
             }
             SourceKind::Stdout(_) | SourceKind::Stderr(_) => self.set_source_fd(s, None),
+            SourceKind::Detached { .. } => {
+                info!("{}: its last writer left", self.sources[s].name);
+                self.set_source_fd(s, None);
+            }
             SourceKind::Stdin => {
                 info!("stdin reached EOF");
                 self.set_source_fd(s, None);

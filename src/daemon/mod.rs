@@ -96,6 +96,10 @@ enum SourceKind {
     Log(usize),
     /// fifod's standard input.
     Stdin,
+    /// The node of input FIFO `fifo` that someone removed or replaced, read
+    /// until the writers still connected to it leave; it feeds the routes
+    /// of the FIFO made again in its place.
+    Detached { fifo: usize },
 }
 
 #[derive(Debug)]
@@ -113,6 +117,21 @@ struct Source {
     partial: Vec<u8>,
     /// Bytes read from it so far.
     bytes: u64,
+}
+
+impl Source {
+    fn new(kind: SourceKind, name: String) -> Source {
+        Source {
+            kind,
+            name,
+            fd: None,
+            watched: false,
+            paused: false,
+            quota: None,
+            partial: Vec::new(),
+            bytes: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,16 +358,7 @@ impl Tables {
         let mut sinks = Vec::new();
         let mut source_ids: HashMap<SourceRef, SourceId> = HashMap::new();
         let mut sink_ids: HashMap<SinkRef, SinkId> = HashMap::new();
-        let new_source = |kind, name: String| Source {
-            kind,
-            name,
-            fd: None,
-            watched: false,
-            paused: false,
-            quota: None,
-            partial: Vec::new(),
-            bytes: 0,
-        };
+        let new_source = Source::new;
         let new_sink = |kind, name: String| Sink {
             kind,
             name,

@@ -59,6 +59,8 @@ enum Key {
     Stdin(String),
     OwnStdin,
     OwnStdout,
+    /// A detached node is never carried over a second time.
+    Detached(PathBuf),
 }
 
 fn source_key(kind: SourceKind, config: &Config) -> Key {
@@ -68,6 +70,7 @@ fn source_key(kind: SourceKind, config: &Config) -> Key {
         SourceKind::Stderr(c) => Key::Stderr(config.processes[c].name.clone()),
         SourceKind::Log(c) => Key::Log(config.processes[c].name.clone()),
         SourceKind::Stdin => Key::OwnStdin,
+        SourceKind::Detached { fifo } => Key::Detached(config.fifos[fifo].path.clone()),
     }
 }
 
@@ -399,6 +402,68 @@ impl Daemon {
                 into.end_check = sink.end_check;
             }
         }
+        // The node of an input someone removed is read until its writers
+        // leave, as one more source of the routes of the FIFO made again.
+        // Bytes written into the node of an output someone removed, and not
+        // read, are taken back to go to the FIFO made again.
+        let mut given_back: Vec<(SinkId, Vec<u8>)> = Vec::new();
+        for (s, old) in self.sources.iter().enumerate() {
+            let SourceKind::Fifo { fifo: o, .. } = old.kind else {
+                continue;
+            };
+            let Some(fd) = old.fd.as_ref().filter(|_| vanished[o]) else {
+                continue;
+            };
+            let path = &self.config.fifos[o].path;
+            let made_again = tables
+                .sources
+                .iter()
+                .enumerate()
+                .find_map(|(n, new_source)| match new_source.kind {
+                    SourceKind::Fifo { fifo, .. } if new.fifos[fifo].path == *path => {
+                        Some((n, fifo))
+                    }
+                    _ => None,
+                });
+            let Some((n, i)) = made_again else {
+                continue;
+            };
+            match reopen_read_only(fd.as_fd()) {
+                Ok(detached) => {
+                    let id = tables.sources.len();
+                    let mut source = Source::new(
+                        SourceKind::Detached { fifo: i },
+                        format!("{} (removed node)", new.fifos[i].name),
+                    );
+                    source.fd = Some(detached);
+                    tables.sources.push(source);
+                    for route in &mut tables.routes {
+                        if route.sources.contains(&n) {
+                            route.sources.push(id);
+                        }
+                    }
+                    source_map[s] = Some(id);
+                }
+                Err(e) => warn!(
+                    "fifo {}: cannot go on reading its removed node: {e}",
+                    old.name
+                ),
+            }
+        }
+        for (sink, &n) in self.sinks.iter().zip(&sink_map) {
+            let (SinkKind::Fifo(o), Some(n)) = (sink.kind, n) else {
+                continue;
+            };
+            if !vanished[o] {
+                continue;
+            }
+            if let Some(fd) = sink.fd.as_ref().or(sink.keep_alive.as_ref()) {
+                let bytes = read_back(fd.as_fd());
+                if !bytes.is_empty() {
+                    given_back.push((n, bytes));
+                }
+            }
+        }
         // Whatever fds the old tables still have on FIFOs are spare.
         for source in &mut self.sources {
             if let (SourceKind::Fifo { fifo, .. }, Some(fd)) = (source.kind, source.fd.take()) {
@@ -482,6 +547,14 @@ impl Daemon {
                 sinks: &sink_map,
             },
         );
+        for (n, bytes) in given_back {
+            info!(
+                "{}: {} bytes left unread in the node someone removed go to the new one",
+                tables.sinks[n].name,
+                bytes.len()
+            );
+            relay.give_back(n, &bytes);
+        }
 
         // What went away.
         let deadline = Instant::now() + new.daemon.shutdown_timeout;
@@ -641,10 +714,7 @@ impl Daemon {
             );
         }
         if let Err(why) = self.apply(self.config.clone()) {
-            error!(
-                "{why}; writers cannot reach the FIFO until its path is free again and fifod \
-                 gets SIGHUP"
-            );
+            error!("{why}; the FIFO is made again as soon as its path is free");
         }
     }
 
@@ -769,4 +839,34 @@ impl Daemon {
             Footprint::remove_fifo(&r.fifo);
         }
     }
+}
+
+/// A read-only fd on the same pipe as `fd`, through `/proc/self/fd`: the
+/// node may have no path any more.
+fn reopen_read_only(fd: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    nix::fcntl::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+}
+
+/// Reads what is queued in a pipe fifod holds (a pipe's worth at most).
+fn read_back(fd: BorrowedFd<'_>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut buf = vec![0; pipe::queued_bytes(fd)];
+    while !buf.is_empty() {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                bytes.extend_from_slice(&buf[..n]);
+                let left = pipe::queued_bytes(fd);
+                buf.truncate(left);
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    bytes
 }

@@ -87,7 +87,7 @@ impl Daemon {
                 for s in 0..self.sources.len() {
                     if matches!(
                         self.sources[s].kind,
-                        SourceKind::Fifo { .. } | SourceKind::Stdin
+                        SourceKind::Fifo { .. } | SourceKind::Stdin | SourceKind::Detached { .. }
                     ) {
                         let queued = self.sources[s]
                             .fd
@@ -141,7 +141,7 @@ impl Daemon {
                 for s in 0..self.sources.len() {
                     if matches!(
                         self.sources[s].kind,
-                        SourceKind::Fifo { .. } | SourceKind::Stdin
+                        SourceKind::Fifo { .. } | SourceKind::Stdin | SourceKind::Detached { .. }
                     ) && self.sources[s].quota == Some(0)
                         && self.relay.has_partial_lines(s)
                     {
@@ -197,7 +197,7 @@ impl Daemon {
     fn source_finished(&self, s: SourceId) -> bool {
         let source = &self.sources[s];
         match source.kind {
-            SourceKind::Fifo { .. } | SourceKind::Stdin => {
+            SourceKind::Fifo { .. } | SourceKind::Stdin | SourceKind::Detached { .. } => {
                 source.fd.is_none() || source.quota == Some(0)
             }
             SourceKind::Stdout(_) | SourceKind::Stderr(_) | SourceKind::Log(_) => {
