@@ -306,16 +306,35 @@ impl fmt::Display for LoadError {
 /// Reads and validates the config at `path`. Touches nothing but the file
 /// itself and the user and group databases.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
-    let text = read_bounded(path).map_err(|reason| LoadError::Unreadable {
+    let bytes = read_bounded(path).map_err(|reason| LoadError::Unreadable {
         path: path.to_owned(),
         reason,
     })?;
-    parse(&path.display().to_string(), &text, env).map_err(LoadError::Invalid)
+    parse_bytes(&path.display().to_string(), &bytes, env).map_err(LoadError::Invalid)
+}
+
+/// [`parse`] for the file's bytes: one that is not UTF-8 is an invalid
+/// config, located at its first byte that is not.
+pub fn parse_bytes(file: &str, bytes: &[u8], env: &Environment) -> Result<Config, Vec<Diagnostic>> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(file, text, env),
+        Err(e) => {
+            let valid = e.valid_up_to();
+            let before = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+            let byte = bytes.get(valid).copied().unwrap_or_default();
+            Err(vec![Diagnostic {
+                file: file.to_string(),
+                position: Some(line_col(before, valid)),
+                key: String::new(),
+                message: format!("invalid UTF-8 (byte 0x{byte:02x}): a config must be UTF-8 text"),
+            }])
+        }
+    }
 }
 
 /// Only a regular file of bounded size is read: a FIFO or a device given as
 /// the config must not hang or exhaust the daemon.
-fn read_bounded(path: &Path) -> Result<String, String> {
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     let mut file = File::options()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -337,7 +356,7 @@ fn read_bounded(path: &Path) -> Result<String, String> {
         .take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;
-    String::from_utf8(bytes).map_err(|e| format!("is not UTF-8 ({e})"))
+    Ok(bytes)
 }
 
 fn describe_file_type(ft: &std::fs::FileType) -> &'static str {
@@ -380,7 +399,10 @@ struct RawFifo {
 
 /// A user or group, by name or by number.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a name or a numeric id from 0 to 4294967295"
+)]
 enum IdSpec {
     Number(u32),
     Name(String),
@@ -422,7 +444,8 @@ impl Problems {
         key: impl Into<String>,
         message: impl Into<String>,
     ) {
-        self.0.push((span, key.into(), message.into()));
+        let (key, message) = (escape_controls(key.into()), escape_controls(message.into()));
+        self.0.push((span, key, message));
     }
 
     fn at<T>(&mut self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
@@ -450,12 +473,28 @@ impl Problems {
     }
 }
 
+/// Keys and values are echoed in messages: a newline or an escape sequence
+/// in them must not split a diagnostic or reach the terminal as it is.
+fn escape_controls(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_debug().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before[line_start..].chars().count() + 1;
+    // A byte order mark is invisible in editors: columns start after it.
+    let in_line = before[line_start..].trim_start_matches('\u{feff}');
+    let col = in_line.chars().count() + 1;
     (line, col)
 }
 
@@ -473,7 +512,8 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
     let (root, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         for e in syntax_errors {
-            problems.add(e.span(), "", first_line(e.message()));
+            let span = e.span().or_else(|| locate_unspanned(text, e.message()));
+            problems.add(span, "", first_line(e.message()));
         }
         return None;
     }
@@ -535,7 +575,7 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
             },
             other => problems.at(
                 key,
-                other,
+                if other.is_empty() { "\"\"" } else { other },
                 "unknown key; the top level has [daemon], [fifo.NAME], [process.NAME] and [[route]]",
             ),
         }
@@ -563,6 +603,31 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
         processes,
         routes,
     })
+}
+
+/// The line where the parser reported an error without a span (a key of too
+/// many dotted parts, say): the first line such that the text up to its end
+/// already gives that error. The parser reads left to right, so a longer
+/// prefix keeps the error once it has it.
+fn locate_unspanned(text: &str, message: &str) -> Option<Range<usize>> {
+    let line_ends: Vec<usize> = text
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain([text.len()])
+        .collect();
+    let fails = |end: usize| {
+        let (_, errors) = DeTable::parse_recoverable(&text[..end]);
+        errors
+            .iter()
+            .any(|e| e.span().is_none() && e.message() == message)
+    };
+    let first = line_ends.partition_point(|&end| !fails(end));
+    let end = *line_ends.get(first)?;
+    let start = line_ends[..first].last().copied().unwrap_or(0);
+    // At the line's first character that is not blank.
+    let indent = text[start..end].len() - text[start..end].trim_start().len();
+    let at = (start + indent).min(end);
+    Some(at..end)
 }
 
 fn first_line(message: &str) -> String {

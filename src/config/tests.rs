@@ -365,3 +365,579 @@ to = ["out"]
     assert_eq!(config.processes[1].user, None);
     assert_eq!(config.processes[1].group, Some(0));
 }
+
+/// Property tests: whatever the input, `parse_bytes` gives a config or
+/// diagnostics that each have a place in the text, a message, and a key
+/// unless the text is not TOML at all. Complements
+/// `mangled_configs_never_panic` (fixed byte edits, only "no panic"): here
+/// the inputs come from three generators (raw input, text built from the
+/// config's own grammar, line edits of full configs), every diagnostic is
+/// checked, and a failure shrinks to a small input, saved in
+/// proptest-regressions/config/tests.txt.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::{Index, select};
+
+    /// A few seconds in a debug build; `PROPTEST_CASES=N` runs more.
+    const CASES: u32 = 500;
+
+    fn config() -> ProptestConfig {
+        let default = ProptestConfig::default();
+        let explicit = std::env::var_os("PROPTEST_CASES").is_some();
+        ProptestConfig {
+            cases: if explicit { default.cases } else { CASES },
+            ..default
+        }
+    }
+
+    /// What every outcome must satisfy.
+    fn check_outcome(bytes: &[u8], root: bool) -> Result<(), TestCaseError> {
+        let env = Environment {
+            is_root: root,
+            ..env()
+        };
+        let diagnostics = match parse_bytes("f.toml", bytes, &env) {
+            Ok(config) => {
+                config.summary();
+                return Ok(());
+            }
+            Err(diagnostics) => diagnostics,
+        };
+        prop_assert!(!diagnostics.is_empty(), "an error without diagnostics");
+        let text = String::from_utf8_lossy(bytes);
+        let lines: Vec<&str> = text.split('\n').collect();
+        let is_toml = std::str::from_utf8(bytes)
+            .is_ok_and(|text| DeTable::parse_recoverable(text).1.is_empty());
+        let mut previous = (1, 1);
+        for d in &diagnostics {
+            let shown = d.to_string();
+            let (line, col) = d
+                .position
+                .ok_or_else(|| TestCaseError::fail(format!("unlocated: {shown:?}")))?;
+            prop_assert!(
+                (1..=lines.len()).contains(&line),
+                "line past the end: {shown:?}"
+            );
+            let width = lines[line - 1]
+                .trim_start_matches('\u{feff}')
+                .chars()
+                .count();
+            prop_assert!(
+                (1..=width + 1).contains(&col),
+                "column past the end: {shown:?}"
+            );
+            prop_assert!((line, col) >= previous, "not in file order: {shown:?}");
+            previous = (line, col);
+            prop_assert_eq!(&d.file, "f.toml");
+            prop_assert!(!d.message.trim().is_empty(), "no message: {shown:?}");
+            prop_assert!(
+                !d.key.is_empty() || !is_toml,
+                "no key in a TOML file: {shown:?}"
+            );
+            prop_assert!(
+                !shown.contains(char::is_control),
+                "not one printable line: {shown:?}"
+            );
+            let prefix = format!("f.toml:{line}:{col}: ");
+            prop_assert!(shown.starts_with(&prefix), "{shown:?}");
+        }
+        Ok(())
+    }
+
+    /// TOML's own punctuation and words, so that more input gets past the
+    /// lexer than with random bytes.
+    const TOKENS: &[&str] = &[
+        "[",
+        "]",
+        "[[",
+        "]]",
+        "{",
+        "}",
+        "=",
+        ",",
+        ".",
+        "\"",
+        "'",
+        "\"\"\"",
+        "'''",
+        "\n",
+        "\r\n",
+        "\r",
+        " ",
+        "\t",
+        "#",
+        "\\",
+        "\\u0000",
+        "\\n",
+        "\0",
+        "\u{feff}",
+        "é",
+        "a",
+        "fifo",
+        "daemon",
+        "process",
+        "route",
+        "from",
+        "to",
+        "mode",
+        "1",
+        "-",
+        "+",
+        "0x1f",
+        "1e3",
+        "inf",
+        "nan",
+        "true",
+        "1979-05-27",
+        "T07:32:00Z",
+    ];
+
+    fn raw_input() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            any::<String>().prop_map(String::into_bytes),
+            prop::collection::vec(select(TOKENS), 0..64).prop_map(|t| t.concat().into_bytes()),
+        ]
+    }
+
+    /// Endpoint names: ones that meet, and ones that are wrong.
+    fn name() -> BoxedStrategy<String> {
+        prop_oneof![
+            6 => select(&["in", "out", "a", "p", "q"][..]).prop_map(String::from),
+            2 => select(
+                &[
+                    "stdin", "stdout", "p.stderr", "a b", "", "é", "in\0", "x\ny", "\u{1b}[31m",
+                ][..]
+            )
+            .prop_map(String::from),
+            1 => "[a-z][a-z0-9_-]{0,6}",
+        ]
+        .boxed()
+    }
+
+    const DAEMON_KEYS: &[&str] = &[
+        "dir",
+        "dir_mode",
+        "pipe_size",
+        "shutdown_timeout",
+        "log_level",
+        "control",
+    ];
+    const FIFO_KEYS: &[&str] = &["path", "mode", "owner", "group"];
+    const PROCESS_KEYS: &[&str] = &[
+        "command",
+        "cwd",
+        "env",
+        "stderr",
+        "restart",
+        "restart_delay",
+        "user",
+        "group",
+    ];
+    const ROUTE_KEYS: &[&str] = &[
+        "from",
+        "to",
+        "buffer",
+        "when_full",
+        "eof",
+        "framing",
+        "max_line",
+    ];
+    const OTHER_KEYS: &[&str] = &["colour", "ouput", "", "fifo", "route", "a.b", "dir", "from"];
+
+    /// What the values of the known keys look like, right and wrong.
+    const WORDS: &[&str] = &[
+        "4KiB",
+        "1MiB",
+        "1GiB",
+        "2GiB",
+        "0",
+        "4095",
+        "12XB",
+        " 64 KiB ",
+        "-1",
+        "99999999999999999999",
+        "18014398509481984GiB",
+        "0640",
+        "640",
+        "999",
+        "0o7777",
+        "0777",
+        "1777",
+        "rw",
+        "5s",
+        "0ms",
+        "60m",
+        "61m",
+        "-1s",
+        "1h",
+        "18446744073709551615m",
+        "info",
+        "loud",
+        "block",
+        "drop-newest",
+        "drop-oldest",
+        "drop-random",
+        "merge",
+        "separate",
+        "log",
+        "null",
+        "inherit",
+        "never",
+        "always",
+        "sometimes",
+        "hold",
+        "forward",
+        "lines",
+        "bytes",
+        "/d",
+        "/tmp/x",
+        "sub/./x",
+        "../x",
+        "a//b",
+        "/",
+        "control.sock",
+        "",
+        "root",
+        "nobody",
+        "no-such-user-fifod",
+        "cat",
+        "/bin/true",
+        "no-such-program-fifod",
+        "x\0y",
+        "a\nb",
+    ];
+
+    /// A TOML basic string, with escapes for what must be escaped.
+    fn quoted(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// A key, bare when TOML allows it.
+    fn key(s: &str) -> String {
+        let bare = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if bare { s.to_string() } else { quoted(s) }
+    }
+
+    fn word() -> BoxedStrategy<String> {
+        prop_oneof![
+            6 => select(WORDS).prop_map(String::from),
+            2 => name(),
+            1 => "\\PC{0,8}",
+            1 => Just("x".repeat(300)),
+        ]
+        .boxed()
+    }
+
+    fn array(items: BoxedStrategy<String>) -> BoxedStrategy<String> {
+        prop::collection::vec(items, 0..4)
+            .prop_map(|items| format!("[{}]", items.join(", ")))
+            .boxed()
+    }
+
+    /// Any TOML value, and some that are not.
+    fn value() -> BoxedStrategy<String> {
+        let leaf = prop_oneof![
+            8 => word().prop_map(|w| quoted(&w)),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => Just("4294967296".to_string()),
+            1 => any::<bool>().prop_map(|b| b.to_string()),
+            1 => Just("1.5".to_string()),
+            1 => Just("1979-05-27T07:32:00Z".to_string()),
+            1 => Just("'lit\\eral'".to_string()),
+            1 => "[ -~]{0,12}", // unquoted: mostly not TOML
+            1 => (1usize..300).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n))),
+            1 => (1usize..300).prop_map(|n| format!("{}1{}", "{a=".repeat(n), "}".repeat(n))),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                array(inner.clone().boxed()),
+                prop::collection::btree_map(word(), inner, 0..3).prop_map(|pairs| {
+                    let pairs: Vec<String> = pairs
+                        .iter()
+                        .map(|(k, v)| format!("{} = {v}", key(k)))
+                        .collect();
+                    format!("{{ {} }}", pairs.join(", "))
+                }),
+            ]
+        })
+        .boxed()
+    }
+
+    /// A value of the type `name` takes, mostly.
+    fn value_for(name: &str) -> BoxedStrategy<String> {
+        let typed = match name {
+            "command" => array(word().prop_map(|w| quoted(&w)).boxed()),
+            "from" | "to" => array(name_value()),
+            "env" => prop::collection::btree_map(word(), word(), 0..3)
+                .prop_map(|vars| {
+                    let vars: Vec<String> = vars
+                        .iter()
+                        .map(|(k, v)| format!("{} = {}", key(k), quoted(v)))
+                        .collect();
+                    format!("{{ {} }}", vars.join(", "))
+                })
+                .boxed(),
+            "owner" | "group" | "user" => prop_oneof![
+                any::<u32>().prop_map(|n| n.to_string()),
+                word().prop_map(|w| quoted(&w)),
+            ]
+            .boxed(),
+            _ => word().prop_map(|w| quoted(&w)).boxed(),
+        };
+        prop_oneof![4 => typed, 1 => value()].boxed()
+    }
+
+    fn name_value() -> BoxedStrategy<String> {
+        name().prop_map(|n| quoted(&n)).boxed()
+    }
+
+    /// `key = value` lines for a table whose keys are `known`, plus some
+    /// that are not; a key given twice is a TOML error, so mostly not. The
+    /// required keys come first, mostly, so that the table gets past serde.
+    fn entries(known: &'static [&'static str]) -> BoxedStrategy<String> {
+        let key_name = prop_oneof![
+            8 => select(known),
+            1 => select(OTHER_KEYS),
+            1 => select(&["env.PATH", "command.0", "a.b.c"][..]),
+        ];
+        let entry = key_name.prop_flat_map(|k| {
+            let shown = if k.contains('.') {
+                k.to_string()
+            } else {
+                key(k)
+            };
+            (Just(shown), value_for(k))
+        });
+        let required: Vec<BoxedStrategy<(String, String)>> = known
+            .iter()
+            .filter(|k| ["command", "from", "to"].contains(k))
+            .map(|&k| (Just(k.to_string()), value_for(k)).boxed())
+            .collect();
+        (
+            required,
+            prop::bool::weighted(0.8),
+            prop::collection::vec(entry, 0..6),
+            prop::bool::weighted(0.1),
+        )
+            .prop_map(|(required, with_required, rest, repeat_keys)| {
+                let mut entries = if with_required { required } else { Vec::new() };
+                entries.extend(rest);
+                if !repeat_keys {
+                    let mut seen = HashSet::new();
+                    entries.retain(|(k, _)| seen.insert(k.clone()));
+                }
+                let lines: Vec<String> =
+                    entries.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                lines.join("\n")
+            })
+            .boxed()
+    }
+
+    fn section() -> BoxedStrategy<String> {
+        let all: &'static [&'static str] = OTHER_KEYS;
+        prop_oneof![
+            3 => Just(("[daemon]".to_string(), DAEMON_KEYS)),
+            4 => name().prop_map(|n| (format!("[fifo.{}]", key(&n)), FIFO_KEYS)),
+            3 => name().prop_map(|n| (format!("[process.{}]", key(&n)), PROCESS_KEYS)),
+            4 => Just(("[[route]]".to_string(), ROUTE_KEYS)),
+            1 => Just((String::new(), all)),
+            1 => name().prop_map(move |n| (format!("[{}]", key(&n)), all)),
+            1 => name().prop_map(|n| (format!("[[fifo.{}]]", key(&n)), FIFO_KEYS)),
+            1 => select(&["[fifo]", "[route]", "[process]", "[daemon.x]", "[[daemon]]"][..])
+                .prop_map(move |h| (h.to_string(), all)),
+            1 => (1usize..120).prop_map(|n| (format!("[fifo{}]", ".a".repeat(n)), FIFO_KEYS)),
+        ]
+        .prop_flat_map(|(header, known)| (Just(header), entries(known)))
+        .prop_map(|(header, entries)| format!("{header}\n{entries}\n"))
+        .boxed()
+    }
+
+    /// Tables and keys of fifod's config, in any order, with values of the
+    /// right type or not. A table given twice is a TOML error, so mostly not.
+    fn document() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(section(), 0..7),
+            prop::bool::weighted(0.1),
+        )
+            .prop_map(|(mut sections, repeat_tables)| {
+                if !repeat_tables {
+                    let mut seen = HashSet::new();
+                    sections.retain(|s| {
+                        let header = s.lines().next().unwrap_or("");
+                        header == "[[route]]"
+                            || header.is_empty()
+                            || seen.insert(header.to_string())
+                    });
+                }
+                sections.concat()
+            })
+    }
+
+    /// An edit may insert a table header or a line of any table.
+    fn line() -> BoxedStrategy<String> {
+        prop_oneof![
+            section().prop_map(|s| s.lines().next().unwrap_or("").to_string()),
+            select(&[DAEMON_KEYS, FIFO_KEYS, PROCESS_KEYS, ROUTE_KEYS, OTHER_KEYS][..])
+                .prop_flat_map(entries)
+                .prop_map(|e| e.lines().next().unwrap_or("").to_string()),
+        ]
+        .boxed()
+    }
+
+    /// Every key of every table, valid for root.
+    const FULL: &str = r#"[daemon]
+dir = "/run/fifod-test"
+dir_mode = "0750"
+pipe_size = "1MiB"
+shutdown_timeout = "2s"
+log_level = "debug"
+control = "control.sock"
+
+[fifo.in]
+path = "sub/in"
+mode = "0620"
+owner = 0
+group = "root"
+
+[fifo.out]
+mode = "0640"
+
+[process.p]
+command = ["cat", "-u"]
+cwd = "/"
+env = { LANG = "C.UTF-8" }
+stderr = "separate"
+restart = "always"
+restart_delay = "100ms"
+user = 0
+group = 0
+
+[[route]]
+from = ["in", "p.stderr"]
+to = ["p"]
+buffer = "64KiB"
+when_full = "drop-oldest"
+eof = "forward"
+framing = "lines"
+max_line = "4KiB"
+
+[[route]]
+from = ["p"]
+to = ["out", "stdout"]
+"#;
+
+    const SEEDS: &[&str] = &[include_str!("../../config/example.toml"), FULL];
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Delete(Index),
+        Duplicate(Index),
+        Swap(Index, Index),
+        FlipBit(Index, Index, u8),
+        Insert(Index, String),
+        Truncate(Index),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let at = || any::<Index>();
+        prop_oneof![
+            3 => at().prop_map(Edit::Delete),
+            2 => at().prop_map(Edit::Duplicate),
+            2 => (at(), at()).prop_map(|(a, b)| Edit::Swap(a, b)),
+            3 => (at(), at(), 0u8..8).prop_map(|(l, b, bit)| Edit::FlipBit(l, b, bit)),
+            2 => (at(), line()).prop_map(|(l, s)| Edit::Insert(l, s)),
+            1 => at().prop_map(Edit::Truncate),
+        ]
+    }
+
+    /// Applies line edits (and bit flips, which may leave the text not
+    /// UTF-8) to a seed.
+    fn edited(seed: &str, edits: &[Edit]) -> Vec<u8> {
+        let mut lines: Vec<Vec<u8>> = seed
+            .split_inclusive('\n')
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        for edit in edits {
+            if lines.is_empty() {
+                break;
+            }
+            let n = lines.len();
+            match edit {
+                Edit::Delete(i) => {
+                    lines.remove(i.index(n));
+                }
+                Edit::Duplicate(i) => {
+                    let copy = lines[i.index(n)].clone();
+                    lines.insert(i.index(n), copy);
+                }
+                Edit::Swap(a, b) => lines.swap(a.index(n), b.index(n)),
+                Edit::FlipBit(i, at, bit) => {
+                    let line = &mut lines[i.index(n)];
+                    if !line.is_empty() {
+                        let at = at.index(line.len());
+                        line[at] ^= 1 << bit;
+                    }
+                }
+                Edit::Insert(i, text) => lines.insert(i.index(n), format!("{text}\n").into_bytes()),
+                Edit::Truncate(i) => lines.truncate(i.index(n)),
+            }
+        }
+        lines.concat()
+    }
+
+    #[test]
+    fn the_seeds_are_valid() {
+        let root = Environment {
+            is_root: true,
+            ..env()
+        };
+        for seed in SEEDS {
+            if let Err(errors) = parse("f.toml", seed, &root) {
+                panic!("{errors:?}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn raw_input_gives_a_config_or_located_errors(
+            bytes in raw_input(),
+            root in any::<bool>(),
+        ) {
+            check_outcome(&bytes, root)?;
+        }
+
+        #[test]
+        fn config_shaped_input_gives_a_config_or_located_errors(
+            text in document(),
+            root in any::<bool>(),
+        ) {
+            check_outcome(text.as_bytes(), root)?;
+        }
+
+        #[test]
+        fn edited_configs_give_a_config_or_located_errors(
+            seed in 0..SEEDS.len(),
+            edits in prop::collection::vec(edit(), 1..6),
+            root in any::<bool>(),
+        ) {
+            check_outcome(&edited(SEEDS[seed], &edits), root)?;
+        }
+    }
+}

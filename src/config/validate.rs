@@ -229,6 +229,17 @@ pub(super) fn validate_fifo(
         Some(d) => d.dir.join(path),
         None => path,
     };
+    let joined = path.as_os_str().len();
+    if joined > PATH_MAX {
+        problems.add(
+            Some(path_span.clone()),
+            format!("{key}.path"),
+            format!(
+                "is {joined} bytes long once joined to daemon.dir; at most {PATH_MAX} are allowed"
+            ),
+        );
+        return None;
+    }
     Some((
         FifoConfig {
             name: name.get_ref().to_string(),
@@ -278,6 +289,14 @@ pub(super) fn lookup_id(spec: &Spanned<IdSpec>, kind: IdKind) -> Result<u32, Str
 pub fn normalize_path(text: &str) -> Result<PathBuf, String> {
     if text.contains('\0') {
         return Err("must not contain a NUL byte".to_string());
+    }
+    // A newline or escape in a name would let a path forge lines of the log
+    // and of `fifod check`.
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "must not contain control characters (found {})",
+            c.escape_default()
+        ));
     }
     if text.len() > PATH_MAX {
         return Err(format!(
@@ -381,13 +400,18 @@ pub(super) fn validate_process(
         .unwrap_or_default();
     if let Some(e) = &raw.env {
         for (var, value) in e.get_ref() {
-            if var.is_empty() || var.contains('=') || var.contains('\0') || value.contains('\0') {
-                problems.at(
-                    e,
-                    format!("{key}.env"),
-                    format!("invalid variable \"{}\"", var.escape_debug()),
-                );
-            }
+            let why = if var.is_empty() || var.contains('=') || var.contains('\0') {
+                "a name must be non-empty, without '=' or a NUL byte"
+            } else if value.contains('\0') {
+                "its value must not contain a NUL byte"
+            } else {
+                continue;
+            };
+            problems.at(
+                e,
+                format!("{key}.env"),
+                format!("invalid variable \"{}\": {why}", var.escape_debug()),
+            );
         }
     }
     match raw.command.get_ref().first() {
@@ -396,11 +420,17 @@ pub(super) fn validate_process(
             format!("{key}.command"),
             "must name a program",
         ),
-        Some(program)
-            if program.get_ref().contains('\0') || command.iter().any(|a| a.contains('\0')) =>
-        {
-            problems.at(
-                program,
+        Some(program) if program.get_ref().is_empty() => {
+            problems.at(program, format!("{key}.command"), "must name a program");
+        }
+        Some(_) if command.iter().any(|a| a.contains('\0')) => {
+            let arg = raw
+                .command
+                .get_ref()
+                .iter()
+                .find(|a| a.get_ref().contains('\0'));
+            problems.add(
+                arg.map(Spanned::span),
                 format!("{key}.command"),
                 "must not contain a NUL byte",
             );

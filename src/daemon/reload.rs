@@ -180,6 +180,16 @@ impl Daemon {
                 return Err(format!("{key} cannot change while fifod runs; restart it"));
             }
         }
+        // An empty file is a valid config (every default), but a reload to
+        // one is almost always a file caught while it was being written.
+        let declares_nothing = new.fifos.is_empty() && new.processes.is_empty();
+        if declares_nothing && !(self.config.fifos.is_empty() && self.config.processes.is_empty()) {
+            return Err(
+                "the new config declares no FIFO and no process (an empty or truncated file?); \
+                 stop fifod to remove everything"
+                    .to_string(),
+            );
+        }
         if old_daemon.log_level != new.daemon.log_level {
             warn!("daemon.log_level changes at the next start, not on reload");
         }
