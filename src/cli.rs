@@ -148,11 +148,16 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
+/// Prints why a config could not be loaded. Under journald (`fifod run` as
+/// a service) each line is marked as an error, as the logs are.
 fn report_load_error(e: &LoadError) {
-    eprintln!("{e}");
+    let prefix = if stderr_is_journal() { "<3>" } else { "" };
+    for line in e.to_string().lines() {
+        eprintln!("{prefix}{line}");
+    }
     if let LoadError::Invalid(diagnostics) = e {
         let n = diagnostics.len();
-        eprintln!("{n} error{} found", if n == 1 { "" } else { "s" });
+        eprintln!("{prefix}{n} error{} found", if n == 1 { "" } else { "s" });
     }
 }
 

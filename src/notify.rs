@@ -1,12 +1,20 @@
 //! Telling the service manager how fifod is doing (`sd_notify`): readiness,
 //! reloads, the stop, a one-line status and the watchdog.
 //!
-//! Everything here is a no-op unless `$NOTIFY_SOCKET` is set. The protocol
-//! itself is the `sd-notify` crate's; this module decides *when* to speak:
+//! Everything here is a no-op unless `$NOTIFY_SOCKET` is set. The messages
+//! are the `sd-notify` crate's; they are sent here on a non-blocking socket
+//! (the crate's own `notify` blocks while the manager's queue is full, which
+//! would stall every relay). This module decides *when* to speak:
 //! `STATUS=` only when the line changed and at most once a second, and
 //! `WATCHDOG=1` at half of `$WATCHDOG_USEC`. Neither needs a timer while
 //! nothing happens, except the watchdog, which asked for one.
 
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -17,7 +25,8 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Notifier {
-    enabled: bool,
+    /// `$NOTIFY_SOCKET`, and the socket messages are sent from.
+    socket: Option<(OsString, UnixDatagram)>,
     /// How often to ping the watchdog, and when next.
     watchdog: Option<(Duration, Instant)>,
     /// The last `STATUS=` sent, and when.
@@ -32,7 +41,16 @@ pub struct Notifier {
 impl Notifier {
     /// Reads `$NOTIFY_SOCKET` and `$WATCHDOG_USEC`/`$WATCHDOG_PID`.
     pub fn from_env() -> Notifier {
-        let enabled = std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty());
+        let socket = std::env::var_os("NOTIFY_SOCKET")
+            .filter(|s| !s.is_empty())
+            .and_then(|path| match unbound_nonblocking() {
+                Ok(socket) => Some((path, socket)),
+                Err(e) => {
+                    warn!("cannot make a socket to notify the service manager: {e}");
+                    None
+                }
+            });
+        let enabled = socket.is_some();
         let watchdog = sd_notify::watchdog_enabled()
             .filter(|_| enabled)
             .filter(|period| !period.is_zero())
@@ -41,7 +59,7 @@ impl Notifier {
                 (every, Instant::now() + every)
             });
         Notifier {
-            enabled,
+            socket,
             watchdog,
             status: String::new(),
             status_sent: None,
@@ -51,14 +69,18 @@ impl Notifier {
     }
 
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.socket.is_some()
     }
 
     fn send(&mut self, states: &[NotifyState<'_>]) {
-        if !self.enabled {
+        let Some((path, socket)) = &self.socket else {
             return;
+        };
+        let mut message = String::new();
+        for state in states {
+            let _ = writeln!(message, "{state}");
         }
-        match sd_notify::notify(states) {
+        match send_to(socket, path, message.as_bytes()) {
             Ok(()) => self.failing = false,
             Err(e) if !self.failing => {
                 warn!("cannot notify the service manager: {e}");
@@ -98,7 +120,7 @@ impl Notifier {
     /// (otherwise it is looked at again once it does; see
     /// [`Notifier::next_deadline`]).
     pub fn status_wanted(&mut self, now: Instant) -> bool {
-        if !self.enabled {
+        if self.socket.is_none() {
             return false;
         }
         let allowed = self.status_sent.map_or(now, |at| at + STATUS_INTERVAL);
@@ -141,5 +163,29 @@ impl Notifier {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+fn unbound_nonblocking() -> io::Result<UnixDatagram> {
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// One datagram to `$NOTIFY_SOCKET`: a path, or an abstract name after `@`.
+/// A full queue is an error (`WouldBlock`), never a wait.
+fn send_to(socket: &UnixDatagram, path: &OsString, message: &[u8]) -> io::Result<()> {
+    let sent = match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(message, &address)?
+        }
+        None => socket.send_to(message, Path::new(path))?,
+    };
+    if sent == message.len() {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::WriteZero, "incomplete write"))
     }
 }

@@ -217,7 +217,8 @@ impl Daemon {
         let mut fifos: Vec<Option<ManagedFifo>> = Vec::new();
         let mut made = Vec::new();
         for spec in &new.fifos {
-            if kept_at(&spec.path).is_some() {
+            let retiring = self.retiring.iter().any(|r| r.fifo.path == spec.path);
+            if kept_at(&spec.path).is_some() || retiring {
                 fifos.push(None);
                 continue;
             }
@@ -342,9 +343,28 @@ impl Daemon {
             .into_iter()
             .map(Some)
             .collect();
+        // Old fds on FIFOs that stay but are not carried (their role or
+        // their end handling changed): closed once the new ones are open.
+        let mut spare: HashMap<PathBuf, Vec<OwnedFd>> = HashMap::new();
+        // An output a reload removed and this one brings back, before it
+        // was gone: what it still had to write goes first.
+        let mut reclaimed: Vec<(usize, Vec<u8>)> = Vec::new();
         for (i, spec) in new.fifos.iter().enumerate() {
             if fifos[i].is_none() {
                 fifos[i] = kept_at(&spec.path).and_then(|o| old_fifos[o].take());
+                let retiring = self.retiring.iter().position(|r| r.fifo.path == spec.path);
+                if fifos[i].is_none()
+                    && let Some(r) = retiring
+                {
+                    let r = self.retiring.swap_remove(r);
+                    changes.push(format!(
+                        "fifo {}: kept, as it was still being removed",
+                        spec.name
+                    ));
+                    reclaimed.push((i, r.bytes[r.written..].to_vec()));
+                    spare.entry(spec.path.clone()).or_default().push(r.fd);
+                    fifos[i] = Some(r.fifo);
+                }
                 if let Some(fifo) = &fifos[i] {
                     match fifo.set_attributes(spec) {
                         Ok(done) if !done.is_empty() => {
@@ -357,9 +377,6 @@ impl Daemon {
             }
         }
         let mut fifos: Vec<ManagedFifo> = fifos.into_iter().flatten().collect();
-        // Old fds on FIFOs that stay but are not carried (their role or
-        // their end handling changed): closed once the new ones are open.
-        let mut spare: HashMap<PathBuf, Vec<OwnedFd>> = HashMap::new();
         let mut source_map: Vec<Option<SourceId>> = vec![None; self.sources.len()];
         for n in 0..tables.sources.len() {
             let kind = tables.sources[n].kind;
@@ -416,7 +433,24 @@ impl Daemon {
         // leave, as one more source of the routes of the FIFO made again.
         // Bytes written into the node of an output someone removed, and not
         // read, are taken back to go to the FIFO made again.
-        let mut given_back: Vec<(SinkId, Vec<u8>)> = Vec::new();
+        let mut given_back: Vec<(SinkId, Vec<u8>)> = reclaimed
+            .into_iter()
+            .filter(|(_, bytes)| !bytes.is_empty())
+            .filter_map(|(i, bytes)| {
+                let n = tables
+                    .sinks
+                    .iter()
+                    .position(|k| k.kind == SinkKind::Fifo(i));
+                if n.is_none() {
+                    warn!(
+                        "fifo {}: no longer an output: {} bytes it still had to write are dropped",
+                        new.fifos[i].name,
+                        bytes.len()
+                    );
+                }
+                Some((n?, bytes))
+            })
+            .collect();
         for (s, old) in self.sources.iter().enumerate() {
             let SourceKind::Fifo { fifo: o, .. } = old.kind else {
                 continue;
@@ -559,7 +593,7 @@ impl Daemon {
         );
         for (n, bytes) in given_back {
             info!(
-                "{}: {} bytes left unread in the node someone removed go to the new one",
+                "{}: {} bytes written but not read yet are held for it again, first in line",
                 tables.sinks[n].name,
                 bytes.len()
             );
