@@ -162,12 +162,20 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
         }
     }
     // SAFETY: the closure runs in the child between fork and exec. It only
-    // makes the rt_sigaction system call, which is async-signal-safe, and
-    // allocates nothing. The raw call reaches the signals glibc keeps for
+    // makes system calls (prctl, getppid, _exit, rt_sigaction), which are
+    // async-signal-safe, and allocates nothing. The raw call reaches the signals glibc keeps for
     // itself (32 and 33), which a posix_spawn higher up may have left
     // ignored; SIGKILL and SIGSTOP refuse, which is fine.
+    let fifod = std::process::id();
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
+            // If fifod dies (even by SIGKILL), the child goes too, rather
+            // than run on beside the next fifod's copy of it. Set after the
+            // uid changed (std does that first), which would clear it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() as u32 != fifod {
+                libc::_exit(1);
+            }
             let default = KernelSigaction {
                 handler: libc::SIG_DFL,
                 flags: 0,

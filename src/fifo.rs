@@ -554,11 +554,25 @@ fn open_fifo(parent: &Rc<OwnedFd>, spec: &FifoConfig) -> Result<ManagedFifo, FsE
         }
         Err(e) => return Err(failed(path, "inspect")(e)),
     };
-    let created_entry = |id| Entry {
+    let entry_for = |id| Entry {
         parent: Rc::clone(parent),
         name: name.to_owned(),
         path: path.to_owned(),
         id,
+    };
+    // The node just made, so that a failure from here on removes it (and
+    // only it: the path is checked to still name it).
+    let made = match before {
+        None => fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| NodeId::of(&st)),
+        Some(_) => None,
+    };
+    let undo = |e: FsError| {
+        if let Some(id) = made {
+            let _ = entry_for(id).remove(UnlinkatFlags::NoRemoveDir);
+        }
+        e
     };
     let fd = openat(
         parent.as_fd(),
@@ -566,16 +580,11 @@ fn open_fifo(parent: &Rc<OwnedFd>, spec: &FifoConfig) -> Result<ManagedFifo, FsE
         OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
         NixMode::empty(),
     )
-    .map_err(failed(path, "open FIFO"))?;
-    let st = fstat(&fd).map_err(failed(path, "inspect"))?;
-    let entry = created_entry(NodeId::of(&st));
-    let undo = |e: FsError| {
-        if before.is_none() {
-            let _ = entry.remove(UnlinkatFlags::NoRemoveDir);
-        }
-        e
-    };
-    if !is_kind(&st, SFlag::S_IFIFO) || before.is_some_and(|b| NodeId::of(&b) != NodeId::of(&st)) {
+    .map_err(|e| undo(failed(path, "open FIFO")(e)))?;
+    let st = fstat(&fd).map_err(|e| undo(failed(path, "inspect")(e)))?;
+    let entry = entry_for(NodeId::of(&st));
+    let expected = before.map(|b| NodeId::of(&b)).or(made);
+    if !is_kind(&st, SFlag::S_IFIFO) || expected.is_some_and(|id| id != NodeId::of(&st)) {
         return Err(undo(refused(path, "it was replaced while fifod opened it")));
     }
     if st.st_nlink != 1 {

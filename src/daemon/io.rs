@@ -419,14 +419,17 @@ impl Daemon {
     pub(super) fn log_lines(&mut self, s: SourceId, n: usize) {
         let source = &mut self.sources[s];
         source.partial.extend_from_slice(&self.scratch[..n]);
-        while let Some(end) = source.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = source.partial.drain(..=end).collect();
+        // Every whole line is logged, then removed in one go.
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', &source.partial) {
             warn!(
                 "{}: {}",
                 source.name,
-                String::from_utf8_lossy(&line[..line.len() - 1])
+                String::from_utf8_lossy(&source.partial[start..end])
             );
+            start = end + 1;
         }
+        source.partial.drain(..start);
         if source.partial.len() > MAX_LOG_LINE {
             self.flush_log_line(s);
         }

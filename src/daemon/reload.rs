@@ -193,6 +193,7 @@ impl Daemon {
         if old_daemon.log_level != new.daemon.log_level {
             warn!("daemon.log_level changes at the next start, not on reload");
         }
+        ensure_fd_limit(&new).map_err(|e| e.to_string())?;
         // A FIFO whose path no longer names its node (someone removed or
         // replaced it) is made again, as if it were new; except one that
         // systemd passed, which is systemd's to make.
