@@ -10,49 +10,13 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use crate::common::{Daemon, Launch, Sandbox, TIMEOUT, is_root, lstat, wait_until};
+use crate::common::{
+    Daemon, Launch, Sandbox, TIMEOUT, exits, is_root, lstat, started_pids, wait_until,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// The messages of the log (what follows `[time LEVEL target] `).
-fn messages(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter_map(|l| {
-            let l = l.strip_prefix('[')?;
-            let at = l.find("] ")?;
-            Some(&l[at + 2..])
-        })
-        .collect()
-}
-
-/// Pids of `started process NAME (pid N)`, in order.
-fn started_pids(log: &str, name: &str) -> Vec<i32> {
-    let prefix = format!("started process {name} (pid ");
-    messages(log)
-        .iter()
-        .filter_map(|m| m.strip_prefix(&prefix))
-        .map(|rest| {
-            rest.trim_end_matches(')')
-                .parse()
-                .unwrap_or_else(|_| panic!("bad pid in {rest:?}"))
-        })
-        .collect()
-}
-
-/// `process NAME (pid N) <how>` messages, as (pid, how), in order.
-fn exits(log: &str, name: &str) -> Vec<(i32, String)> {
-    let prefix = format!("process {name} (pid ");
-    messages(log)
-        .iter()
-        .filter_map(|m| m.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (pid, how) = rest.split_once(") ")?;
-            Some((pid.parse().ok()?, how.to_string()))
-        })
-        .collect()
-}
 
 /// Pids of fifod's live children.
 fn children_of(ppid: i32) -> Vec<i32> {

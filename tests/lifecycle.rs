@@ -11,8 +11,8 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::unistd::{Group, User, mkfifo};
 
 use crate::common::{
-    Daemon, KIB, Launch, Sandbox, TIMEOUT, is_root, lstat, open_reader, open_writer, read_exact,
-    write_all,
+    Daemon, KIB, Launch, Sandbox, TIMEOUT, is_root, log_has_line, lstat, open_reader, open_writer,
+    read_exact, read_until, write_all,
 };
 
 const LOCK: &str = ".fifod.lock";
@@ -46,11 +46,6 @@ fn lock_pid(dir: &Path) -> u32 {
     text.trim()
         .parse()
         .unwrap_or_else(|_| panic!("lock file holds {text:?}, not a pid"))
-}
-
-/// A line of `log` that contains all of `needles`.
-fn log_has_line(log: &str, needles: &[&str]) -> bool {
-    log.lines().any(|l| needles.iter().all(|n| l.contains(n)))
 }
 
 /// A line of `log` with `<event> fifo <name>` (name not followed by more of a
@@ -676,4 +671,38 @@ fn too_low_a_file_limit_is_a_clear_error_at_start() {
         out.stderr
     );
     assert!(!sb.run_dir().exists(), "nothing is created");
+}
+
+#[test]
+fn process_runs_as_its_user_and_group() {
+    if !is_root() {
+        println!("note: skipped: starting a process as another user needs root");
+        return;
+    }
+    let nobody = User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody exists");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let mut d = Daemon::start(
+        r#"
+[fifo.out]
+
+[process.who]
+command = ["sh", "-c", "echo uid=$(id -u) gid=$(id -g) groups=$(id -G) end; exec sleep 60"]
+user = "nobody"
+restart = "never"
+
+[[route]]
+from = ["who"]
+to = ["out"]
+"#,
+    );
+    let r = open_reader(&d.fifo("out"));
+    let got = read_until(&r, b"end\n");
+    // Only the user's primary group: none of root's groups are kept.
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        format!("uid={uid} gid={gid} groups={gid} end\n")
+    );
+    d.stop_ok();
 }

@@ -17,71 +17,21 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    BIN, BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
-    open_reader, open_writer, parse_stats, pattern, pipe_pending, read_exact, read_some,
-    read_to_eof, spawn, try_write, wait_child, wait_idle, wait_until, write_all, write_pattern,
-    write_until_stalled,
+    BIN, BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier, exits,
+    gone_or_zombie, messages, open_reader, open_writer, parse_stats, pattern, pipe_pending,
+    proc_stat, read_exact, read_some, read_to_eof, spawn, started_pids, try_write, wait_child,
+    wait_idle, wait_log, wait_until, write_all, write_pattern, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// The messages of the log (what follows `[time LEVEL target] `).
-fn messages(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter_map(|l| {
-            let l = l.strip_prefix('[')?;
-            let at = l.find("] ")?;
-            Some(&l[at + 2..])
-        })
-        .collect()
-}
-
 /// Log lines (whole, with level) whose message is exactly `message`.
 fn lines_with_message<'a>(log: &'a str, message: &str) -> Vec<&'a str> {
     log.lines()
         .filter(|l| messages(l).first().is_some_and(|m| *m == message))
         .collect()
-}
-
-/// Pids of `started process NAME (pid N)`, in order.
-fn started_pids(log: &str, name: &str) -> Vec<i32> {
-    let prefix = format!("started process {name} (pid ");
-    messages(log)
-        .iter()
-        .filter_map(|m| m.strip_prefix(&prefix))
-        .map(|rest| {
-            rest.trim_end_matches(')')
-                .parse()
-                .unwrap_or_else(|_| panic!("bad pid in {rest:?}"))
-        })
-        .collect()
-}
-
-/// `process NAME (pid N) <how>` messages, as (pid, how), in order.
-fn exits(log: &str, name: &str) -> Vec<(i32, String)> {
-    let prefix = format!("process {name} (pid ");
-    messages(log)
-        .iter()
-        .filter_map(|m| m.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (pid, how) = rest.split_once(") ")?;
-            Some((pid.parse().ok()?, how.to_string()))
-        })
-        .collect()
-}
-
-/// Waits (deadline) until `cond` holds on the daemon's log; returns the log.
-fn wait_log(d: &Daemon, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
-    let mut log = String::new();
-    if wait_until(timeout, || {
-        log = d.log();
-        cond(&log)
-    }) {
-        return log;
-    }
-    panic!("timed out waiting for {what}\n--- log ---\n{}", d.log());
 }
 
 /// The `NAME: N bytes left unread` count for an input (0 if not logged).
@@ -92,23 +42,6 @@ fn left_unread(log: &str, name: &str) -> u64 {
         .filter_map(|m| m.strip_prefix(&prefix)?.strip_suffix(" bytes left unread"))
         .map(|n| n.parse::<u64>().expect("bad unread count"))
         .sum()
-}
-
-/// `(state, ppid, pgrp)` of a process, from /proc/PID/stat.
-fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat[stat.rfind(')')? + 1..].trim_start();
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some((state, ppid, pgrp))
-}
-
-/// The process no longer runs: it is gone, or a zombie its new parent has
-/// not reaped yet.
-fn gone_or_zombie(pid: i32) -> bool {
-    proc_stat(pid).is_none_or(|(state, _, _)| state == 'Z' || state == 'X')
 }
 
 /// Every process whose parent is `ppid`, with its state.

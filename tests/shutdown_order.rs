@@ -16,39 +16,14 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::common::{
-    Daemon, Joiner, KIB, MIB, STOP_TIMEOUT, TIMEOUT, open_reader, open_writer, pipe_pending,
-    poll_one, read_exact, read_some, read_to_eof, spawn, wait_child, wait_until, write_all,
-    write_until_stalled,
+    Daemon, Joiner, KIB, MIB, STOP_TIMEOUT, TIMEOUT, exits, messages, open_reader, open_writer,
+    pipe_pending, poll_one, proc_stat, read_exact, read_some, read_to_eof, spawn, started_pids,
+    wait_child, wait_log, wait_until, write_all, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// The messages of the log (what follows `[time LEVEL target] `).
-fn messages(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter_map(|l| {
-            let l = l.strip_prefix('[')?;
-            let at = l.find("] ")?;
-            Some(&l[at + 2..])
-        })
-        .collect()
-}
-
-/// Pids of `started process NAME (pid N)`, in order.
-fn started_pids(log: &str, name: &str) -> Vec<i32> {
-    let prefix = format!("started process {name} (pid ");
-    messages(log)
-        .iter()
-        .filter_map(|m| m.strip_prefix(&prefix))
-        .map(|rest| {
-            rest.trim_end_matches(')')
-                .parse()
-                .unwrap_or_else(|_| panic!("bad pid in {rest:?}"))
-        })
-        .collect()
-}
 
 /// Pids of every `started process ... (pid N)`, whatever the name.
 fn all_started_pids(log: &str) -> Vec<i32> {
@@ -58,42 +33,6 @@ fn all_started_pids(log: &str) -> Vec<i32> {
         .filter_map(|rest| rest.rsplit_once("(pid "))
         .filter_map(|(_, pid)| pid.trim_end_matches(')').parse().ok())
         .collect()
-}
-
-/// `process NAME (pid N) <how>` messages, as (pid, how), in order.
-fn exits(log: &str, name: &str) -> Vec<(i32, String)> {
-    let prefix = format!("process {name} (pid ");
-    messages(log)
-        .iter()
-        .filter_map(|m| m.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (pid, how) = rest.split_once(") ")?;
-            Some((pid.parse().ok()?, how.to_string()))
-        })
-        .collect()
-}
-
-/// Waits (deadline) until `cond` holds on the daemon's log; returns the log.
-fn wait_log(d: &Daemon, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
-    let mut log = String::new();
-    if wait_until(timeout, || {
-        log = d.log();
-        cond(&log)
-    }) {
-        return log;
-    }
-    panic!("timed out waiting for {what}\n--- log ---\n{}", d.log());
-}
-
-/// `(state, ppid, pgrp)` of a process, from /proc/PID/stat.
-fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat[stat.rfind(')')? + 1..].trim_start();
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some((state, ppid, pgrp))
 }
 
 /// Every live (not zombie) process, as (pid, ppid, pgrp).

@@ -4,13 +4,18 @@
 
 mod common;
 
+mod activation;
 mod cli;
 mod config_errors;
+mod faults;
 mod framing;
 mod hardening;
+mod hostile_fs;
 mod lifecycle;
 mod processes;
 mod relay;
+mod reload;
 mod shutdown;
 mod shutdown_order;
 mod status;
+mod systemd;

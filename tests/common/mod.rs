@@ -5,8 +5,8 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -31,8 +31,9 @@ pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;
 
 /// Variables that would change the daemon's behaviour if inherited.
-const CLEARED_ENV: [&str; 8] = [
+const CLEARED_ENV: [&str; 9] = [
     "FIFOD_CONFIG",
+    "JOURNAL_STREAM",
     "NOTIFY_SOCKET",
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -81,6 +82,64 @@ pub struct Launch {
     pub cwd: Option<PathBuf>,
     /// Binary to run instead of the one cargo built.
     pub bin: Option<PathBuf>,
+    /// fds passed as systemd's socket activation passes them.
+    pub listen: Option<Listen>,
+    /// `JOURNAL_STREAM` names the file the daemon's stderr goes to, as
+    /// systemd names the journal's stream.
+    pub journal: bool,
+}
+
+/// fds handed to the daemon the way systemd hands them for socket
+/// activation: they become its fds 3, 4, … (without close-on-exec), named in
+/// `LISTEN_FDNAMES` and counted in `LISTEN_FDS`; `LISTEN_PID` is the daemon's
+/// own pid (the `$$` of a shell that then `exec`s it), unless `pid` is set.
+#[derive(Debug, Default, Clone)]
+pub struct Listen {
+    /// (name, fd of the test process), in the order they are passed. The
+    /// fds must stay open until the daemon is spawned.
+    pub fds: Vec<(String, RawFd)>,
+    /// `LISTEN_PID` naming another process than the daemon.
+    pub pid: Option<u32>,
+}
+
+impl Listen {
+    /// Sets `LISTEN_FDS`, `LISTEN_FDNAMES` (and `LISTEN_PID` if it is not the
+    /// daemon's) on `cmd`, and puts the fds at 3, 4, … in the child.
+    fn apply(&self, cmd: &mut Command) {
+        let names: Vec<&str> = self.fds.iter().map(|(name, _)| name.as_str()).collect();
+        cmd.env("LISTEN_FDS", self.fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+        if let Some(pid) = self.pid {
+            cmd.env("LISTEN_PID", pid.to_string());
+        }
+        let sources: Vec<RawFd> = self.fds.iter().map(|&(_, fd)| fd).collect();
+        // Allocated here: the child may not allocate between fork and exec.
+        let mut moved = sources.clone();
+        let cvt = |rc: libc::c_int| {
+            if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(rc)
+            }
+        };
+        // SAFETY: the closure only calls fcntl and dup2, which are
+        // async-signal-safe, and writes into memory allocated before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let first: RawFd = 3;
+                let above = first + moved.len() as RawFd;
+                // Out of the way first: a source may sit at one of the targets.
+                for (slot, &fd) in moved.iter_mut().zip(&sources) {
+                    *slot = cvt(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above))?;
+                }
+                for (i, &fd) in moved.iter().enumerate() {
+                    // The copy dup2 makes is not close-on-exec.
+                    cvt(libc::dup2(fd, first + i as RawFd))?;
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// What a finished command left.
@@ -198,7 +257,7 @@ impl Sandbox {
             }
         }
         let path = self.config_path();
-        fs::write(&path, out).expect("write config");
+        write_atomically(&path, &out);
         path
     }
 
@@ -207,7 +266,7 @@ impl Sandbox {
     pub fn write_raw_config(&self, text: &str) -> PathBuf {
         let text = text.replace("{RUN}", &self.run_dir().display().to_string());
         let path = self.config_path();
-        fs::write(&path, text).expect("write config");
+        write_atomically(&path, &text);
         path
     }
 
@@ -220,15 +279,23 @@ impl Sandbox {
     /// stdout/stderr redirected to fresh files in the sandbox (returned).
     pub fn command(&self, args: &[OsString], launch: &Launch) -> (Command, PathBuf, PathBuf) {
         let bin = launch.bin.clone().unwrap_or_else(|| PathBuf::from(BIN));
-        let mut cmd = match launch.umask {
-            Some(mask) => {
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("umask {mask:o}; exec \"$0\" \"$@\""))
-                    .arg(bin);
-                c
-            }
-            None => Command::new(bin),
+        // Through a shell for what must happen in the process that becomes
+        // the daemon (`exec` keeps its pid).
+        let mut script = String::new();
+        if let Some(mask) = launch.umask {
+            script.push_str(&format!("umask {mask:o}; "));
+        }
+        if launch.listen.as_ref().is_some_and(|l| l.pid.is_none()) {
+            script.push_str("export LISTEN_PID=$$; ");
+        }
+        let mut cmd = if script.is_empty() {
+            Command::new(bin)
+        } else {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("{script}exec \"$0\" \"$@\""))
+                .arg(bin);
+            c
         };
         cmd.args(args);
         for var in CLEARED_ENV {
@@ -236,6 +303,9 @@ impl Sandbox {
         }
         for (k, v) in &launch.env {
             cmd.env(k, v);
+        }
+        if let Some(listen) = &launch.listen {
+            listen.apply(&mut cmd);
         }
         if let Some((uid, gid)) = launch.user {
             cmd.uid(uid).gid(gid);
@@ -250,6 +320,10 @@ impl Sandbox {
         let err_path = self.next_file("stderr");
         let out = File::create(&out_path).expect("create stdout file");
         let err = File::create(&err_path).expect("create stderr file");
+        if launch.journal {
+            let md = err.metadata().expect("stat stderr file");
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", md.dev(), md.ino()));
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
@@ -288,6 +362,16 @@ impl Sandbox {
             launch,
         )
     }
+}
+
+/// Replaces `path` with a file holding `text` in one step (a rename), so
+/// that a daemon reading it at any moment (a reload) sees the old file or
+/// the new one, never a partly written one.
+fn write_atomically(path: &Path, text: &str) {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    fs::write(&tmp, text).expect("write config");
+    fs::rename(&tmp, path).expect("rename config into place");
 }
 
 /// Waits for `child` to exit, at most `timeout`.
@@ -337,30 +421,52 @@ impl Daemon {
 
     /// Starts the binary with explicit arguments and waits for `ready:`.
     pub fn start_args(sb: Sandbox, args: &[OsString], launch: &Launch) -> Daemon {
+        let mut d = Daemon::spawn_args(sb, args, launch);
+        d.wait_ready();
+        d
+    }
+
+    /// `run --config <sandbox>/fifod.toml`, without waiting for `ready:`.
+    pub fn spawn_with(sb: Sandbox, launch: &Launch) -> Daemon {
+        let cfg = sb.config_path();
+        Daemon::spawn_args(
+            sb,
+            &[OsString::from("run"), "--config".into(), cfg.into()],
+            launch,
+        )
+    }
+
+    /// Starts the binary with explicit arguments (no waiting).
+    pub fn spawn_args(sb: Sandbox, args: &[OsString], launch: &Launch) -> Daemon {
         let (mut cmd, _out, log_path) = sb.command(args, launch);
         let child = cmd.spawn().expect("spawn fifod");
-        let mut d = Daemon {
+        Daemon {
             sb,
             child,
             log_path,
             status: None,
-        };
+        }
+    }
+
+    /// Waits (deadline `TIMEOUT`) for `ready:` in the log; panics with the
+    /// log if the daemon exits or the deadline passes first.
+    pub fn wait_ready(&mut self) {
         let end = Instant::now() + TIMEOUT;
         loop {
-            if d.log().contains("ready:") {
-                return d;
+            if self.log().contains("ready:") {
+                return;
             }
-            if let Some(st) = d.child.try_wait().expect("try_wait") {
-                d.status = Some(st);
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                self.status = Some(st);
                 panic!(
                     "fifod exited with {st:?} before `ready:`\n--- log ---\n{}",
-                    d.log()
+                    self.log()
                 );
             }
             if Instant::now() >= end {
                 panic!(
                     "fifod not ready within {TIMEOUT:?}\n--- log ---\n{}",
-                    d.log()
+                    self.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -374,6 +480,12 @@ impl Daemon {
     /// Everything the daemon wrote to stderr so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The file the daemon's stderr goes to (for logs too large to read
+    /// whole).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
     }
 
     /// `<root>/run/<name>`.
@@ -453,6 +565,105 @@ impl Drop for Daemon {
 // ---------------------------------------------------------------------------
 // Log parsing
 // ---------------------------------------------------------------------------
+
+/// The messages of the log (what follows `[time LEVEL target] `, or the
+/// `<N>` of journald's format).
+pub fn messages(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter_map(|l| {
+            let (open, close) = if l.starts_with('<') {
+                ('<', ">")
+            } else {
+                ('[', "] ")
+            };
+            let l = l.strip_prefix(open)?;
+            let at = l.find(close)?;
+            Some(&l[at + close.len()..])
+        })
+        .collect()
+}
+
+/// Pids of `started process NAME (pid N)`, in order.
+pub fn started_pids(log: &str, name: &str) -> Vec<i32> {
+    let prefix = format!("started process {name} (pid ");
+    messages(log)
+        .iter()
+        .filter_map(|m| m.strip_prefix(&prefix))
+        .map(|rest| {
+            rest.trim_end_matches(')')
+                .parse()
+                .unwrap_or_else(|_| panic!("bad pid in {rest:?}"))
+        })
+        .collect()
+}
+
+/// `process NAME (pid N) <how>` messages, as (pid, how), in order.
+pub fn exits(log: &str, name: &str) -> Vec<(i32, String)> {
+    let prefix = format!("process {name} (pid ");
+    messages(log)
+        .iter()
+        .filter_map(|m| m.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (pid, how) = rest.split_once(") ")?;
+            Some((pid.parse().ok()?, how.to_string()))
+        })
+        .collect()
+}
+
+/// Waits (deadline) until `cond` holds on the daemon's log; returns the log.
+pub fn wait_log(d: &Daemon, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
+    let mut log = String::new();
+    if wait_until(timeout, || {
+        log = d.log();
+        cond(&log)
+    }) {
+        return log;
+    }
+    panic!("timed out waiting for {what}\n--- log ---\n{}", d.log());
+}
+
+/// The outcomes of the reloads so far, in order: `Ok(())` for `reload
+/// complete`, `Err(why)` for `reload failed: why`.
+pub fn reload_outcomes(log: &str) -> Vec<Result<(), String>> {
+    messages(log)
+        .into_iter()
+        .filter_map(|m| {
+            if m == "reload complete" {
+                Some(Ok(()))
+            } else {
+                m.strip_prefix("reload failed: ")
+                    .map(|why| Err(why.to_string()))
+            }
+        })
+        .collect()
+}
+
+impl Daemon {
+    /// Sends SIGHUP and waits (deadline `TIMEOUT`) for the reload's outcome
+    /// in the log: `Ok(())` once it completed, `Err(why)` if it failed.
+    pub fn reload(&self) -> Result<(), String> {
+        let before = reload_outcomes(&self.log()).len();
+        self.signal(Signal::SIGHUP);
+        let log = wait_log(self, "the reload's outcome", TIMEOUT, |log| {
+            reload_outcomes(log).len() > before
+        });
+        reload_outcomes(&log).swap_remove(before)
+    }
+
+    /// Writes `toml` as the config (see `Sandbox::write_config`), reloads,
+    /// and panics with the log unless the reload completed.
+    pub fn reload_ok(&self, toml: &str) {
+        self.sb.write_config(toml);
+        if let Err(why) = self.reload() {
+            panic!("reload failed: {why}\n--- log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A line of `log` that contains all of `needles`.
+pub fn log_has_line(log: &str, needles: &[&str]) -> bool {
+    log.lines().any(|l| needles.iter().all(|n| l.contains(n)))
+}
 
 /// `stats route[N] -> SINK: accepted=A delivered=D dropped=X undelivered=U`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -607,6 +818,19 @@ pub fn read_exact(f: &File, n: usize, timeout: Duration) -> Vec<u8> {
         got += k;
     }
     out
+}
+
+/// Reads until what was read ends with `suffix` (deadline `TIMEOUT`).
+pub fn read_until(r: &File, suffix: &[u8]) -> Vec<u8> {
+    let end = Instant::now() + TIMEOUT;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(suffix) {
+        let n = read_some(r, &mut buf, end);
+        assert!(n > 0, "EOF after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
 }
 
 /// Reads until EOF (deadline `timeout`).
@@ -861,6 +1085,23 @@ impl<T> Joiner<T> {
 /// lstat, or None if the path does not exist.
 pub fn lstat(path: &Path) -> Option<fs::Metadata> {
     fs::symlink_metadata(path).ok()
+}
+
+/// `(state, ppid, pgrp)` of a process, from /proc/PID/stat.
+pub fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat[stat.rfind(')')? + 1..].trim_start();
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+/// The process no longer runs: it is gone, or a zombie its new parent has
+/// not reaped yet.
+pub fn gone_or_zombie(pid: i32) -> bool {
+    proc_stat(pid).is_none_or(|(state, _, _)| state == 'Z' || state == 'X')
 }
 
 pub fn is_root() -> bool {
