@@ -686,11 +686,14 @@ fn take_passed(
     })
 }
 
-/// A node left at a FIFO path (by a crash, or by an admin) is adopted only if
-/// it is a FIFO with one link, owned by us or by the configured owner.
-fn check_adoptable(path: &Path, st: &FileStat, spec: &FifoConfig) -> Result<(), FsError> {
-    if !is_kind(st, SFlag::S_IFIFO) {
-        let mut reason = format!("it is {}, not a FIFO", file_kind(st));
+/// Refuses `st` unless it is a node of `kind` with one link (a second link
+/// would be a name fifod does not control). `subject` starts the reason.
+fn check_single(path: &Path, st: &FileStat, kind: SFlag, subject: &str) -> Result<(), FsError> {
+    if !is_kind(st, kind) {
+        let mut reason = format!("{subject} is {}", file_kind(st));
+        if kind == SFlag::S_IFIFO {
+            reason.push_str(", not a FIFO");
+        }
         if is_kind(st, SFlag::S_IFLNK) {
             reason.push_str(" (fifod never follows symbolic links)");
         }
@@ -699,9 +702,16 @@ fn check_adoptable(path: &Path, st: &FileStat, spec: &FifoConfig) -> Result<(), 
     if st.st_nlink != 1 {
         return Err(refused(
             path,
-            format!("it is a FIFO with {} hard links", st.st_nlink),
+            format!("{subject} has {} hard links", st.st_nlink),
         ));
     }
+    Ok(())
+}
+
+/// A node left at a FIFO path (by a crash, or by an admin) is adopted only if
+/// it is a FIFO with one link, owned by us or by the configured owner.
+fn check_adoptable(path: &Path, st: &FileStat, spec: &FifoConfig) -> Result<(), FsError> {
+    check_single(path, st, SFlag::S_IFIFO, "it")?;
     let euid = nix::unistd::geteuid().as_raw();
     if st.st_uid != euid && Some(st.st_uid) != spec.owner {
         return Err(refused(
@@ -775,19 +785,7 @@ fn bind_control(parent: &Rc<OwnedFd>, path: &Path) -> Result<(UnixListener, Entr
 
 /// Only a regular file of fifod's user, with one link, can be the lock.
 fn check_lock_file(path: &Path, st: &FileStat) -> Result<(), FsError> {
-    if !is_kind(st, SFlag::S_IFREG) {
-        let mut reason = format!("the lock file is {}", file_kind(st));
-        if is_kind(st, SFlag::S_IFLNK) {
-            reason.push_str(" (fifod never follows symbolic links)");
-        }
-        return Err(refused(path, reason));
-    }
-    if st.st_nlink != 1 {
-        return Err(refused(
-            path,
-            format!("the lock file has {} hard links", st.st_nlink),
-        ));
-    }
+    check_single(path, st, SFlag::S_IFREG, "the lock file")?;
     if st.st_uid != nix::unistd::geteuid().as_raw() {
         return Err(refused(
             path,

@@ -1320,10 +1320,7 @@ to = ["a"]
     assert!(
         log_has_line(
             &out.stderr,
-            &[&format!(
-                "refusing {}: it is a FIFO with 2 hard links",
-                a.display()
-            )]
+            &[&format!("refusing {}: it has 2 hard links", a.display())]
         ),
         "{}",
         out.stderr
