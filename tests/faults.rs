@@ -18,10 +18,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BIN, BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier, exits,
-    is_root, lstat, open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one,
-    proc_stat, read_exact, read_some, read_to_eof, reload_outcomes, spawn, started_pids,
-    wait_child, wait_log, wait_until, write_all, write_until_stalled,
+    BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier, exits,
+    is_root, lstat, names_in, open_reader, open_writer, parse_stats, pattern, pipe_pending,
+    poll_one, proc_stat, read_exact, read_some, read_to_eof, reload_outcomes, spawn, started_pids,
+    under_prlimit, wait_child, wait_log, wait_until, write_all, write_until_stalled,
 };
 use crate::status::{fifo_entry, num, process_entry, sink_entry, status_json, status_of};
 
@@ -1322,18 +1322,6 @@ to = ["out"]
 // 7. Resource limits
 // ---------------------------------------------------------------------------
 
-/// A script that runs fifod under `prlimit --nofile=LIMITS`.
-fn under_prlimit(sb: &Sandbox, limits: &str) -> PathBuf {
-    let script = sb.path("limited-fifod");
-    fs::write(
-        &script,
-        format!("#!/bin/sh\nexec prlimit --nofile={limits} '{BIN}' \"$@\"\n"),
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
-
 /// A size as fifod writes it in its log.
 fn size_text(n: u64) -> String {
     for (factor, unit) in [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
@@ -1427,16 +1415,6 @@ fn a_soft_file_limit_too_low_is_raised_to_the_hard_one() {
     );
     assert_pairs_relay(&d.sb.run_dir(), 20);
     d.stop_ok();
-}
-
-/// The names in `dir`, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// A reload to a config that needs more files than the limit allows fails

@@ -2,7 +2,6 @@
 //! that others could have planted or can write, and a control socket that
 //! must stay inside `dir`.
 
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
@@ -11,7 +10,8 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::common::{
-    Daemon, Launch, Sandbox, TIMEOUT, exits, is_root, lstat, started_pids, wait_until,
+    Daemon, LOCK, Launch, Sandbox, TIMEOUT, exits, is_root, lstat, names, names_in, started_pids,
+    wait_until,
 };
 
 // ---------------------------------------------------------------------------
@@ -66,28 +66,6 @@ impl Drop for Guarded {
             let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
         }
     }
-}
-
-/// `fifod <cmd> --config <sandbox config>` to completion.
-fn run_cmd(sb: &Sandbox, cmd: &str) -> crate::common::Outcome {
-    sb.run_to_exit(
-        &[
-            OsString::from(cmd),
-            "--config".into(),
-            sb.config_path().into(),
-        ],
-        &Launch::default(),
-    )
-}
-
-fn names_in(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .expect("read dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 // ---------------------------------------------------------------------------
@@ -184,7 +162,7 @@ fn lock_file_of_another_user_is_refused_and_left_alone() {
     assert_eq!(fs::read_to_string(&lock).unwrap(), "4242\n");
     assert_eq!(
         names_in(&dir),
-        vec![".fifod.lock".to_string()],
+        names(&[LOCK]),
         "fifod left something in dir"
     );
 }
@@ -211,7 +189,7 @@ fn world_writable_dir_is_refused_even_with_the_sticky_bit() {
     );
     assert_eq!(
         names_in(&dir),
-        Vec::<String>::new(),
+        names(&[]),
         "fifod created something in the refused dir\n{}",
         out.stderr
     );
@@ -232,7 +210,7 @@ fn control_socket_outside_dir_is_a_config_error() {
     let cfg = sb.write_raw_config(
         "[daemon]\ndir = \"{RUN}\"\ncontrol = \"/tmp/elsewhere.sock\"\n\n[fifo.a]\n",
     );
-    let out = run_cmd(&sb, "check");
+    let out = sb.run_cmd("check", &Launch::default());
     out.assert_code(1);
     let file = cfg.display().to_string();
     let located: Vec<&str> = out

@@ -7,10 +7,10 @@
 //! they sit inside `dir`, among FIFOs fifod makes in the same start, or
 //! arrive while fifod runs.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, lchown, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, lchown, symlink};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,106 +19,16 @@ use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-use nix::unistd::{User, mkfifo};
 
 use crate::common::{
-    Daemon, Launch, Outcome, Sandbox, TIMEOUT, is_root, log_has_line, lstat, open_reader,
-    open_writer, pipe_pending, read_exact, read_until, try_write, wait_log, wait_until, write_all,
+    Daemon, LOCK, Launch, Sandbox, TIMEOUT, is_root, log_has_line, lstat, mkdir_mode, mkfifo_mode,
+    names, names_in, nobody, open_reader, open_writer, pipe_pending, read_exact, read_until,
+    snapshot, try_write, wait_log, wait_until, write_all, write_mode,
 };
-
-const LOCK: &str = ".fifod.lock";
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// `fifod <cmd> --config <sandbox config>` to completion.
-fn fifod(sb: &Sandbox, cmd: &str, launch: &Launch) -> Outcome {
-    sb.run_to_exit(
-        &[
-            OsString::from(cmd),
-            "--config".into(),
-            sb.config_path().into(),
-        ],
-        launch,
-    )
-}
-
-/// The names in `dir`, sorted.
-fn names_in(dir: &Path) -> Vec<OsString> {
-    let mut v: Vec<OsString> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    v.sort();
-    v
-}
-
-fn names(list: &[&str]) -> Vec<OsString> {
-    let mut v: Vec<OsString> = list.iter().map(OsString::from).collect();
-    v.sort();
-    v
-}
-
-fn mkdir_mode(path: &Path, mode: u32) {
-    fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn mkfifo_mode(path: &Path, mode: u32) {
-    mkfifo(path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn write_mode(path: &Path, content: &[u8], mode: u32) {
-    fs::write(path, content).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// The uid and gid of `nobody`.
-fn nobody() -> (u32, u32) {
-    let user = User::from_name("nobody")
-        .unwrap()
-        .expect("user nobody exists");
-    (user.uid.as_raw(), user.gid.as_raw())
-}
-
-/// Everything observable about a path, without following symlinks. The
-/// ctime changes with any chmod, chown, link or write, even one undone.
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    dev: u64,
-    ino: u64,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    nlink: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    content: Option<Vec<u8>>,
-    link: Option<PathBuf>,
-    entries: Option<Vec<OsString>>,
-}
-
-fn snapshot(path: &Path) -> Snapshot {
-    let md = lstat(path).unwrap_or_else(|| panic!("{} vanished", path.display()));
-    let ft = md.file_type();
-    Snapshot {
-        dev: md.dev(),
-        ino: md.ino(),
-        mode: md.mode(),
-        uid: md.uid(),
-        gid: md.gid(),
-        size: md.size(),
-        nlink: md.nlink(),
-        mtime: (md.mtime(), md.mtime_nsec()),
-        ctime: (md.ctime(), md.ctime_nsec()),
-        content: ft.is_file().then(|| fs::read(path).unwrap()),
-        link: ft.is_symlink().then(|| fs::read_link(path).unwrap()),
-        entries: ft.is_dir().then(|| names_in(path)),
-    }
-}
 
 /// Records every access to the entries of one directory (inotify): an open,
 /// a read, a write, a chmod, a removal. Set it up after the last snapshot
@@ -966,7 +876,7 @@ to = ["out"]
 "#
     ));
     for cmd in ["check", "run"] {
-        let out = fifod(&sb, cmd, &Launch::default());
+        let out = sb.run_cmd(cmd, &Launch::default());
         out.assert_code(if cmd == "check" { 1 } else { 78 });
         for key in [
             "daemon.dir",
@@ -1013,7 +923,7 @@ fn path_over_path_max_or_name_max_is_a_config_error() {
         "w".repeat(256)
     ));
     for cmd in ["check", "run"] {
-        let out = fifod(&sb, cmd, &Launch::default());
+        let out = sb.run_cmd(cmd, &Launch::default());
         out.assert_code(if cmd == "check" { 1 } else { 78 });
         for (key, says) in [
             ("fifo.long.path", "is 4096 bytes long; at most 4095"),
@@ -1043,7 +953,7 @@ fn fifo_path_over_path_max_once_joined_to_dir_is_a_config_error() {
     // dir, a slash and this: 4096 bytes, one more than the 4095 allowed.
     let rel = long_relative_path(4096 - dir_len - 1);
     let cfg = sb.write_config(&format!("[fifo.a]\npath = \"{rel}\"\n"));
-    let out = fifod(&sb, "check", &Launch::default());
+    let out = sb.run_cmd("check", &Launch::default());
     out.assert_code(1);
     assert_eq!(
         errors_for(&out.stderr, &cfg, "fifo.a.path").len(),
@@ -1070,7 +980,7 @@ from = ["in"]
 to = ["out"]
 "#,
     );
-    let check = fifod(&sb, "check", &Launch::default());
+    let check = sb.run_cmd("check", &Launch::default());
     if check.status.code() == Some(1) {
         assert_eq!(
             errors_for(&check.stderr, &cfg, "fifo.in.path").len(),
@@ -1078,7 +988,7 @@ to = ["out"]
             "{}",
             check.stderr
         );
-        fifod(&sb, "run", &Launch::default()).assert_code(78);
+        sb.run_cmd("run", &Launch::default()).assert_code(78);
         assert!(lstat(&sb.run_dir()).is_none(), "run created a dir");
         return;
     }
@@ -1120,7 +1030,7 @@ from = ["in"]
 to = ["out"]
 "#,
     );
-    let check = fifod(&sb, "check", &Launch::default());
+    let check = sb.run_cmd("check", &Launch::default());
     if check.status.code() == Some(1) {
         return; // Refused: nothing can be forged.
     }

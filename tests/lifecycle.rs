@@ -1,6 +1,5 @@
 //! Creating, adopting, refusing and removing FIFOs; the dir; the lock.
 
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -8,14 +7,13 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-use nix::unistd::{Group, User, mkfifo};
+use nix::unistd::Group;
 
 use crate::common::{
-    Daemon, KIB, Launch, Sandbox, TIMEOUT, is_root, log_has_line, lstat, open_reader, open_writer,
-    read_exact, read_until, write_all,
+    Daemon, KIB, LOCK, Launch, Sandbox, Snapshot, TIMEOUT, is_root, log_has_line, lstat,
+    mkfifo_mode, names, names_in, nobody, nobody_user, open_reader, open_writer, read_exact,
+    read_until, snapshot, under_prlimit, write_all,
 };
-
-const LOCK: &str = ".fifod.lock";
 
 fn mode_of(path: &Path) -> u32 {
     lstat(path)
@@ -34,11 +32,6 @@ fn assert_fifo(path: &Path, mode: u32) {
         path.display(),
         md.mode() & 0o7777
     );
-}
-
-fn mkfifo_mode(path: &Path, mode: u32) {
-    mkfifo(path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 fn lock_pid(dir: &Path) -> u32 {
@@ -142,9 +135,7 @@ to = ["out"]
         assert!(!sb.run_dir().exists(), "left {}", sb.run_dir().display());
         return;
     }
-    let nobody = User::from_name("nobody")
-        .unwrap()
-        .expect("user nobody exists");
+    let nobody = nobody_user();
     let (group_name, gid) = match Group::from_name("nogroup").unwrap() {
         Some(g) => ("nogroup".to_string(), g.gid.as_raw()),
         None => (nobody.gid.as_raw().to_string(), nobody.gid.as_raw()),
@@ -183,9 +174,6 @@ fn owner_other_user_refused_when_unprivileged() {
     let base = if is_root() {
         // Run the daemon as nobody, from a copy of the binary it can execute,
         // in a place it can write.
-        let nobody = User::from_name("nobody")
-            .unwrap()
-            .expect("user nobody exists");
         fs::set_permissions(sb.root(), fs::Permissions::from_mode(0o755)).unwrap();
         let bin = sb.path("fifod-copy");
         fs::copy(crate::common::BIN, &bin).unwrap();
@@ -193,7 +181,7 @@ fn owner_other_user_refused_when_unprivileged() {
         let base = sb.path("nb");
         fs::create_dir(&base).unwrap();
         fs::set_permissions(&base, fs::Permissions::from_mode(0o777)).unwrap();
-        launch.user = Some((nobody.uid.as_raw(), nobody.gid.as_raw()));
+        launch.user = Some(nobody());
         launch.bin = Some(bin);
         base
     } else {
@@ -275,50 +263,6 @@ to = ["out"]
 // ---------------------------------------------------------------------------
 // Refusals
 // ---------------------------------------------------------------------------
-
-/// Everything observable about a path, without following symlinks.
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    dev: u64,
-    ino: u64,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    nlink: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    content: Option<Vec<u8>>,
-    link: Option<PathBuf>,
-    entries: Option<Vec<OsString>>,
-}
-
-fn snapshot(path: &Path) -> Snapshot {
-    let md = lstat(path).unwrap_or_else(|| panic!("{} vanished", path.display()));
-    let ft = md.file_type();
-    let entries = ft.is_dir().then(|| {
-        let mut v: Vec<OsString> = fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        v.sort();
-        v
-    });
-    Snapshot {
-        dev: md.dev(),
-        ino: md.ino(),
-        mode: md.mode(),
-        uid: md.uid(),
-        gid: md.gid(),
-        size: md.size(),
-        nlink: md.nlink(),
-        mtime: (md.mtime(), md.mtime_nsec()),
-        ctime: (md.ctime(), md.ctime_nsec()),
-        content: ft.is_file().then(|| fs::read(path).unwrap()),
-        link: ft.is_symlink().then(|| fs::read_link(path).unwrap()),
-        entries,
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Thing {
@@ -511,12 +455,7 @@ to = ["b", "c"]
     );
     assert!(out.stderr.contains("refusing"), "{}", out.stderr);
     assert_eq!(snapshot(&run.join("b")), before);
-    let mut left: Vec<OsString> = fs::read_dir(&run)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    left.sort();
-    assert_eq!(left, vec![OsString::from("b")], "fifod left files behind");
+    assert_eq!(names_in(&run), names(&["b"]), "fifod left files behind");
 }
 
 // ---------------------------------------------------------------------------
@@ -637,28 +576,14 @@ fn replaced_fifo_is_not_removed() {
     assert!(!has_event(&log, "removed", "out"), "{log}");
     let run = d.sb.run_dir();
     assert!(lstat(&run.join(LOCK)).is_none(), "lock not removed");
-    let mut left: Vec<OsString> = fs::read_dir(&run)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    left.sort();
-    assert_eq!(left, vec![OsString::from("out")]);
+    assert_eq!(names_in(&run), names(&["out"]));
 }
 
 #[test]
 fn too_low_a_file_limit_is_a_clear_error_at_start() {
     let sb = Sandbox::new();
     sb.write_config(SIMPLE);
-    let limited = sb.path("limited-fifod");
-    fs::write(
-        &limited,
-        format!(
-            "#!/bin/sh\nexec prlimit --nofile=40:40 '{}' \"$@\"\n",
-            crate::common::BIN
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&limited, fs::Permissions::from_mode(0o755)).unwrap();
+    let limited = under_prlimit(&sb, "40:40");
     let out = sb.run_expect_exit(&Launch {
         bin: Some(limited),
         ..Launch::default()
@@ -679,10 +604,7 @@ fn process_runs_as_its_user_and_group() {
         println!("note: skipped: starting a process as another user needs root");
         return;
     }
-    let nobody = User::from_name("nobody")
-        .unwrap()
-        .expect("user nobody exists");
-    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let (uid, gid) = nobody();
     let mut d = Daemon::start(
         r#"
 [fifo.out]

@@ -18,6 +18,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+mod files;
+pub use files::*;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_fifod");
 /// Deadline for ordinary waits (start-up, a few KiB of I/O, a stop).
@@ -354,13 +357,18 @@ impl Sandbox {
         }
     }
 
-    /// `fifod run --config <root>/fifod.toml`, expected to exit on its own.
-    pub fn run_expect_exit(&self, launch: &Launch) -> Outcome {
+    /// `fifod <cmd> --config <root>/fifod.toml` to completion.
+    pub fn run_cmd(&self, cmd: &str, launch: &Launch) -> Outcome {
         let cfg = self.config_path();
         self.run_to_exit(
-            &[OsString::from("run"), "--config".into(), cfg.into()],
+            &[OsString::from(cmd), "--config".into(), cfg.into()],
             launch,
         )
+    }
+
+    /// `fifod run --config <root>/fifod.toml`, expected to exit on its own.
+    pub fn run_expect_exit(&self, launch: &Launch) -> Outcome {
+        self.run_cmd("run", launch)
     }
 }
 

@@ -1,0 +1,110 @@
+//! File-system helpers: making nodes with exact modes, listing a directory,
+//! and a snapshot of everything observable about a path.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::Mode;
+use nix::unistd::{User, mkfifo};
+
+use super::{BIN, Sandbox, lstat};
+
+/// The lock file fifod keeps in its `dir`.
+pub const LOCK: &str = ".fifod.lock";
+
+/// The names in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<OsString> {
+    let mut v: Vec<OsString> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `list` as `names_in` returns it: sorted.
+pub fn names(list: &[&str]) -> Vec<OsString> {
+    let mut v: Vec<OsString> = list.iter().map(OsString::from).collect();
+    v.sort();
+    v
+}
+
+pub fn mkdir_mode(path: &Path, mode: u32) {
+    fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn mkfifo_mode(path: &Path, mode: u32) {
+    mkfifo(path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+pub fn write_mode(path: &Path, content: &[u8], mode: u32) {
+    fs::write(path, content).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The user `nobody`.
+pub fn nobody_user() -> User {
+    User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody exists")
+}
+
+/// The uid and gid of `nobody`.
+pub fn nobody() -> (u32, u32) {
+    let user = nobody_user();
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// A script in the sandbox that runs fifod under `prlimit --nofile=LIMITS`
+/// (for `Launch::bin`).
+pub fn under_prlimit(sb: &Sandbox, limits: &str) -> PathBuf {
+    let script = sb.path("limited-fifod");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\nexec prlimit --nofile={limits} '{BIN}' \"$@\"\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Everything observable about a path, without following symlinks. The
+/// ctime changes with any chmod, chown, link or write, even one undone.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub content: Option<Vec<u8>>,
+    pub link: Option<PathBuf>,
+    pub entries: Option<Vec<OsString>>,
+}
+
+pub fn snapshot(path: &Path) -> Snapshot {
+    let md = lstat(path).unwrap_or_else(|| panic!("{} vanished", path.display()));
+    let ft = md.file_type();
+    Snapshot {
+        dev: md.dev(),
+        ino: md.ino(),
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        size: md.size(),
+        nlink: md.nlink(),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        ctime: (md.ctime(), md.ctime_nsec()),
+        content: ft.is_file().then(|| fs::read(path).unwrap()),
+        link: ft.is_symlink().then(|| fs::read_link(path).unwrap()),
+        entries: ft.is_dir().then(|| names_in(path)),
+    }
+}
