@@ -18,10 +18,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier, exits,
-    is_root, lstat, names_in, open_reader, open_writer, parse_stats, pattern, pipe_pending,
-    poll_one, proc_stat, read_exact, read_some, read_to_eof, reload_outcomes, spawn, started_pids,
-    under_prlimit, wait_child, wait_log, wait_until, write_all, write_until_stalled,
+    BULK_TIMEOUT, Daemon, Guarded, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
+    exits, is_root, live_running, lstat, names_in, open_reader, open_writer, parse_stats, pattern,
+    pipe_pending, poll_one, proc_stat, read_exact, read_some, read_to_eof, reload_outcomes, spawn,
+    started_pids, under_prlimit, wait_child, wait_log, wait_until, write_all, write_until_stalled,
 };
 use crate::status::{fifo_entry, num, process_entry, sink_entry, status_json, status_of};
 
@@ -1092,43 +1092,10 @@ to = ["out"]
     d.stop_ok();
 }
 
-/// Live processes running `sleep 778` (the grandchildren of the next test).
+/// Live processes running `sleep 778` (the grandchildren of the next test),
+/// as (pid, pgrp).
 fn grandchildren() -> Vec<(i32, i32)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00778\x00")
-            && let Some((state, _, pgrp)) = proc_stat(pid)
-            && state != 'Z'
-            && state != 'X'
-        {
-            out.push((pid, pgrp));
-        }
-    }
-    out
-}
-
-/// A daemon whose processes leave `sleep 778`s: when dropped, fifod is
-/// killed first (it starts no more), then every `sleep 778` in the group of
-/// a process it started.
-#[derive(Debug)]
-struct LeavesGrandchildren(Daemon);
-
-impl Drop for LeavesGrandchildren {
-    fn drop(&mut self) {
-        if self.0.try_exited().is_none() {
-            let _ = kill(Pid::from_raw(self.0.pid() as i32), Signal::SIGKILL);
-            let _ = wait_until(TIMEOUT, || self.0.try_exited().is_some());
-        }
-        let groups = started_pids(&self.0.log(), "parent");
-        for (pid, pgrp) in grandchildren() {
-            if groups.contains(&pgrp) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
+    live_running(b"sleep\x00778\x00")
 }
 
 /// A process that starts a grandchild holding its stdout and stdin, then
@@ -1136,7 +1103,7 @@ impl Drop for LeavesGrandchildren {
 /// so restarts are not held up and none is left.
 #[test]
 fn grandchildren_left_by_a_failing_process_die_at_each_restart() {
-    let mut g = LeavesGrandchildren(Daemon::start(
+    let mut g = Guarded(Daemon::start(
         r#"
 [fifo.in]
 [fifo.out]

@@ -6,67 +6,10 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
-
 use crate::common::{
-    Daemon, LOCK, Launch, Sandbox, TIMEOUT, exits, is_root, lstat, names, names_in, started_pids,
-    wait_until,
+    Daemon, Guarded, LOCK, Launch, Sandbox, TIMEOUT, exits, is_root, lstat, names, names_in,
+    started_pids, wait_until,
 };
-
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-/// Pids of fifod's live children.
-fn children_of(ppid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let parent = stat[close + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<i32>().ok());
-        if parent == Some(ppid) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// A running daemon that, when dropped, leaves no child behind: fifod is
-/// frozen, its children noted, and both are killed.
-#[derive(Debug)]
-struct Guarded(Daemon);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if self.0.try_exited().is_some() {
-            return;
-        }
-        let fifod = self.0.pid() as i32;
-        let _ = kill(Pid::from_raw(fifod), Signal::SIGSTOP);
-        let kids = children_of(fifod);
-        let _ = kill(Pid::from_raw(fifod), Signal::SIGKILL);
-        let _ = wait_until(TIMEOUT, || self.0.try_exited().is_some());
-        for k in kids {
-            let _ = killpg(Pid::from_raw(k), Signal::SIGKILL);
-            let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Restart back-off

@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    BIN, BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier, exits,
-    gone_or_zombie, messages, open_reader, open_writer, parse_stats, pattern, pipe_pending,
-    proc_stat, read_exact, read_some, read_to_eof, spawn, started_pids, try_write, wait_child,
-    wait_idle, wait_log, wait_until, write_all, write_pattern, write_until_stalled,
+    BIN, BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
+    children_of, exits, gone_or_zombie, gunzip, messages, open_reader, open_writer, parse_stats,
+    pattern, pipe_pending, proc_stat, read_exact, read_some, read_to_eof, spawn, started_pids,
+    try_write, wait_child, wait_idle, wait_log, wait_until, write_all, write_pattern,
+    write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
@@ -42,22 +43,6 @@ fn left_unread(log: &str, name: &str) -> u64 {
         .filter_map(|m| m.strip_prefix(&prefix)?.strip_suffix(" bytes left unread"))
         .map(|n| n.parse::<u64>().expect("bad unread count"))
         .sum()
-}
-
-/// Every process whose parent is `ppid`, with its state.
-fn children_of(ppid: i32) -> Vec<(i32, char)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if let Some((state, parent, _)) = proc_stat(pid)
-            && parent == ppid
-        {
-            out.push((pid, state));
-        }
-    }
-    out
 }
 
 /// A `/proc/PID/status` field, e.g. `SigBlk`.
@@ -199,41 +184,6 @@ fn write_letters(w: &File, seed: u64, len: usize, end: Instant) {
         write_all(w, &buf[..n], end);
         done += n;
     }
-}
-
-/// Decompresses with the `gzip -dc` binary; panics unless it succeeds.
-fn gunzip(data: Vec<u8>) -> Vec<u8> {
-    let mut child = Command::new("gzip")
-        .arg("-dc")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gzip -dc");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let writer = spawn(move || {
-        // gzip may stop reading early on garbage: a broken pipe is its
-        // verdict, reported by its exit status.
-        let _ = stdin.write_all(&data);
-    });
-    let reader = spawn(move || {
-        let mut out = Vec::new();
-        stdout.read_to_end(&mut out).expect("read gzip output");
-        out
-    });
-    let err_reader = spawn(move || {
-        let mut out = String::new();
-        let _ = stderr.read_to_string(&mut out);
-        out
-    });
-    let out = reader.join(TIMEOUT);
-    writer.join(TIMEOUT);
-    let err = err_reader.join(TIMEOUT);
-    let status = wait_child(&mut child, TIMEOUT).expect("gzip -dc did not exit");
-    assert!(status.success(), "gzip -dc failed: {status:?}: {err}");
-    out
 }
 
 /// Reads an output FIFO that forwards ends: opens it until a session with

@@ -3,121 +3,33 @@
 //! what a process leaves in its group dies with it; and line routes keep
 //! flowing through a small buffer and count an unfinished line at stop.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::ops::{Deref, DerefMut};
-use std::process::{Command, Stdio};
+use std::fs::File;
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::PollFlags;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    Daemon, Joiner, KIB, MIB, STOP_TIMEOUT, TIMEOUT, exits, messages, open_reader, open_writer,
-    pipe_pending, poll_one, proc_stat, read_exact, read_some, read_to_eof, spawn, started_pids,
-    wait_child, wait_log, wait_until, write_all, write_until_stalled,
+    Daemon, Guarded, Joiner, KIB, MIB, STOP_TIMEOUT, TIMEOUT, exits, gunzip, live_running,
+    messages, open_reader, open_writer, pipe_pending, poll_one, proc_stat, read_exact, read_some,
+    read_to_eof, spawn, started_pids, wait_log, wait_until, write_all, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Pids of every `started process ... (pid N)`, whatever the name.
-fn all_started_pids(log: &str) -> Vec<i32> {
-    messages(log)
-        .iter()
-        .filter_map(|m| m.strip_prefix("started process "))
-        .filter_map(|rest| rest.rsplit_once("(pid "))
-        .filter_map(|(_, pid)| pid.trim_end_matches(')').parse().ok())
-        .collect()
-}
-
-/// Every live (not zombie) process, as (pid, ppid, pgrp).
-fn live_processes() -> Vec<(i32, i32, i32)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if let Some((state, ppid, pgrp)) = proc_stat(pid)
-            && state != 'Z'
-            && state != 'X'
-        {
-            out.push((pid, ppid, pgrp));
-        }
-    }
-    out
-}
-
 /// Live processes running `sleep 777` in process group `pgid`.
 fn sleeps_in_group(pgid: i32) -> Vec<i32> {
-    live_processes()
+    live_running(b"sleep\x00777\x00")
         .into_iter()
-        .filter(|&(pid, _, pgrp)| {
-            pgrp == pgid
-                && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00777\x00")
-        })
-        .map(|(pid, _, _)| pid)
+        .filter(|&(_, pgrp)| pgrp == pgid)
+        .map(|(pid, _)| pid)
         .collect()
-}
-
-/// A running daemon that, when dropped, leaves nothing behind: fifod is
-/// frozen, its children noted, and they and it are killed, then whatever
-/// remains in the group of a process it started.
-#[derive(Debug)]
-struct Guarded(Daemon);
-
-impl Guarded {
-    fn start(toml: &str) -> Guarded {
-        Guarded(Daemon::start(toml))
-    }
-}
-
-impl Deref for Guarded {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.0
-    }
-}
-
-impl DerefMut for Guarded {
-    fn deref_mut(&mut self) -> &mut Daemon {
-        &mut self.0
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let fifod = self.0.pid() as i32;
-        if self.0.try_exited().is_none() {
-            // Frozen, it starts no more children while they are counted.
-            let _ = kill(Pid::from_raw(fifod), Signal::SIGSTOP);
-            let kids: Vec<i32> = live_processes()
-                .into_iter()
-                .filter(|&(_, ppid, _)| ppid == fifod)
-                .map(|(pid, _, _)| pid)
-                .collect();
-            let _ = kill(Pid::from_raw(fifod), Signal::SIGKILL);
-            let _ = wait_until(TIMEOUT, || self.0.try_exited().is_some());
-            for k in kids {
-                let _ = killpg(Pid::from_raw(k), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
-            }
-        }
-        // What is left in the group of a process fifod started whose leader
-        // is gone (the kernel never reuses a pid that is still a group's id,
-        // so such a group is that process's).
-        let started = all_started_pids(&self.0.log());
-        let live = live_processes();
-        for &(pid, _, pgrp) in &live {
-            if started.contains(&pgrp) && !live.iter().any(|&(p, _, _)| p == pgrp) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
 }
 
 /// Sends SIGTERM; waits for the exit; returns (exit code, time it took, log).
@@ -146,47 +58,6 @@ fn counting_reader(f: File, timeout: Duration) -> (Arc<AtomicUsize>, Joiner<Vec<
         }
     });
     (seen, j)
-}
-
-/// Decompresses with the `gzip -dc` binary; panics unless it succeeds.
-fn gunzip(data: Vec<u8>) -> Vec<u8> {
-    let mut child = Command::new("gzip")
-        .arg("-dc")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gzip -dc");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let writer = spawn(move || {
-        // gzip may stop reading early on garbage: its exit status says so.
-        let _ = stdin.write_all(&data);
-    });
-    let reader = spawn(move || {
-        let mut out = Vec::new();
-        stdout.read_to_end(&mut out).expect("read gzip output");
-        out
-    });
-    let err_reader = spawn(move || {
-        let mut out = String::new();
-        let _ = stderr.read_to_string(&mut out);
-        out
-    });
-    let out = reader.join(TIMEOUT);
-    writer.join(TIMEOUT);
-    let err = err_reader.join(TIMEOUT);
-    let status = match wait_child(&mut child, TIMEOUT) {
-        Some(st) => st,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("gzip -dc did not exit");
-        }
-    };
-    assert!(status.success(), "gzip -dc failed: {status:?}: {err}");
-    out
 }
 
 fn assert_stats(d: &Daemon, route: usize, sink: &str, expected: (u64, u64, u64, u64)) {

@@ -19,7 +19,9 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 mod files;
+mod procs;
 pub use files::*;
+pub use procs::*;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_fifod");
