@@ -19,9 +19,10 @@ use nix::unistd::Pid;
 
 use crate::common::{
     BULK_TIMEOUT, Daemon, Guarded, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
-    exits, is_root, live_running, lstat, names_in, open_reader, open_writer, parse_stats, pattern,
-    pipe_pending, poll_one, proc_stat, read_exact, read_some, read_to_eof, reload_outcomes, spawn,
-    started_pids, under_prlimit, wait_child, wait_log, wait_until, write_all, write_until_stalled,
+    assert_clean_stats, assert_stats_in, exits, is_root, live_running, lstat, names_in,
+    open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one, proc_stat, read_exact,
+    read_some, read_to_eof, reload_outcomes, spawn, started_pids, under_prlimit, wait_child,
+    wait_log, wait_until, write_all, write_until_stalled,
 };
 use crate::status::{fifo_entry, num, process_entry, sink_entry, status_json, status_of};
 
@@ -323,14 +324,8 @@ fn a_reader_killed_mid_stream_loses_only_what_it_read() {
     d.stop_ok();
     let more = read_to_eof(&r, TIMEOUT);
     assert!(more.is_empty(), "{} bytes after the stream", more.len());
-    let s = d.stats(0, "out");
     let n = TOTAL as u64;
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (n, n, 0, 0),
-        "{}",
-        d.log()
-    );
+    assert_clean_stats(&d, 0, "out", n);
 }
 
 // ---------------------------------------------------------------------------
@@ -433,11 +428,7 @@ fn writers_killed_mid_write_leave_fifod_serving_later_writers() {
     d.stop_ok();
     let more = read_to_eof(&r, TIMEOUT);
     assert!(more.is_empty(), "{} bytes after the stream", more.len());
-    let s = d.stats(0, "out");
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (total, total, 0, 0)
-    );
+    assert_clean_stats(&d, 0, "out", total);
 }
 
 // ---------------------------------------------------------------------------
@@ -703,11 +694,7 @@ when_full = "block"
     d.stop_ok();
     let more = read_to_eof(&r, TIMEOUT);
     assert!(more.is_empty(), "{} bytes after the last line", more.len());
-    let s = d.stats(0, "out");
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (total_bytes, total_bytes, 0, 0)
-    );
+    assert_clean_stats(&d, 0, "out", total_bytes);
     eprintln!(
         "soak: {SOAK_WRITERS} writers for {soak:?} ({:?} in all): {connections} connections, \
          {total_lines} lines, {total_bytes} bytes",
@@ -822,12 +809,8 @@ when_full = "block"
 
     drop(w);
     d2.stop_ok();
-    let s = d2.stats(0, "out");
     let n = in_queued + more as u64;
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (n, n, 0, 0)
-    );
+    assert_clean_stats(&d2, 0, "out", n);
     for name in ["in", "out", ".fifod.lock", "control.sock"] {
         assert!(
             lstat(&run.join(name)).is_none(),
@@ -1003,12 +986,7 @@ when_full = "block"
         took < Duration::from_millis(300) + Duration::from_secs(3),
         "exited {took:?} after SIGTERM, with a 300ms shutdown_timeout\n{log}"
     );
-    let s = parse_stats(&log, 0, "out");
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (out_pipe + held, out_pipe, 0, held),
-        "{log}"
-    );
+    assert_stats_in(&log, 0, "out", (out_pipe + held, out_pipe, 0, held));
     let undelivered = format!(
         "out: {} bytes undelivered ({held} held by fifod, {out_pipe} unread in the pipe)",
         held + out_pipe
@@ -1220,11 +1198,7 @@ to = ["other-out"]
 fn assert_clean_out(d: &Daemon, out: &File) {
     let got = read_to_eof(out, TIMEOUT);
     assert!(got.is_empty(), "{got:?}");
-    let s = d.stats(1, "out");
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (0, 0, 0, 0)
-    );
+    assert_clean_stats(d, 1, "out", 0);
 }
 
 /// A process that floods its stderr, logged: fifod answers, relays, and
@@ -1673,11 +1647,6 @@ to = ["out"]
     assert!(more.is_empty(), "{} bytes after the stream", more.len());
     let n = LEN as u64;
     for (route, sink) in [(0, "relay"), (1, "out")] {
-        let s = d.stats(route, sink);
-        assert_eq!(
-            (s.accepted, s.delivered, s.dropped, s.undelivered),
-            (n, n, 0, 0),
-            "route {route}"
-        );
+        assert_clean_stats(&d, route, sink, n);
     }
 }

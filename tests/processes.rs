@@ -18,10 +18,10 @@ use nix::sys::signal::Signal;
 
 use crate::common::{
     BIN, BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
-    children_of, exits, gone_or_zombie, gunzip, messages, open_reader, open_writer, parse_stats,
-    pattern, pipe_pending, proc_stat, read_exact, read_some, read_to_eof, spawn, started_pids,
-    try_write, wait_child, wait_idle, wait_log, wait_until, write_all, write_pattern,
-    write_until_stalled,
+    assert_clean_stats, assert_stats_in, children_of, exits, gone_or_zombie, gunzip, messages,
+    open_reader, open_writer, pattern, pipe_pending, proc_stat, read_exact, read_some, read_to_eof,
+    spawn, started_pids, try_write, wait_child, wait_idle, wait_log, wait_until, write_all,
+    write_pattern, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
@@ -219,16 +219,6 @@ fn assert_no_more(r: &File, what: &str) {
     );
 }
 
-fn assert_clean(d: &Daemon, route: usize, sink: &str, n: u64) {
-    let s = d.stats(route, sink);
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (n, n, 0, 0),
-        "stats route[{route}] -> {sink}\n--- log ---\n{}",
-        d.log()
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Pipelines
 // ---------------------------------------------------------------------------
@@ -269,8 +259,8 @@ to = ["out"]
     let (n, mismatch) = reader.join(BULK_TIMEOUT);
     assert_eq!(mismatch, None, "output differs");
     assert_eq!(n, LEN as u64, "bytes out of tr\n{}", d.log());
-    assert_clean(&d, 0, "upper", LEN as u64);
-    assert_clean(&d, 1, "out", LEN as u64);
+    assert_clean_stats(&d, 0, "upper", LEN as u64);
+    assert_clean_stats(&d, 1, "out", LEN as u64);
 }
 
 #[test]
@@ -339,7 +329,7 @@ to = ["out"]
     d.stop_ok();
     assert_no_more(&r, "out");
     for (route, sink) in [(0, "first"), (1, "second"), (2, "out")] {
-        assert_clean(&d, route, sink, total);
+        assert_clean_stats(&d, route, sink, total);
     }
     for pid in [first[0], second[0]] {
         assert!(
@@ -383,9 +373,9 @@ to = ["a", "b"]
     d.stop_ok();
     assert_no_more(&ra, "a");
     assert_no_more(&rb, "b");
-    assert_clean(&d, 0, "copy", LEN as u64);
-    assert_clean(&d, 1, "a", LEN as u64);
-    assert_clean(&d, 1, "b", LEN as u64);
+    assert_clean_stats(&d, 0, "copy", LEN as u64);
+    assert_clean_stats(&d, 1, "a", LEN as u64);
+    assert_clean_stats(&d, 1, "b", LEN as u64);
 }
 
 // ---------------------------------------------------------------------------
@@ -434,7 +424,7 @@ fn merged_stderr_keeps_the_order_the_child_wrote_in() {
     wait_talk_exit(&d);
     d.stop_ok();
     assert_no_more(&r, "out");
-    assert_clean(&d, 0, "out", expected.len() as u64);
+    assert_clean_stats(&d, 0, "out", expected.len() as u64);
 }
 
 #[test]
@@ -461,8 +451,8 @@ to = ["err"]
     d.stop_ok();
     assert_no_more(&out, "out");
     assert_no_more(&err, "err");
-    assert_clean(&d, 0, "out", o.len() as u64);
-    assert_clean(&d, 1, "err", e.len() as u64);
+    assert_clean_stats(&d, 0, "out", o.len() as u64);
+    assert_clean_stats(&d, 1, "err", e.len() as u64);
 }
 
 #[test]
@@ -509,7 +499,7 @@ to = ["out"]
     wait_talk_exit(&d);
     d.stop_ok();
     assert_no_more(&r, "out");
-    assert_clean(&d, 0, "out", o.len() as u64);
+    assert_clean_stats(&d, 0, "out", o.len() as u64);
 }
 
 // ---------------------------------------------------------------------------
@@ -691,8 +681,8 @@ to = ["out"]
     assert_eq!(started_pids(&d.log(), "one").len(), 2, "{}", d.log());
     d.stop_ok();
     assert_no_more(&r, "out");
-    assert_clean(&d, 0, "one", 24);
-    assert_clean(&d, 1, "out", 32);
+    assert_clean_stats(&d, 0, "one", 24);
+    assert_clean_stats(&d, 1, "out", 32);
 }
 
 /// 20 processes, each failing `runs - 1` times with a 1 ms back-off that
@@ -946,13 +936,13 @@ to = ["other-out"]
     assert_no_more(&cut, "cut");
     assert_no_more(&or, "other-out");
     let log = d.log();
-    assert_clean(&d, 0, "silent", 0);
+    assert_clean_stats(&d, 0, "silent", 0);
     let s = d.stats(1, "head");
     assert_eq!(s.accepted, 300, "{log}");
     assert!((10..=100).contains(&s.delivered), "{s:?}\n{log}");
     assert_eq!(s.dropped, 300 - s.delivered, "{log}");
-    assert_clean(&d, 2, "cut", 10);
-    assert_clean(&d, 3, "other-out", 20);
+    assert_clean_stats(&d, 2, "cut", 10);
+    assert_clean_stats(&d, 3, "other-out", 20);
 }
 
 // ---------------------------------------------------------------------------
@@ -1382,11 +1372,7 @@ to = ["out"]
     let got = consumer.bytes.lock().unwrap().clone();
     assert_eq!(got.len(), LEN);
     Verifier::new(21, 0).check(&got).unwrap();
-    let s = parse_stats(&p.log(), 0, "stdout");
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (LEN as u64, LEN as u64, 0, 0)
-    );
+    assert_stats_in(&p.log(), 0, "stdout", (LEN as u64, LEN as u64, 0, 0));
 }
 
 #[test]
@@ -1406,11 +1392,7 @@ eof = "forward"
     assert_eq!(got.len(), LEN);
     Verifier::new(22, 0).check(&got).unwrap();
     p.stop_ok();
-    let s = parse_stats(&p.log(), 0, "stdout");
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (LEN as u64, LEN as u64, 0, 0)
-    );
+    assert_stats_in(&p.log(), 0, "stdout", (LEN as u64, LEN as u64, 0, 0));
 }
 
 #[test]
@@ -1443,12 +1425,7 @@ eof = "forward"
     assert!(got == expected, "the output is not the upper-cased input");
     p.stop_ok();
     for (route, sink) in [(0, "upper"), (1, "stdout")] {
-        let s = parse_stats(&p.log(), route, sink);
-        assert_eq!(
-            (s.accepted, s.delivered, s.dropped, s.undelivered),
-            (LEN as u64, LEN as u64, 0, 0),
-            "route[{route}] -> {sink}"
-        );
+        assert_stats_in(&p.log(), route, sink, (LEN as u64, LEN as u64, 0, 0));
     }
 }
 
@@ -1509,6 +1486,6 @@ eof = "forward"
         "{log}"
     );
     d.stop_ok();
-    assert_clean(&d, 0, "gz", total_in);
-    assert_clean(&d, 1, "out", total_out);
+    assert_clean_stats(&d, 0, "gz", total_in);
+    assert_clean_stats(&d, 1, "out", total_out);
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, KIB, MIB, STOP_TIMEOUT, TIMEOUT, Verifier, fill_pattern, open_reader,
-    open_writer, pattern, read_exact, read_some, read_to_eof, spawn, wait_until, write_all,
-    write_pattern, write_until_stalled,
+    BULK_TIMEOUT, Daemon, KIB, MIB, STOP_TIMEOUT, TIMEOUT, Verifier, assert_stats_in, fill_pattern,
+    open_reader, open_writer, pattern, read_exact, read_some, read_to_eof, spawn, wait_until,
+    write_all, write_pattern, write_until_stalled,
 };
 
 const SIMPLE: &str = r#"
@@ -129,12 +129,8 @@ fn sequential_then_concurrent_writers() {
     let r = reader.join(BULK_TIMEOUT);
     let log = stop_ok(&mut d);
     assert_no_more(&r);
-    let s = crate::common::parse_stats(&log, 0, "out");
     let all = (5 * piece + total) as u64;
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (all, all, 0, 0)
-    );
+    assert_stats_in(&log, 0, "out", (all, all, 0, 0));
 }
 
 #[test]
@@ -150,12 +146,8 @@ fn reader_absent_then_present() {
     Verifier::new(21, 0).check(&got).unwrap();
     let log = stop_ok(&mut d);
     assert_no_more(&r);
-    let s = crate::common::parse_stats(&log, 0, "out");
     let n = n as u64;
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (n, n, 0, 0)
-    );
+    assert_stats_in(&log, 0, "out", (n, n, 0, 0));
 }
 
 #[test]
@@ -180,12 +172,8 @@ fn reader_leaves_and_new_reader_continues() {
     drop(w);
     let log = stop_ok(&mut d);
     assert_no_more(&r2);
-    let s = crate::common::parse_stats(&log, 0, "out");
     let n = 2 * half as u64;
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (n, n, 0, 0)
-    );
+    assert_stats_in(&log, 0, "out", (n, n, 0, 0));
 }
 
 /// Writes `len` bytes of stream `seed`, each byte passed through `map`.
@@ -249,12 +237,8 @@ to = ["out"]
     assert!(s2 == e2, "stream from in2 corrupted or reordered");
     let log = stop_ok(&mut d);
     assert_no_more(&r);
-    let s = crate::common::parse_stats(&log, 0, "out");
     let all = 2 * n as u64;
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (all, all, 0, 0)
-    );
+    assert_stats_in(&log, 0, "out", (all, all, 0, 0));
 }
 
 const FAN_OUT: &str = r#"
@@ -297,13 +281,8 @@ fn fan_out_to_two_outputs() {
         assert_no_more(r);
     }
     for sink in ["out1", "out2"] {
-        let s = crate::common::parse_stats(&log, 0, sink);
         let n = n as u64;
-        assert_eq!(
-            (s.accepted, s.delivered, s.dropped, s.undelivered),
-            (n, n, 0, 0),
-            "{sink}"
-        );
+        assert_stats_in(&log, 0, sink, (n, n, 0, 0));
     }
 }
 
@@ -369,12 +348,7 @@ fn bulk_256_mib_fan_out_byte_exact() {
         assert_no_more(r);
     }
     for sink in ["out1", "out2"] {
-        let s = crate::common::parse_stats(&log, 0, sink);
-        assert_eq!(
-            (s.accepted, s.delivered, s.dropped, s.undelivered),
-            (total, total, 0, 0),
-            "{sink}"
-        );
+        assert_stats_in(&log, 0, sink, (total, total, 0, 0));
     }
 }
 
@@ -414,12 +388,8 @@ when_full = "block"
     drop(writer.join(TIMEOUT));
     let log = stop_ok(&mut d);
     assert_no_more(&r);
-    let s = crate::common::parse_stats(&log, 0, "out");
     let all = written + more as u64;
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (all, all, 0, 0)
-    );
+    assert_stats_in(&log, 0, "out", (all, all, 0, 0));
 }
 
 /// Writes 1 MiB with no reader into a 64KiB `policy` route, waits until

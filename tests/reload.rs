@@ -15,9 +15,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, Joiner, KIB, MIB, TIMEOUT, Verifier, gone_or_zombie, lstat, open_reader,
-    open_writer, pattern_block, pipe_pending, read_exact, read_some, read_to_eof, reload_outcomes,
-    spawn, wait_log, wait_until, write_all, write_pattern,
+    BULK_TIMEOUT, Daemon, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats, gone_or_zombie,
+    lstat, open_reader, open_writer, pattern_block, pipe_pending, read_exact, read_some,
+    read_to_eof, reload_outcomes, spawn, wait_log, wait_until, write_all, write_pattern,
 };
 use crate::status::{fifo_entry, num, process_entry, sink_entry, status_json, text};
 
@@ -247,18 +247,6 @@ impl Flow {
     }
 }
 
-/// The final stats of route `route` to `sink`: every byte accepted and
-/// delivered, none dropped or left.
-fn assert_clean_stats(d: &Daemon, route: usize, sink: &str, n: usize) {
-    let s = d.stats(route, sink);
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (n as u64, n as u64, 0, 0),
-        "stats route[{route}] -> {sink}\n--- log ---\n{}",
-        d.log()
-    );
-}
-
 // ---------------------------------------------------------------------------
 // 64 MiB through reloads that change everything around the route
 // ---------------------------------------------------------------------------
@@ -438,7 +426,7 @@ fn sixty_four_mib_stay_byte_exact_through_reloads_around_their_route() {
     let outcomes = reload_outcomes(&d.log());
     assert_eq!(outcomes, vec![Ok(()); 6]);
     d.stop_ok();
-    assert_clean_stats(&d, 0, "dest", LEN);
+    assert_clean_stats(&d, 0, "dest", LEN as u64);
 }
 
 // ---------------------------------------------------------------------------
@@ -467,7 +455,7 @@ fn bytes_held_for_an_output_survive_an_unrelated_reload() {
     let w = open_writer(&d.fifo("in"));
     assert_nothing_more(&d, &r, &[&w]);
     d.stop_ok();
-    assert_clean_stats(&d, 0, "out", 100 * KIB);
+    assert_clean_stats(&d, 0, "out", 100 * KIB as u64);
 }
 
 #[test]
@@ -912,7 +900,7 @@ fn a_hundred_sighups_in_a_row_lose_nothing() {
         "{outcomes:?}"
     );
     d.stop_ok();
-    assert_clean_stats(&d, 0, "out", LEN);
+    assert_clean_stats(&d, 0, "out", LEN as u64);
 }
 
 const IN_OUT: &str = r#"

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    Daemon, KIB, MIB, STOP_TIMEOUT, TIMEOUT, lstat, open_reader, open_writer, parse_stats,
-    pipe_pending, read_verify_to_eof, spawn, wait_until, write_pattern, write_until_stalled,
+    Daemon, KIB, MIB, STOP_TIMEOUT, TIMEOUT, assert_clean_stats, lstat, open_reader, open_writer,
+    parse_stats, pipe_pending, read_verify_to_eof, spawn, wait_until, write_pattern,
+    write_until_stalled,
 };
 
 /// Is `sig` pending for the process or any of its threads?
@@ -90,12 +91,8 @@ fn bytes_written_before_sigterm_reach_the_reader() {
     assert_eq!(st.code(), Some(0), "{st:?}\n{}", d.log());
     let got = reader.join(STOP_TIMEOUT).unwrap();
     assert_eq!(got, n as u64, "bytes before EOF");
-    let s = d.stats(0, "out");
     let n = n as u64;
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (n, n, 0, 0)
-    );
+    assert_clean_stats(&d, 0, "out", n);
     assert_all_removed(&d);
     drop(w);
 }
@@ -145,11 +142,7 @@ when_full = "block"
     );
     let st = d.wait_exit(STOP_TIMEOUT);
     assert_eq!(st.code(), Some(0), "{st:?}\n{}", d.log());
-    let s = d.stats(0, "out");
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        (written, written, 0, 0)
-    );
+    assert_clean_stats(&d, 0, "out", written);
     assert_all_removed(&d);
     drop(w);
 }

@@ -14,9 +14,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    Daemon, Guarded, Joiner, KIB, MIB, STOP_TIMEOUT, TIMEOUT, exits, gunzip, live_running,
-    messages, open_reader, open_writer, pipe_pending, poll_one, proc_stat, read_exact, read_some,
-    read_to_eof, spawn, started_pids, wait_log, wait_until, write_all, write_until_stalled,
+    Daemon, Guarded, Joiner, KIB, MIB, STOP_TIMEOUT, TIMEOUT, assert_stats, exits, gunzip,
+    live_running, messages, open_reader, open_writer, pipe_pending, poll_one, proc_stat,
+    read_exact, read_some, read_to_eof, spawn, started_pids, wait_log, wait_until, write_all,
+    write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
@@ -58,16 +59,6 @@ fn counting_reader(f: File, timeout: Duration) -> (Arc<AtomicUsize>, Joiner<Vec<
         }
     });
     (seen, j)
-}
-
-fn assert_stats(d: &Daemon, route: usize, sink: &str, expected: (u64, u64, u64, u64)) {
-    let s = d.stats(route, sink);
-    assert_eq!(
-        (s.accepted, s.delivered, s.dropped, s.undelivered),
-        expected,
-        "stats route[{route}] -> {sink} (accepted, delivered, dropped, undelivered)\n--- log ---\n{}",
-        d.log()
-    );
 }
 
 fn assert_no_sigterm_timeout(log: &str, timeout: &str) {

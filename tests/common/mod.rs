@@ -722,6 +722,39 @@ pub fn parse_stats(log: &str, route: usize, sink: &str) -> Stats {
     s
 }
 
+impl Stats {
+    /// (accepted, delivered, dropped, undelivered).
+    pub fn as_tuple(&self) -> (u64, u64, u64, u64) {
+        (
+            self.accepted,
+            self.delivered,
+            self.dropped,
+            self.undelivered,
+        )
+    }
+}
+
+/// Panics with `log` unless its stats line for (route, sink) says
+/// (accepted, delivered, dropped, undelivered) = `expected`.
+pub fn assert_stats_in(log: &str, route: usize, sink: &str, expected: (u64, u64, u64, u64)) {
+    assert_eq!(
+        parse_stats(log, route, sink).as_tuple(),
+        expected,
+        "stats route[{route}] -> {sink} (accepted, delivered, dropped, undelivered)\n--- log ---\n{log}"
+    );
+}
+
+/// The daemon's final stats for (route, sink) are `expected`.
+pub fn assert_stats(d: &Daemon, route: usize, sink: &str, expected: (u64, u64, u64, u64)) {
+    assert_stats_in(&d.log(), route, sink, expected);
+}
+
+/// The daemon's final stats for (route, sink): all `n` bytes accepted and
+/// delivered, none dropped or left.
+pub fn assert_clean_stats(d: &Daemon, route: usize, sink: &str, n: u64) {
+    assert_stats(d, route, sink, (n, n, 0, 0));
+}
+
 // ---------------------------------------------------------------------------
 // FIFO I/O with deadlines (all descriptors are O_NONBLOCK)
 // ---------------------------------------------------------------------------
