@@ -21,9 +21,9 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 use crate::common::{
-    Daemon, LOCK, Launch, Sandbox, TIMEOUT, is_root, log_has_line, lstat, mkdir_mode, mkfifo_mode,
-    names, names_in, nobody, open_reader, open_writer, pipe_pending, read_exact, read_until,
-    snapshot, try_write, wait_log, wait_until, write_all, write_mode,
+    Daemon, LOCK, Launch, Outcome, Sandbox, TIMEOUT, is_root, log_has_line, lstat, mkdir_mode,
+    mkfifo_mode, names, names_in, nobody, open_reader, open_writer, pipe_pending, read_exact,
+    read_until, snapshot, try_write, wait_log, wait_until, write_all, write_mode,
 };
 
 // ---------------------------------------------------------------------------
@@ -92,6 +92,15 @@ fn assert_logged(log: &str, needles: &[&str]) {
         log_has_line(log, needles),
         "no line with {needles:?}\n--- log ---\n{log}"
     );
+}
+
+/// Runs fifod in `sb` to its exit; panics with its stderr unless it exits
+/// 1 with a line of stderr that has all of `needles`.
+fn run_refused(sb: &Sandbox, needles: &[&str]) -> Outcome {
+    let out = sb.run_expect_exit(&Launch::default());
+    out.assert_code(1);
+    assert_logged(&out.stderr, needles);
+    out
 }
 
 /// Spawns `run` and waits for either its exit or `ready:`; returns the
@@ -593,18 +602,12 @@ fn dir_that_is_a_symlink_is_refused_even_when_root_owns_it() {
     let (real, link) = real_and_link(&sb);
     let link_before = snapshot(&link);
     config_with_dir(&sb, &link);
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[&format!(
-                "refusing {}: it is a symbolic link",
-                link.display()
-            )]
-        ),
-        "{}",
-        out.stderr
+    run_refused(
+        &sb,
+        &[&format!(
+            "refusing {}: it is a symbolic link",
+            link.display()
+        )],
     );
     assert_eq!(names_in(&real), names(&[]), "fifod wrote through the link");
     assert_eq!(snapshot(&link), link_before);
@@ -645,18 +648,12 @@ fn symlink_above_dir_not_owned_by_root_is_refused() {
         lchown(&link, Some(uid), Some(gid)).unwrap();
     }
     config_with_dir(&sb, &link.join("run"));
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[&format!(
-                "refusing {}: it is a symbolic link not owned by root",
-                link.display()
-            )]
-        ),
-        "{}",
-        out.stderr
+    run_refused(
+        &sb,
+        &[&format!(
+            "refusing {}: it is a symbolic link not owned by root",
+            link.display()
+        )],
     );
     assert_eq!(names_in(&real), names(&[]), "fifod wrote through the link");
 }
@@ -682,18 +679,12 @@ fn symlinked_subdirectory(rest: &str) -> (Sandbox, PathBuf, PathBuf) {
 fn symlink_as_a_fifo_directory_inside_dir_is_refused() {
     let (sb, sub, elsewhere) = symlinked_subdirectory("x");
     let before = snapshot(&elsewhere);
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[&format!(
-                "refusing {}: it is a symbolic link",
-                sub.display()
-            )]
-        ),
-        "{}",
-        out.stderr
+    let out = run_refused(
+        &sb,
+        &[&format!(
+            "refusing {}: it is a symbolic link",
+            sub.display()
+        )],
     );
     assert_eq!(snapshot(&elsewhere), before, "fifod wrote through the link");
     assert_eq!(names_in(&sb.run_dir()), names(&["sub"]), "{}", out.stderr);
@@ -736,18 +727,12 @@ fn world_writable_dir_without_sticky_bit_is_refused() {
     let run = sb.run_dir();
     mkdir_mode(&run, 0o777);
     config_with_dir(&sb, &run);
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[
-                &format!("refusing {}", run.display()),
-                "writable by everyone and has no sticky bit"
-            ]
-        ),
-        "{}",
-        out.stderr
+    let out = run_refused(
+        &sb,
+        &[
+            &format!("refusing {}", run.display()),
+            "writable by everyone and has no sticky bit",
+        ],
     );
     assert_eq!(names_in(&run), names(&[]), "{}", out.stderr);
     assert_eq!(lstat(&run).unwrap().mode() & 0o7777, 0o777);
@@ -796,18 +781,12 @@ fn world_writable_sticky_fifo_subdirectory_is_accepted() {
 #[test]
 fn world_writable_fifo_subdirectory_without_sticky_bit_is_refused() {
     let (sb, public) = pub_subdirectory(0o777);
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[
-                &format!("refusing {}", public.display()),
-                "writable by everyone and has no sticky bit"
-            ]
-        ),
-        "{}",
-        out.stderr
+    let out = run_refused(
+        &sb,
+        &[
+            &format!("refusing {}", public.display()),
+            "writable by everyone and has no sticky bit",
+        ],
     );
     assert_eq!(names_in(&public), names(&[]), "{}", out.stderr);
     assert_eq!(names_in(&sb.run_dir()), names(&["pub"]), "{}", out.stderr);
@@ -822,18 +801,12 @@ fn fifo_subdirectory_of_another_user_is_refused() {
     let (sb, public) = pub_subdirectory(0o755);
     let (uid, gid) = nobody();
     std::os::unix::fs::chown(&public, Some(uid), Some(gid)).unwrap();
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[
-                &format!("refusing {}", public.display()),
-                &format!("owned by uid {uid}")
-            ]
-        ),
-        "{}",
-        out.stderr
+    let out = run_refused(
+        &sb,
+        &[
+            &format!("refusing {}", public.display()),
+            &format!("owned by uid {uid}"),
+        ],
     );
     assert_eq!(names_in(&public), names(&[]), "{}", out.stderr);
     assert_eq!(names_in(&sb.run_dir()), names(&["pub"]), "{}", out.stderr);
@@ -1061,16 +1034,7 @@ fn assert_lock_refused(plant: impl FnOnce(&Sandbox, &Path), says: &str) -> Sandb
     plant(&sb, &lock);
     let before = snapshot(&lock);
     config_with_dir(&sb, &run);
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[&format!("refusing {}: {says}", lock.display())]
-        ),
-        "{}",
-        out.stderr
-    );
+    let out = run_refused(&sb, &[&format!("refusing {}: {says}", lock.display())]);
     assert_eq!(snapshot(&lock), before, "the lock path changed");
     assert_eq!(names_in(&run), names(&[LOCK]), "{}", out.stderr);
     sb
@@ -1225,15 +1189,9 @@ to = ["a"]
     );
     let before = snapshot(&a);
     assert_eq!(before.nlink, 2, "premise");
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[&format!("refusing {}: it has 2 hard links", a.display())]
-        ),
-        "{}",
-        out.stderr
+    let out = run_refused(
+        &sb,
+        &[&format!("refusing {}: it has 2 hard links", a.display())],
     );
     assert_eq!(snapshot(&a), before, "it changed");
     assert_eq!(snapshot(&other).ino, before.ino);
@@ -1262,18 +1220,12 @@ fn stale_fifo_of_another_user_is_refused_unless_it_is_the_configured_owner() {
     };
     sb.write_config(&config(""));
     let before = snapshot(&a);
-    let out = sb.run_expect_exit(&Launch::default());
-    out.assert_code(1);
-    assert!(
-        log_has_line(
-            &out.stderr,
-            &[&format!(
-                "refusing {}: it is a FIFO owned by uid {uid}",
-                a.display()
-            )]
-        ),
-        "{}",
-        out.stderr
+    let out = run_refused(
+        &sb,
+        &[&format!(
+            "refusing {}: it is a FIFO owned by uid {uid}",
+            a.display()
+        )],
     );
     assert_eq!(snapshot(&a), before, "it changed");
     assert_eq!(names_in(&run), names(&["a"]), "{}", out.stderr);
