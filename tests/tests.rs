@@ -11,6 +11,7 @@ mod faults;
 mod framing;
 mod hardening;
 mod hostile_fs;
+mod injected;
 mod lifecycle;
 mod processes;
 mod relay;
