@@ -18,7 +18,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, Guarded, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
+    BULK_TIMEOUT, Daemon, Guarded, KIB, Launch, MIB, Rng, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
     assert_clean_stats, assert_stats_in, exits, is_root, live_running, lstat, names_in,
     open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one, proc_stat, read_exact,
     read_some, read_to_eof, reload_outcomes, spawn, started_pids, under_prlimit, wait_child,
@@ -29,29 +29,6 @@ use crate::status::{fifo_entry, num, process_entry, sink_entry, status_json, sta
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// xorshift64: the tests' only source of chance, seeded, so that a failure
-/// can be replayed.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A number in `lo..=hi`.
-    fn between(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-}
 
 /// A child process killed with SIGKILL (and reaped) when dropped, so that
 /// a failing test leaves nothing running.

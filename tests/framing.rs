@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, KIB, MIB, Stats, TIMEOUT, open_reader, open_writer, pipe_pending,
+    BULK_TIMEOUT, Daemon, KIB, MIB, Rng, Stats, TIMEOUT, open_reader, open_writer, pipe_pending,
     read_exact, read_some, read_to_eof, spawn, wait_until, write_all,
 };
 use crate::status::{
@@ -22,35 +22,16 @@ use crate::status::{
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// A small deterministic generator (xorshift64).
-#[derive(Debug, Clone)]
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        let mut rng = XorShift((seed ^ 0x2545_F491_4F6C_DD1D).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        if rng.0 == 0 {
-            rng.0 = 1;
-        }
-        for _ in 0..4 {
-            rng.next();
-        }
-        rng
+/// A generator seeded as the framing tests' lines were first made.
+fn xorshift(seed: u64) -> Rng {
+    let mut rng = Rng((seed ^ 0x2545_F491_4F6C_DD1D).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    if rng.0 == 0 {
+        rng.0 = 1;
     }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+    for _ in 0..4 {
+        rng.next();
     }
-
-    /// A number in `lo..=hi`.
-    fn between(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
+    rng
 }
 
 /// `tag`, then `filler` letters derived from `seed`, then a newline.
@@ -58,7 +39,7 @@ fn tagged_line(tag: &str, seed: u64, filler: usize) -> Vec<u8> {
     let len = tag.len() + filler;
     let mut line = Vec::with_capacity(len + 1);
     line.extend_from_slice(tag.as_bytes());
-    let mut rng = XorShift::new(seed);
+    let mut rng = xorshift(seed);
     while line.len() < len {
         let n = (len - line.len()).min(8);
         let word = rng.next().to_le_bytes();
@@ -70,13 +51,7 @@ fn tagged_line(tag: &str, seed: u64, filler: usize) -> Vec<u8> {
 
 /// Cuts `data` into writes of random sizes: tiny ones, ones up to a page,
 /// and ones larger than a page (up to 256 KiB, more than a pipe holds).
-fn write_cut(
-    f: &File,
-    data: &[u8],
-    rng: &mut XorShift,
-    end: Instant,
-    mut wrote: impl FnMut(usize),
-) {
+fn write_cut(f: &File, data: &[u8], rng: &mut Rng, end: Instant, mut wrote: impl FnMut(usize)) {
     let mut off = 0;
     while off < data.len() {
         let n = match rng.next() % 10 {
@@ -179,7 +154,7 @@ buffer = "4MiB"
 /// tenth up to 100 KiB.
 fn merge_line(id: usize, seq: usize) -> Vec<u8> {
     let seed = ((id as u64 + 1) << 32) | seq as u64;
-    let mut rng = XorShift::new(seed ^ 0xABCD);
+    let mut rng = xorshift(seed ^ 0xABCD);
     let filler = match rng.next() % 10 {
         0..=4 => rng.between(0, 64),
         5..=8 => rng.between(65, 4096),
@@ -216,7 +191,7 @@ fn lines_of_four_writers_never_interleave() {
             let stream = Arc::clone(&streams[id]);
             spawn(move || {
                 let w = open_writer(&path);
-                let mut rng = XorShift::new(1000 + id as u64);
+                let mut rng = xorshift(1000 + id as u64);
                 write_cut(&w, &stream, &mut rng, Instant::now() + BULK_TIMEOUT, |_| {});
             })
         })
@@ -519,7 +494,7 @@ impl Drop for SetOnDrop {
 }
 
 fn drop_line(seq: usize) -> Vec<u8> {
-    let mut rng = XorShift::new(seq as u64 ^ 0xD809);
+    let mut rng = xorshift(seq as u64 ^ 0xD809);
     let filler = rng.between(0, 2000);
     tagged_line(&format!("L{seq}:"), seq as u64, filler)
 }
@@ -557,7 +532,7 @@ when_full = "{policy}"
             // Set even if this thread panics, so that the reader stops.
             let _done = SetOnDrop(done);
             let w = open_writer(&path);
-            let mut rng = XorShift::new(4242);
+            let mut rng = xorshift(4242);
             let end = Instant::now() + BULK_TIMEOUT;
             let part = stream.len().div_ceil(SEGMENTS);
             for (i, segment) in stream.chunks(part).enumerate() {
