@@ -19,12 +19,12 @@ use nix::unistd::Pid;
 
 use crate::common::{
     BULK_TIMEOUT, Daemon, Guarded, KIB, Launch, MIB, Rng, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
-    assert_clean_stats, assert_stats_in, exits, is_root, live_running, lstat, names_in,
-    open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one, proc_stat, read_exact,
-    read_some, read_to_eof, reload_outcomes, spawn, started_pids, under_prlimit, wait_child,
-    wait_log, wait_until, write_all, write_until_stalled,
+    assert_clean_stats, assert_stats_in, exits, fifo_entry, is_root, live_running, lstat, names_in,
+    num, open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one, proc_stat,
+    process_entry, read_exact, read_some, read_to_eof, reload_outcomes, sink_entry, spawn,
+    started_pids, status_json, status_of, status_until, under_prlimit, wait_child, wait_log,
+    wait_until, write_all, write_until_stalled,
 };
-use crate::status::{fifo_entry, num, process_entry, sink_entry, status_json, status_of};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -261,14 +261,13 @@ fn a_reader_killed_mid_stream_loses_only_what_it_read() {
             pipe_pending(&out),
             blocked_in(pid)
         );
-        let mut st = serde_json::Value::Null;
-        assert!(
-            wait_until(TIMEOUT, || {
-                st = status_json(&d);
-                num(fifo_entry(&st, "out"), "queued") > 0
-                    && num(sink_entry(&st, 0, "out"), "held") > 0
-            }),
-            "the pipe of out and fifod's buffer for it never both held bytes: {st}"
+        status_until(
+            &d,
+            "the pipe of out and fifod's buffer for it both holding bytes",
+            |st| {
+                num(fifo_entry(st, "out"), "queued") > 0
+                    && num(sink_entry(st, 0, "out"), "held") > 0
+            },
         );
         dd.kill();
         let rest = read_to_eof(&out, TIMEOUT);
@@ -867,16 +866,11 @@ when_full = "block"
         wait_until(TIMEOUT, || progress.load(Ordering::SeqCst) >= MIB as u64),
         "the stream never got going"
     );
-    let mut st = serde_json::Value::Null;
-    assert!(
-        wait_until(TIMEOUT, || {
-            st = status_json(&d);
-            num(fifo_entry(&st, "in"), "queued") > 0
-                && num(sink_entry(&st, 0, "out"), "held") > 0
-                && num(fifo_entry(&st, "out"), "queued") > 0
-        }),
-        "the pipes and fifod's buffer were never all holding bytes: {st}"
-    );
+    status_until(&d, "the pipes and fifod's buffer all holding bytes", |st| {
+        num(fifo_entry(st, "in"), "queued") > 0
+            && num(sink_entry(st, 0, "out"), "held") > 0
+            && num(fifo_entry(st, "out"), "queued") > 0
+    });
     d.signal(Signal::SIGTERM);
     let st = d.wait_exit(STOP_TIMEOUT);
     assert_eq!(st.code(), Some(0), "{st:?}\n{}", d.log());

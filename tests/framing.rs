@@ -10,12 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, KIB, MIB, Rng, Stats, TIMEOUT, open_reader, open_writer, pipe_pending,
-    read_exact, read_some, read_to_eof, spawn, wait_until, write_all,
-};
-use crate::status::{
-    Counts, checked_counts, fifo_entry, num, process_entry, route_entry, sink_entry, status_json,
-    text,
+    BULK_TIMEOUT, Counts, Daemon, KIB, MIB, Rng, Stats, TIMEOUT, checked_counts, fifo_entry, num,
+    open_reader, open_writer, pipe_pending, process_entry, read_exact, read_some, read_to_eof,
+    route_entry, sink_entry, spawn, status_json, status_of, status_until, text, wait_until,
+    write_all,
 };
 
 // ---------------------------------------------------------------------------
@@ -106,26 +104,6 @@ fn show(line: &[u8]) -> String {
         line.len(),
         String::from_utf8_lossy(&line[..line.len().min(40)])
     )
-}
-
-/// Polls `fifod status --json` until `cond` holds on a snapshot; returns
-/// that snapshot, or panics with the last one at the deadline.
-fn status_until(
-    d: &Daemon,
-    what: &str,
-    mut cond: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    let ok = wait_until(TIMEOUT, || {
-        last = status_json(d);
-        cond(&last)
-    });
-    assert!(
-        ok,
-        "status never showed {what}; last: {last}\n--- log ---\n{}",
-        d.log()
-    );
-    last
 }
 
 // ---------------------------------------------------------------------------
@@ -429,7 +407,7 @@ framing = "lines"
         "a\nb\npartial",
         "what the reader got within {TIMEOUT:?} after the process ended\n\
          status then: {}\n--- log ---\n{}",
-        crate::status::status_of(&d.sb, false).stdout,
+        status_of(&d.sb, false).stdout,
         d.log()
     );
     // Everything the reader has was delivered, and nothing is left.

@@ -15,11 +15,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats, gone_or_zombie,
-    lstat, open_reader, open_writer, pattern_block, pipe_pending, read_exact, read_some,
-    read_to_eof, reload_outcomes, spawn, wait_log, wait_until, write_all, write_pattern,
+    BULK_TIMEOUT, Daemon, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats, fifo_entry,
+    gone_or_zombie, lstat, num, open_reader, open_writer, pattern_block, pipe_pending,
+    process_entry, read_exact, read_some, read_to_eof, reload_outcomes, sink_entry, spawn,
+    status_json, status_until, text, wait_log, wait_until, write_all, write_pattern,
 };
-use crate::status::{fifo_entry, num, process_entry, sink_entry, status_json, text};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -63,17 +63,14 @@ fn wait_replaced(d: &Daemon, name: &str, pid: i32) {
 fn hold(d: &Daemon, input: &str, output: &str, route: usize, seed: u64, offset: u64, len: usize) {
     let w = open_writer(&d.fifo(input));
     write_pattern(&w, seed, offset, len, Instant::now() + TIMEOUT);
-    let mut last = serde_json::Value::Null;
-    let taken = wait_until(TIMEOUT, || {
-        last = status_json(d);
-        let queued = num(fifo_entry(&last, output), "queued");
-        let held = num(sink_entry(&last, route, output), "held");
-        num(fifo_entry(&last, input), "queued") == 0 && held > 0 && queued + held == len as u64
-    });
-    assert!(
-        taken,
-        "fifod never held the {len} bytes for {output}; last status: {last}\n--- log ---\n{}",
-        d.log()
+    status_until(
+        d,
+        &format!("fifod holding the {len} bytes for {output}"),
+        |st| {
+            let queued = num(fifo_entry(st, output), "queued");
+            let held = num(sink_entry(st, route, output), "held");
+            num(fifo_entry(st, input), "queued") == 0 && held > 0 && queued + held == len as u64
+        },
     );
 }
 
@@ -590,15 +587,12 @@ buffer = "4KiB"
     hold(&d, "in", "out", 0, A, 0, 66 * KIB);
     let w2 = open_writer(&d.fifo("in2"));
     write_pattern(&w2, B, 0, 10 * KIB, Instant::now() + TIMEOUT);
-    let mut last = serde_json::Value::Null;
-    let blocked = wait_until(TIMEOUT, || {
-        last = status_json(&d);
-        let waiting = num(fifo_entry(&last, "in2"), "queued");
-        let held = num(sink_entry(&last, 0, "out"), "held");
-        let queued = num(fifo_entry(&last, "out"), "queued");
+    status_until(&d, "in2 waiting", |st| {
+        let waiting = num(fifo_entry(st, "in2"), "queued");
+        let held = num(sink_entry(st, 0, "out"), "held");
+        let queued = num(fifo_entry(st, "out"), "queued");
         waiting > 0 && held + queued + waiting == 76 * KIB as u64
     });
-    assert!(blocked, "in2 never waited; last status: {last}");
     // `in2` goes, and the route changes with it.
     d.reload_ok("[fifo.in]\n[fifo.out]\n\n[[route]]\nfrom = [\"in\"]\nto = [\"out\"]\n");
     assert!(lstat(&d.fifo("in2")).is_none(), "in2 is still there");

@@ -21,9 +21,11 @@ use tempfile::TempDir;
 mod files;
 mod pattern;
 mod procs;
+mod status;
 pub use files::*;
 pub use pattern::*;
 pub use procs::*;
+pub use status::*;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_fifod");
