@@ -19,10 +19,10 @@ use nix::unistd::Pid;
 
 use crate::common::{
     BULK_TIMEOUT, Daemon, Guarded, KIB, Launch, MIB, Rng, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
-    assert_clean_stats, assert_stats_in, exits, fifo_entry, is_root, live_running, lstat, names_in,
-    num, open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one, proc_stat,
-    process_entry, read_exact, read_some, read_to_eof, reload_outcomes, sink_entry, spawn,
-    started_pids, status_json, status_of, status_until, under_prlimit, wait_child, wait_log,
+    assert_clean_stats, assert_no_more, assert_stats_in, exits, fifo_entry, is_root, live_running,
+    lstat, names_in, num, open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one,
+    proc_stat, process_entry, read_exact, read_some, read_to_eof, reload_outcomes, sink_entry,
+    spawn, started_pids, status_json, status_of, status_until, under_prlimit, wait_child, wait_log,
     wait_until, write_all, write_until_stalled,
 };
 
@@ -298,8 +298,7 @@ fn a_reader_killed_mid_stream_loses_only_what_it_read() {
     let w = writer.join(BULK_TIMEOUT);
     drop(w);
     d.stop_ok();
-    let more = read_to_eof(&r, TIMEOUT);
-    assert!(more.is_empty(), "{} bytes after the stream", more.len());
+    assert_no_more(&r, "out");
     let n = TOTAL as u64;
     assert_clean_stats(&d, 0, "out", n);
 }
@@ -402,8 +401,7 @@ fn writers_killed_mid_write_leave_fifod_serving_later_writers() {
     assert_eq!(num(sink_entry(&st, 0, "out"), "delivered"), total, "{st}");
     drop(later);
     d.stop_ok();
-    let more = read_to_eof(&r, TIMEOUT);
-    assert!(more.is_empty(), "{} bytes after the stream", more.len());
+    assert_no_more(&r, "out");
     assert_clean_stats(&d, 0, "out", total);
 }
 
@@ -668,8 +666,7 @@ when_full = "block"
     }
     assert_eq!((seen.lines, seen.bytes), (total_lines, total_bytes));
     d.stop_ok();
-    let more = read_to_eof(&r, TIMEOUT);
-    assert!(more.is_empty(), "{} bytes after the last line", more.len());
+    assert_no_more(&r, "out");
     assert_clean_stats(&d, 0, "out", total_bytes);
     eprintln!(
         "soak: {SOAK_WRITERS} writers for {soak:?} ({:?} in all): {connections} connections, \
@@ -1167,8 +1164,7 @@ to = ["other-out"]
 
 /// Nothing came out of `out` (the closer writes nothing).
 fn assert_clean_out(d: &Daemon, out: &File) {
-    let got = read_to_eof(out, TIMEOUT);
-    assert!(got.is_empty(), "{got:?}");
+    assert_no_more(out, "out");
     assert_clean_stats(d, 1, "out", 0);
 }
 
@@ -1614,8 +1610,7 @@ to = ["out"]
     );
     drop(w);
     d.stop_ok();
-    let more = read_to_eof(&r, TIMEOUT);
-    assert!(more.is_empty(), "{} bytes after the stream", more.len());
+    assert_no_more(&r, "out");
     let n = LEN as u64;
     for (route, sink) in [(0, "relay"), (1, "out")] {
         assert_clean_stats(&d, route, sink, n);

@@ -18,10 +18,10 @@ use nix::sys::signal::Signal;
 
 use crate::common::{
     BIN, BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
-    assert_clean_stats, assert_stats_in, children_of, exits, gone_or_zombie, gunzip, messages,
-    open_reader, open_writer, pattern, pipe_pending, proc_stat, read_exact, read_some, read_to_eof,
-    spawn, started_pids, try_write, wait_child, wait_idle, wait_log, wait_until, write_all,
-    write_pattern, write_until_stalled,
+    assert_clean_stats, assert_no_more, assert_stats_in, children_of, exits, gone_or_zombie,
+    gunzip, messages, open_reader, open_writer, pattern, pipe_pending, proc_stat, read_exact,
+    read_some, read_to_eof, spawn, started_pids, try_write, wait_child, wait_idle, wait_log,
+    wait_until, write_all, write_pattern, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
@@ -205,18 +205,6 @@ fn read_session(path: &Path, timeout: Duration) -> Vec<u8> {
         drop(r);
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Asserts that nothing more arrives on `r` before its EOF (after fifod
-/// stopped).
-fn assert_no_more(r: &File, what: &str) {
-    let rest = read_to_eof(r, TIMEOUT);
-    assert!(
-        rest.is_empty(),
-        "{what}: {} unexpected bytes after the stream: {:?}",
-        rest.len(),
-        String::from_utf8_lossy(&rest[..rest.len().min(200)])
-    );
 }
 
 // ---------------------------------------------------------------------------

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, KIB, MIB, STOP_TIMEOUT, TIMEOUT, Verifier, assert_stats_in, fill_pattern,
-    open_reader, open_writer, pattern, read_exact, read_some, read_to_eof, spawn, wait_until,
-    write_all, write_pattern, write_until_stalled,
+    BULK_TIMEOUT, Daemon, KIB, MIB, STOP_TIMEOUT, TIMEOUT, Verifier, assert_no_more,
+    assert_stats_in, fill_pattern, open_reader, open_writer, pattern, read_exact, read_some,
+    read_to_eof, spawn, wait_until, write_all, write_pattern, write_until_stalled,
 };
 
 const SIMPLE: &str = r#"
@@ -28,15 +28,6 @@ buffer = "1MiB"
 fn stop_ok(d: &mut Daemon) -> String {
     d.stop_ok();
     d.log()
-}
-
-fn assert_no_more(r: &File) {
-    let rest = read_to_eof(r, TIMEOUT);
-    assert!(
-        rest.is_empty(),
-        "{} unexpected bytes after the stream",
-        rest.len()
-    );
 }
 
 const RECORD: usize = 4096;
@@ -128,7 +119,7 @@ fn sequential_then_concurrent_writers() {
     }
     let r = reader.join(BULK_TIMEOUT);
     let log = stop_ok(&mut d);
-    assert_no_more(&r);
+    assert_no_more(&r, "out");
     let all = (5 * piece + total) as u64;
     assert_stats_in(&log, 0, "out", (all, all, 0, 0));
 }
@@ -145,7 +136,7 @@ fn reader_absent_then_present() {
     let got = read_exact(&r, n, TIMEOUT);
     Verifier::new(21, 0).check(&got).unwrap();
     let log = stop_ok(&mut d);
-    assert_no_more(&r);
+    assert_no_more(&r, "out");
     let n = n as u64;
     assert_stats_in(&log, 0, "out", (n, n, 0, 0));
 }
@@ -171,7 +162,7 @@ fn reader_leaves_and_new_reader_continues() {
     Verifier::new(31, first as u64).check(&got).unwrap();
     drop(w);
     let log = stop_ok(&mut d);
-    assert_no_more(&r2);
+    assert_no_more(&r2, "out");
     let n = 2 * half as u64;
     assert_stats_in(&log, 0, "out", (n, n, 0, 0));
 }
@@ -236,7 +227,7 @@ to = ["out"]
     assert!(s1 == e1, "stream from in1 corrupted or reordered");
     assert!(s2 == e2, "stream from in2 corrupted or reordered");
     let log = stop_ok(&mut d);
-    assert_no_more(&r);
+    assert_no_more(&r, "out");
     let all = 2 * n as u64;
     assert_stats_in(&log, 0, "out", (all, all, 0, 0));
 }
@@ -277,8 +268,8 @@ fn fan_out_to_two_outputs() {
         files.push(r);
     }
     let log = stop_ok(&mut d);
-    for r in &files {
-        assert_no_more(r);
+    for (r, sink) in files.iter().zip(["out1", "out2"]) {
+        assert_no_more(r, sink);
     }
     for sink in ["out1", "out2"] {
         let n = n as u64;
@@ -344,8 +335,8 @@ fn bulk_256_mib_fan_out_byte_exact() {
     }
     writer.join(TIMEOUT);
     let log = stop_ok(&mut d);
-    for r in &files {
-        assert_no_more(r);
+    for (r, sink) in files.iter().zip(["out1", "out2"]) {
+        assert_no_more(r, sink);
     }
     for sink in ["out1", "out2"] {
         assert_stats_in(&log, 0, sink, (total, total, 0, 0));
@@ -387,7 +378,7 @@ when_full = "block"
     Verifier::new(seed, written).check(&got).unwrap();
     drop(writer.join(TIMEOUT));
     let log = stop_ok(&mut d);
-    assert_no_more(&r);
+    assert_no_more(&r, "out");
     let all = written + more as u64;
     assert_stats_in(&log, 0, "out", (all, all, 0, 0));
 }

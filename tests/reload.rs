@@ -15,10 +15,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats, fifo_entry,
-    gone_or_zombie, lstat, num, open_reader, open_writer, pattern_block, pipe_pending,
-    process_entry, read_exact, read_some, read_to_eof, reload_outcomes, sink_entry, spawn,
-    status_json, status_until, text, wait_log, wait_until, write_all, write_pattern,
+    BULK_TIMEOUT, Daemon, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats, assert_no_more,
+    fifo_entry, gone_or_zombie, lstat, num, open_reader, open_writer, pattern_block, pipe_pending,
+    process_entry, read_exact, read_some, reload_outcomes, sink_entry, spawn, status_json,
+    status_until, text, wait_log, wait_until, write_all, write_pattern,
 };
 
 // ---------------------------------------------------------------------------
@@ -527,8 +527,7 @@ to = ["idle"]
         log.contains("fifo out: its reader has everything")
     });
     // fifod closed it: the reader sees its end, and nothing more.
-    let rest = read_to_eof(&r, TIMEOUT);
-    assert!(rest.is_empty(), "{} bytes after the held ones", rest.len());
+    assert_no_more(&r, "out");
     d.stop_ok();
     let log = d.log();
     assert!(!log.contains("fifo out: removed with"), "{log}");

@@ -14,8 +14,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    Daemon, Guarded, Joiner, KIB, MIB, STOP_TIMEOUT, TIMEOUT, assert_stats, exits, gunzip,
-    live_running, messages, open_reader, open_writer, pipe_pending, poll_one, proc_stat,
+    Daemon, Guarded, Joiner, KIB, MIB, STOP_TIMEOUT, TIMEOUT, assert_no_more, assert_stats, exits,
+    gunzip, live_running, messages, open_reader, open_writer, pipe_pending, poll_one, proc_stat,
     read_exact, read_some, read_to_eof, spawn, started_pids, wait_log, wait_until, write_all,
     write_until_stalled,
 };
@@ -349,8 +349,7 @@ to = ["out"]
         "the stop took {took:?} (shutdown_timeout 20s)\n--- log ---\n{log}"
     );
     assert_no_sigterm_timeout(&log, "20s");
-    let rest = read_to_eof(&r, TIMEOUT);
-    assert!(rest.is_empty(), "unexpected bytes after the stop: {rest:?}");
+    assert_no_more(&r, "out");
     assert_stats(&d, 0, "out", (3, 3, 0, 0));
     assert_eq!(
         sleeps_in_group(bg),
@@ -440,12 +439,7 @@ buffer = "4KiB"
         );
     }
     d.stop_ok();
-    let rest = read_to_eof(&r, TIMEOUT);
-    assert!(
-        rest.is_empty(),
-        "{} unexpected bytes after the stream",
-        rest.len()
-    );
+    assert_no_more(&r, "out");
     assert_stats(&d, 0, "out", (LEN as u64, LEN as u64, 0, 0));
 }
 

@@ -894,6 +894,18 @@ pub fn read_to_eof(f: &File, timeout: Duration) -> Vec<u8> {
     }
 }
 
+/// Reads `r` to its EOF (deadline `TIMEOUT`, so after fifod stopped or
+/// closed it) and panics unless nothing more came; `what` names `r`.
+pub fn assert_no_more(r: &File, what: &str) {
+    let rest = read_to_eof(r, TIMEOUT);
+    assert!(
+        rest.is_empty(),
+        "{what}: {} unexpected bytes after the stream: {:?}",
+        rest.len(),
+        String::from_utf8_lossy(&rest[..rest.len().min(200)])
+    );
+}
+
 /// Bytes currently queued in the pipe behind `f` (FIONREAD works on either
 /// end of a pipe).
 pub fn pipe_pending(f: &File) -> usize {
