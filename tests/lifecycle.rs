@@ -10,7 +10,7 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::unistd::Group;
 
 use crate::common::{
-    Daemon, KIB, LOCK, Launch, Sandbox, Snapshot, TIMEOUT, is_root, log_has_line, lstat,
+    Daemon, IN_OUT, KIB, LOCK, Launch, Sandbox, Snapshot, TIMEOUT, is_root, log_has_line, lstat,
     mkfifo_mode, names, names_in, nobody, nobody_user, open_reader, open_writer, read_exact,
     read_until, snapshot, under_prlimit, write_all,
 };
@@ -462,18 +462,9 @@ to = ["b", "c"]
 // Lock, stop, removal
 // ---------------------------------------------------------------------------
 
-const SIMPLE: &str = r#"
-[fifo.in]
-[fifo.out]
-
-[[route]]
-from = ["in"]
-to = ["out"]
-"#;
-
 #[test]
 fn second_instance_is_refused_by_the_lock() {
-    let mut d = Daemon::start(SIMPLE);
+    let mut d = Daemon::start(IN_OUT);
     let run = d.sb.run_dir();
     assert_eq!(lock_pid(&run), d.pid());
     let inodes: Vec<u64> = ["in", "out", LOCK]
@@ -508,7 +499,7 @@ fn second_instance_is_refused_by_the_lock() {
 }
 
 fn removes_everything_on(sig: Signal) {
-    let mut d = Daemon::start(SIMPLE);
+    let mut d = Daemon::start(IN_OUT);
     let run = d.sb.run_dir();
     assert!(lstat(&run.join(LOCK)).is_some());
     let st = d.stop(sig);
@@ -538,7 +529,7 @@ fn preexisting_dir_is_kept() {
     fs::create_dir(sb.run_dir()).unwrap();
     fs::set_permissions(sb.run_dir(), fs::Permissions::from_mode(0o751)).unwrap();
     let ino = lstat(&sb.run_dir()).unwrap().ino();
-    sb.write_config(SIMPLE);
+    sb.write_config(IN_OUT);
     let mut d = Daemon::start_with(sb, &Launch::default());
     assert_fifo(&d.fifo("in"), 0o600);
     d.stop_ok();
@@ -552,7 +543,7 @@ fn preexisting_dir_is_kept() {
 
 #[test]
 fn replaced_fifo_is_not_removed() {
-    let mut d = Daemon::start(SIMPLE);
+    let mut d = Daemon::start(IN_OUT);
     let out = d.fifo("out");
     let tmp = d.sb.path("replacement");
     let content = vec![b'x'; 3 * KIB];
@@ -582,7 +573,7 @@ fn replaced_fifo_is_not_removed() {
 #[test]
 fn too_low_a_file_limit_is_a_clear_error_at_start() {
     let sb = Sandbox::new();
-    sb.write_config(SIMPLE);
+    sb.write_config(IN_OUT);
     let limited = under_prlimit(&sb, "40:40");
     let out = sb.run_expect_exit(&Launch {
         bin: Some(limited),

@@ -15,10 +15,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats, assert_no_more,
-    fifo_entry, gone_or_zombie, lstat, num, open_reader, open_writer, pattern_block, pipe_pending,
-    process_entry, read_exact, read_some, reload_outcomes, sink_entry, spawn, status_json,
-    status_until, text, wait_log, wait_until, write_all, write_pattern,
+    BULK_TIMEOUT, Daemon, IN_OUT, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats,
+    assert_no_more, fifo_entry, gone_or_zombie, lstat, num, open_reader, open_writer,
+    pattern_block, pipe_pending, process_entry, read_exact, read_some, reload_outcomes, sink_entry,
+    spawn, status_json, status_until, text, wait_log, wait_until, write_all, write_pattern,
 };
 
 // ---------------------------------------------------------------------------
@@ -895,12 +895,3 @@ fn a_hundred_sighups_in_a_row_lose_nothing() {
     d.stop_ok();
     assert_clean_stats(&d, 0, "out", LEN as u64);
 }
-
-const IN_OUT: &str = r#"
-[fifo.in]
-[fifo.out]
-
-[[route]]
-from = ["in"]
-to = ["out"]
-"#;

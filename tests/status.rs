@@ -11,8 +11,8 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    Counts, Daemon, Launch, Sandbox, TIMEOUT, array, checked_counts, fifo_entry, lstat, num,
-    open_reader, open_writer, process_entry, read_exact, route_entry, sink_entry, status_json,
+    Counts, Daemon, IN_OUT, Launch, Sandbox, TIMEOUT, array, checked_counts, fifo_entry, lstat,
+    num, open_reader, open_writer, process_entry, read_exact, route_entry, sink_entry, status_json,
     status_of, text, write_all,
 };
 
@@ -290,15 +290,6 @@ fn status_reports_what_a_live_daemon_relayed() {
     assert_eq!(d.stats(1, "out").delivered, 3500);
 }
 
-const ONE_ROUTE: &str = r#"
-[fifo.in]
-[fifo.out]
-
-[[route]]
-from = ["in"]
-to = ["out"]
-"#;
-
 fn assert_not_running(sb: &Sandbox, when: &str) {
     for json in [false, true] {
         let out = status_of(sb, json);
@@ -320,7 +311,7 @@ fn assert_not_running(sb: &Sandbox, when: &str) {
 #[test]
 fn status_without_a_daemon_exits_3() {
     let sb = Sandbox::new();
-    sb.write_config(ONE_ROUTE);
+    sb.write_config(IN_OUT);
     // The dir does not even exist.
     assert!(lstat(&sb.run_dir()).is_none());
     assert_not_running(&sb, "no dir");
@@ -336,7 +327,7 @@ fn status_without_a_daemon_exits_3() {
 #[test]
 fn control_socket_is_private_while_running_and_removed_at_stop() {
     let sb = Sandbox::new();
-    sb.write_config(ONE_ROUTE);
+    sb.write_config(IN_OUT);
     let socket = sb.run_dir().join("control.sock");
     // A umask of 0 must not widen the socket's mode.
     let mut d = Daemon::start_with(
@@ -371,7 +362,7 @@ fn a_socket_left_by_a_crash_is_replaced() {
     // Two daemons, one after the other, on the same dir.
     let shared = Sandbox::new();
     let toml = format!(
-        "[daemon]\ndir = \"{}\"\n{ONE_ROUTE}",
+        "[daemon]\ndir = \"{}\"\n{IN_OUT}",
         shared.run_dir().display()
     );
     let socket = shared.run_dir().join("control.sock");
@@ -401,7 +392,7 @@ fn a_socket_left_by_a_crash_is_replaced() {
 
 #[test]
 fn an_empty_control_turns_the_socket_off() {
-    let toml = format!("[daemon]\ncontrol = \"\"\n{ONE_ROUTE}");
+    let toml = format!("[daemon]\ncontrol = \"\"\n{IN_OUT}");
     let mut d = Daemon::start(&toml);
     // The daemon relays as usual.
     let r = open_reader(&d.fifo("out"));

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    Daemon, Launch, STOP_TIMEOUT, Sandbox, TIMEOUT, lstat, open_reader, open_writer, read_exact,
-    started_pids, wait_log, wait_until, write_all,
+    Daemon, IN_OUT, Launch, STOP_TIMEOUT, Sandbox, TIMEOUT, lstat, open_reader, open_writer,
+    read_exact, started_pids, wait_log, wait_until, write_all,
 };
 
 // ---------------------------------------------------------------------------
@@ -175,15 +175,6 @@ fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
-const IN_TO_OUT: &str = r#"
-[fifo.in]
-[fifo.out]
-
-[[route]]
-from = ["in"]
-to = ["out"]
-"#;
-
 /// Writes `data` into `in` and reads it back from `out`.
 fn assert_flows(d: &Daemon, data: &[u8]) {
     let r = open_reader(&d.fifo("out"));
@@ -289,7 +280,7 @@ to = ["out"]
 #[test]
 fn an_invalid_reload_says_so_in_status_and_keeps_serving() {
     let sb = Sandbox::new();
-    sb.write_config(IN_TO_OUT);
+    sb.write_config(IN_OUT);
     let mut m = Manager::bind(&sb);
     let d = Daemon::start_with(sb, &m.launch(&[]));
     m.until(&d, "READY=1", |t| has(t, "READY=1"));
@@ -317,7 +308,7 @@ fn an_invalid_reload_says_so_in_status_and_keeps_serving() {
 fn the_watchdog_is_pinged_at_half_its_period() {
     const PINGS: usize = 6;
     let sb = Sandbox::new();
-    sb.write_config(IN_TO_OUT);
+    sb.write_config(IN_OUT);
     let mut m = Manager::bind(&sb);
     let spawned = Instant::now();
     let mut d = Daemon::spawn_with(sb, &m.launch(&[("WATCHDOG_USEC", "200000")]));
@@ -357,7 +348,7 @@ fn the_watchdog_is_pinged_at_half_its_period() {
 #[test]
 fn status_follows_the_traffic_at_most_once_a_second() {
     let sb = Sandbox::new();
-    sb.write_config(IN_TO_OUT);
+    sb.write_config(IN_OUT);
     let mut m = Manager::bind(&sb);
     let d = Daemon::start_with(sb, &m.launch(&[]));
     let (ready_at, _) = m.until(&d, "READY=1", |t| has(t, "READY=1"));
@@ -410,7 +401,7 @@ fn status_follows_the_traffic_at_most_once_a_second() {
 /// one been wrongly enabled. Asserts that no `WATCHDOG=1` came meanwhile.
 fn assert_no_watchdog(env: &[(&str, &str)]) {
     let sb = Sandbox::new();
-    sb.write_config(IN_TO_OUT);
+    sb.write_config(IN_OUT);
     let mut m = Manager::bind(&sb);
     let d = Daemon::start_with(sb, &m.launch(env));
     m.until(&d, "READY=1", |t| has(t, "READY=1"));
@@ -442,7 +433,7 @@ fn no_watchdog_pings_when_watchdog_pid_names_another_process() {
 #[test]
 fn a_notify_socket_nobody_reads_does_not_stall_the_relay() {
     let sb = Sandbox::new();
-    sb.write_config(IN_TO_OUT);
+    sb.write_config(IN_OUT);
     let path = sb.path("notify.sock");
     let _unread = UnixDatagram::bind(&path).expect("bind the notify socket");
     let launch = Launch {

@@ -36,6 +36,16 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for bulk transfers.
 pub const BULK_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The smallest config: FIFO `in` relayed to FIFO `out`.
+pub const IN_OUT: &str = r#"
+[fifo.in]
+[fifo.out]
+
+[[route]]
+from = ["in"]
+to = ["out"]
+"#;
+
 pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;
 
