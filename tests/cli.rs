@@ -169,11 +169,8 @@ fn fifod_config_env_missing_file_is_named() {
 #[test]
 fn check_prints_summary_and_creates_nothing() {
     let sb = Sandbox::new();
-    let cfg = sb.write_config(VALID);
-    let out = sb.run_to_exit(
-        &[OsString::from("check"), "--config".into(), cfg.into()],
-        &Launch::default(),
-    );
+    sb.write_config(VALID);
+    let out = sb.run_cmd("check", &Launch::default());
     out.assert_code(0);
     let run = sb.run_dir();
     let expected = [

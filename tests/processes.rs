@@ -4,7 +4,6 @@
 //! stdout, and passing ends on through a process.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -1044,9 +1043,8 @@ to = ["p"]
         "{}:{line}:{col}: process.p.command: program \"nosuch\" not found on PATH",
         cfg.display()
     );
-    let args = |cmd: &str| vec![OsString::from(cmd), "--config".into(), cfg.clone().into()];
 
-    let out = sb.run_to_exit(&args("check"), &Launch::default());
+    let out = sb.run_cmd("check", &Launch::default());
     out.assert_code(1);
     assert!(
         out.stderr.lines().any(|l| l == expected),
@@ -1054,7 +1052,7 @@ to = ["p"]
         out.stderr
     );
 
-    let out = sb.run_to_exit(&args("run"), &Launch::default());
+    let out = sb.run_cmd("run", &Launch::default());
     out.assert_code(78);
     assert!(
         out.stderr.lines().any(|l| l == expected),
@@ -1218,9 +1216,8 @@ struct Piped {
 impl Piped {
     fn start(toml: &str) -> (Piped, ChildStdin, ChildStdout) {
         let sb = Sandbox::new();
-        let cfg = sb.write_config(toml);
-        let args = [OsString::from("run"), "--config".into(), cfg.into()];
-        let (mut cmd, _out, log_path) = sb.command(&args, &Launch::default());
+        sb.write_config(toml);
+        let (mut cmd, _out, log_path) = sb.command(&sb.cmd_args("run"), &Launch::default());
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn fifod");
         let stdin = child.stdin.take().expect("stdin");

@@ -373,13 +373,14 @@ impl Sandbox {
         }
     }
 
+    /// `<cmd> --config <root>/fifod.toml`: arguments for the binary.
+    pub fn cmd_args(&self, cmd: &str) -> Vec<OsString> {
+        vec![cmd.into(), "--config".into(), self.config_path().into()]
+    }
+
     /// `fifod <cmd> --config <root>/fifod.toml` to completion.
     pub fn run_cmd(&self, cmd: &str, launch: &Launch) -> Outcome {
-        let cfg = self.config_path();
-        self.run_to_exit(
-            &[OsString::from(cmd), "--config".into(), cfg.into()],
-            launch,
-        )
+        self.run_to_exit(&self.cmd_args(cmd), launch)
     }
 
     /// `fifod run --config <root>/fifod.toml`, expected to exit on its own.
@@ -435,12 +436,8 @@ impl Daemon {
 
     /// `run --config <sandbox>/fifod.toml` (config written by the caller).
     pub fn start_with(sb: Sandbox, launch: &Launch) -> Daemon {
-        let cfg = sb.config_path();
-        Daemon::start_args(
-            sb,
-            &[OsString::from("run"), "--config".into(), cfg.into()],
-            launch,
-        )
+        let args = sb.cmd_args("run");
+        Daemon::start_args(sb, &args, launch)
     }
 
     /// Starts the binary with explicit arguments and waits for `ready:`.
@@ -452,12 +449,8 @@ impl Daemon {
 
     /// `run --config <sandbox>/fifod.toml`, without waiting for `ready:`.
     pub fn spawn_with(sb: Sandbox, launch: &Launch) -> Daemon {
-        let cfg = sb.config_path();
-        Daemon::spawn_args(
-            sb,
-            &[OsString::from("run"), "--config".into(), cfg.into()],
-            launch,
-        )
+        let args = sb.cmd_args("run");
+        Daemon::spawn_args(sb, &args, launch)
     }
 
     /// Starts the binary with explicit arguments (no waiting).

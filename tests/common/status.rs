@@ -1,18 +1,12 @@
 //! `fifod status`: running it, and reading its JSON document.
 
-use std::ffi::OsString;
-
 use serde_json::Value;
 
 use super::{Daemon, Launch, Outcome, Sandbox, TIMEOUT, wait_until};
 
 /// Runs `fifod status --config <sandbox config>` (with `--json` if asked).
 pub fn status_of(sb: &Sandbox, json: bool) -> Outcome {
-    let mut args = vec![
-        OsString::from("status"),
-        "--config".into(),
-        sb.config_path().into(),
-    ];
+    let mut args = sb.cmd_args("status");
     if json {
         args.push("--json".into());
     }
@@ -53,24 +47,24 @@ pub fn array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
         .unwrap_or_else(|| panic!("no array {key:?} in {v}"))
 }
 
+/// The one entry of the array `status[list]` named `name` (a `what`).
+fn named_entry<'a>(status: &'a Value, list: &str, what: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = array(status, list)
+        .iter()
+        .filter(|e| text(e, "name") == name)
+        .collect();
+    assert_eq!(found.len(), 1, "one {what} {name:?} expected in {status}");
+    found[0]
+}
+
 /// The entry of `status.fifos` named `name`.
 pub fn fifo_entry<'a>(status: &'a Value, name: &str) -> &'a Value {
-    let found: Vec<&Value> = array(status, "fifos")
-        .iter()
-        .filter(|f| text(f, "name") == name)
-        .collect();
-    assert_eq!(found.len(), 1, "one fifo {name:?} expected in {status}");
-    found[0]
+    named_entry(status, "fifos", "fifo", name)
 }
 
 /// The entry of `status.processes` named `name`.
 pub fn process_entry<'a>(status: &'a Value, name: &str) -> &'a Value {
-    let found: Vec<&Value> = array(status, "processes")
-        .iter()
-        .filter(|p| text(p, "name") == name)
-        .collect();
-    assert_eq!(found.len(), 1, "one process {name:?} expected in {status}");
-    found[0]
+    named_entry(status, "processes", "process", name)
 }
 
 /// `status.routes[route]` (checking its `index`).
