@@ -17,8 +17,8 @@ use nix::unistd::mkfifo;
 use tempfile::TempDir;
 
 use crate::common::{
-    Daemon, KIB, Launch, Listen, Sandbox, TIMEOUT, Verifier, log_has_line, lstat, open_reader,
-    open_writer, pattern, pipe_pending, read_exact, read_some, wait_until, write_all,
+    Daemon, KIB, Launch, Listen, Sandbox, TIMEOUT, Verifier, assert_logged, log_has_line, lstat,
+    open_reader, open_writer, pattern, pipe_pending, read_exact, read_some, wait_until, write_all,
     write_pattern,
 };
 
@@ -218,10 +218,7 @@ fn passed_fifos_are_left_in_place_at_stop() {
     m.assert_untouched(&nodes, &log);
     for (name, _) in &m.fifos {
         let left = format!("left fifo {name} at {} in place", m.path(name).display());
-        assert!(
-            log_has_line(&log, &[&left, "belongs to the service manager"]),
-            "no {left:?}\n--- log ---\n{log}"
-        );
+        assert_logged(&log, &[&left, "belongs to the service manager"]);
     }
 }
 
@@ -267,11 +264,7 @@ fn assert_refused(m: &Manager, toml: &str, launch: &Launch, needles: &[&str]) {
     sb.write_config(toml);
     let out = sb.run_expect_exit(launch);
     out.assert_code(1);
-    assert!(
-        log_has_line(&out.stderr, needles),
-        "no error line with all of {needles:?}\n--- stderr ---\n{}",
-        out.stderr
-    );
+    assert_logged(&out.stderr, needles);
     m.assert_untouched(&nodes, &out.stderr);
 }
 

@@ -21,9 +21,9 @@ use crate::common::{
     BULK_TIMEOUT, Daemon, Guarded, KIB, Launch, MIB, Rng, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
     assert_clean_stats, assert_no_more, assert_stats_in, exits, fifo_entry, is_root, live_running,
     lstat, names_in, num, open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one,
-    proc_stat, process_entry, read_exact, read_some, read_to_eof, reload_outcomes, sink_entry,
-    spawn, started_pids, status_json, status_of, status_until, under_prlimit, wait_child, wait_log,
-    wait_until, write_all, write_until_stalled,
+    proc_stat, process_entry, read_exact, read_some, read_to_eof, relays, reload_outcomes,
+    sink_entry, spawn, started_pids, status_json, status_of, status_until, under_prlimit,
+    wait_child, wait_log, wait_until, write_all, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
@@ -1254,15 +1254,8 @@ fn pairs_config(pairs: usize, daemon: &str) -> String {
 /// Writes a line into each `inN` and reads it from `outN`.
 fn assert_pairs_relay(dir: &Path, pairs: usize) {
     for i in 0..pairs {
-        let w = open_writer(&dir.join(format!("in{i}")));
-        let r = open_reader(&dir.join(format!("out{i}")));
-        let msg = format!("through pair {i}\n");
-        write_all(&w, msg.as_bytes(), Instant::now() + TIMEOUT);
-        assert_eq!(
-            read_exact(&r, msg.len(), TIMEOUT),
-            msg.as_bytes(),
-            "pair {i}"
-        );
+        let (input, output) = (dir.join(format!("in{i}")), dir.join(format!("out{i}")));
+        relays(&input, &output, format!("through pair {i}\n").as_bytes());
     }
 }
 

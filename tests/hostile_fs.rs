@@ -21,9 +21,10 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 use crate::common::{
-    Daemon, LOCK, Launch, Outcome, Sandbox, TIMEOUT, is_root, log_has_line, lstat, mkdir_mode,
-    mkfifo_mode, names, names_in, nobody, open_reader, open_writer, pipe_pending, read_exact,
-    read_until, snapshot, try_write, wait_log, wait_until, write_all, write_mode,
+    Daemon, LOCK, Launch, Outcome, Sandbox, TIMEOUT, assert_logged, is_root, log_has_line, lstat,
+    mkdir_mode, mkfifo_mode, names, names_in, nobody, open_reader, open_writer, pipe_pending,
+    read_exact, read_until, relays, snapshot, try_write, wait_log, wait_until, write_all,
+    write_mode,
 };
 
 // ---------------------------------------------------------------------------
@@ -70,28 +71,6 @@ impl Touches {
             }
         }
     }
-}
-
-/// Writes `data` into `input` and reads it back from `output`.
-fn relays(input: &Path, output: &Path, data: &[u8]) {
-    let r = open_reader(output);
-    let w = open_writer(input);
-    write_all(&w, data, Instant::now() + TIMEOUT);
-    assert_eq!(
-        read_exact(&r, data.len(), TIMEOUT),
-        data,
-        "{} -> {}",
-        input.display(),
-        output.display()
-    );
-}
-
-/// Panics with the daemon's log unless it has a line with all of `needles`.
-fn assert_logged(log: &str, needles: &[&str]) {
-    assert!(
-        log_has_line(log, needles),
-        "no line with {needles:?}\n--- log ---\n{log}"
-    );
 }
 
 /// Runs fifod in `sb` to its exit; panics with its stderr unless it exits

@@ -10,7 +10,7 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::unistd::Group;
 
 use crate::common::{
-    Daemon, IN_OUT, KIB, LOCK, Launch, Sandbox, Snapshot, TIMEOUT, is_root, log_has_line, lstat,
+    Daemon, IN_OUT, KIB, LOCK, Launch, Sandbox, Snapshot, TIMEOUT, assert_logged, is_root, lstat,
     mkfifo_mode, names, names_in, nobody, nobody_user, open_reader, open_writer, read_exact,
     read_until, snapshot, under_prlimit, write_all,
 };
@@ -557,11 +557,7 @@ fn replaced_fifo_is_not_removed() {
     assert!(md.is_file());
     assert_eq!(md.ino(), ino);
     assert_eq!(fs::read(&out).unwrap(), content);
-    assert!(
-        log_has_line(&log, &["not removing", &out.display().to_string()]),
-        "no `not removing {}`:\n{log}",
-        out.display()
-    );
+    assert_logged(&log, &["not removing", &out.display().to_string()]);
     assert!(lstat(&d.fifo("in")).is_none(), "in not removed");
     assert!(has_event(&log, "removed", "in"), "{log}");
     assert!(!has_event(&log, "removed", "out"), "{log}");

@@ -682,6 +682,14 @@ pub fn log_has_line(log: &str, needles: &[&str]) -> bool {
     log.lines().any(|l| needles.iter().all(|n| l.contains(n)))
 }
 
+/// Panics with the daemon's log unless it has a line with all of `needles`.
+pub fn assert_logged(log: &str, needles: &[&str]) {
+    assert!(
+        log_has_line(log, needles),
+        "no line with {needles:?}\n--- log ---\n{log}"
+    );
+}
+
 /// `stats route[N] -> SINK: accepted=A delivered=D dropped=X undelivered=U`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -895,6 +903,20 @@ pub fn read_to_eof(f: &File, timeout: Duration) -> Vec<u8> {
         }
         out.extend_from_slice(&buf[..k]);
     }
+}
+
+/// Writes `data` into `input` and reads it back from `output`.
+pub fn relays(input: &Path, output: &Path, data: &[u8]) {
+    let r = open_reader(output);
+    let w = open_writer(input);
+    write_all(&w, data, Instant::now() + TIMEOUT);
+    assert_eq!(
+        read_exact(&r, data.len(), TIMEOUT),
+        data,
+        "{} -> {}",
+        input.display(),
+        output.display()
+    );
 }
 
 /// Reads `r` to its EOF (deadline `TIMEOUT`, so after fifod stopped or
