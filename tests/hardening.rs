@@ -7,8 +7,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use crate::common::{
-    Daemon, Guarded, LOCK, Launch, Sandbox, TIMEOUT, exits, is_root, lstat, names, names_in,
-    started_pids, wait_until,
+    Daemon, Guarded, LOCK, Launch, Sandbox, TIMEOUT, exits, is_root, lstat, mode_of, names,
+    names_in, started_pids, wait_until,
 };
 
 // ---------------------------------------------------------------------------
@@ -117,11 +117,7 @@ fn world_writable_dir_is_refused_even_with_the_sticky_bit() {
     let dir = sb.run_dir();
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
-    assert_eq!(
-        fs::symlink_metadata(&dir).unwrap().mode() & 0o7777,
-        0o1777,
-        "test premise: dir mode"
-    );
+    assert_eq!(mode_of(&dir), 0o1777, "test premise: dir mode");
 
     let out = sb.run_expect_exit(&Launch::default());
     out.assert_code(1);
@@ -137,7 +133,7 @@ fn world_writable_dir_is_refused_even_with_the_sticky_bit() {
         out.stderr
     );
     assert_eq!(
-        fs::symlink_metadata(&dir).unwrap().mode() & 0o7777,
+        mode_of(&dir),
         0o1777,
         "fifod changed the refused dir's mode"
     );

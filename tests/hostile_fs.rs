@@ -21,10 +21,10 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 use crate::common::{
-    Daemon, LOCK, Launch, Outcome, Sandbox, TIMEOUT, assert_logged, is_root, log_has_line, lstat,
-    mkdir_mode, mkfifo_mode, names, names_in, nobody, open_reader, open_writer, pipe_pending,
-    read_exact, read_until, relays, snapshot, try_write, wait_log, wait_until, write_all,
-    write_mode,
+    Daemon, LOCK, Launch, Outcome, Sandbox, TIMEOUT, assert_fifo, assert_logged, is_root,
+    log_has_line, lstat, mkdir_mode, mkfifo_mode, mode_of, names, names_in, nobody, open_reader,
+    open_writer, pipe_pending, read_exact, read_until, relays, snapshot, try_write, wait_log,
+    wait_until, write_all, write_mode,
 };
 
 // ---------------------------------------------------------------------------
@@ -427,9 +427,7 @@ fn the_fifo_is_made_again_once_the_file_that_took_its_path_is_removed() {
     fs::remove_file(&out).unwrap();
     let remade = format!("fifo out: made again at {}", out.display());
     wait_log(&d, &remade, TIMEOUT, |log| log_has_line(log, &[&remade]));
-    let md = lstat(&out).expect("out made again");
-    assert!(md.file_type().is_fifo());
-    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_fifo(&out, 0o640);
     relays(&d.fifo("in"), &out, b"back again\n");
     d.stop_ok();
     assert!(lstat(&out).is_none(), "out left\n{}", d.log());
@@ -714,7 +712,7 @@ fn world_writable_dir_without_sticky_bit_is_refused() {
         ],
     );
     assert_eq!(names_in(&run), names(&[]), "{}", out.stderr);
-    assert_eq!(lstat(&run).unwrap().mode() & 0o7777, 0o777);
+    assert_eq!(mode_of(&run), 0o777);
 }
 
 fn pub_subdirectory(mode: u32) -> (Sandbox, PathBuf) {
@@ -723,7 +721,7 @@ fn pub_subdirectory(mode: u32) -> (Sandbox, PathBuf) {
     mkdir_mode(&run, 0o755);
     let public = run.join("pub");
     mkdir_mode(&public, mode);
-    assert_eq!(lstat(&public).unwrap().mode() & 0o7777, mode, "premise");
+    assert_eq!(mode_of(&public), mode, "premise");
     sb.write_config(
         r#"
 [fifo.in]
@@ -747,13 +745,11 @@ fn world_writable_sticky_fifo_subdirectory_is_accepted() {
     let (sb, public) = pub_subdirectory(0o1777);
     let mut d = Daemon::start_with(sb, &Launch::default());
     let input = public.join("in");
-    let md = lstat(&input).expect("pub/in made");
-    assert!(md.file_type().is_fifo());
-    assert_eq!(md.mode() & 0o7777, 0o620);
+    assert_fifo(&input, 0o620);
     relays(&input, &d.fifo("out"), b"through a sticky dir\n");
     d.stop_ok();
     assert_eq!(names_in(&public), names(&[]), "{}", d.log());
-    assert_eq!(lstat(&public).unwrap().mode() & 0o7777, 0o1777);
+    assert_eq!(mode_of(&public), 0o1777);
     assert_eq!(names_in(&d.sb.run_dir()), names(&["pub"]), "{}", d.log());
 }
 

@@ -1,7 +1,7 @@
 //! Creating, adopting, refusing and removing FIFOs; the dir; the lock.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -10,29 +10,10 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::unistd::Group;
 
 use crate::common::{
-    Daemon, IN_OUT, KIB, LOCK, Launch, Sandbox, Snapshot, TIMEOUT, assert_logged, is_root, lstat,
-    mkfifo_mode, names, names_in, nobody, nobody_user, open_reader, open_writer, read_exact,
-    read_until, snapshot, under_prlimit, write_all,
+    Daemon, IN_OUT, KIB, LOCK, Launch, Sandbox, Snapshot, TIMEOUT, assert_fifo, assert_logged,
+    is_root, lstat, mkfifo_mode, mode_of, names, names_in, nobody, nobody_user, open_reader,
+    open_writer, read_exact, read_until, snapshot, under_prlimit, write_all,
 };
-
-fn mode_of(path: &Path) -> u32 {
-    lstat(path)
-        .unwrap_or_else(|| panic!("{} does not exist", path.display()))
-        .mode()
-        & 0o7777
-}
-
-fn assert_fifo(path: &Path, mode: u32) {
-    let md = lstat(path).unwrap_or_else(|| panic!("{} does not exist", path.display()));
-    assert!(md.file_type().is_fifo(), "{} is not a FIFO", path.display());
-    assert_eq!(
-        md.mode() & 0o7777,
-        mode,
-        "{}: mode {:04o}, expected {mode:04o}",
-        path.display(),
-        md.mode() & 0o7777
-    );
-}
 
 fn lock_pid(dir: &Path) -> u32 {
     let text = fs::read_to_string(dir.join(LOCK)).expect("read lock file");

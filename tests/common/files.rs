@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::Mode;
@@ -70,6 +70,27 @@ pub fn under_prlimit(sb: &Sandbox, limits: &str) -> PathBuf {
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
     script
+}
+
+/// The permission bits of `path` (not following a symlink).
+pub fn mode_of(path: &Path) -> u32 {
+    lstat(path)
+        .unwrap_or_else(|| panic!("{} does not exist", path.display()))
+        .mode()
+        & 0o7777
+}
+
+/// `path` is a FIFO with permission bits `mode`.
+pub fn assert_fifo(path: &Path, mode: u32) {
+    let md = lstat(path).unwrap_or_else(|| panic!("{} does not exist", path.display()));
+    assert!(md.file_type().is_fifo(), "{} is not a FIFO", path.display());
+    assert_eq!(
+        md.mode() & 0o7777,
+        mode,
+        "{}: mode {:04o}, expected {mode:04o}",
+        path.display(),
+        md.mode() & 0o7777
+    );
 }
 
 /// Everything observable about a path, without following symlinks. The
