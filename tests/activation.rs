@@ -17,9 +17,9 @@ use nix::unistd::mkfifo;
 use tempfile::TempDir;
 
 use crate::common::{
-    Daemon, KIB, Launch, Listen, Sandbox, TIMEOUT, Verifier, assert_logged, log_has_line, lstat,
-    open_reader, open_writer, pattern, pipe_pending, read_exact, read_some, wait_until, write_all,
-    write_pattern,
+    Daemon, IN_OUT, KIB, Launch, Listen, Sandbox, TIMEOUT, Verifier, assert_logged, log_has_line,
+    lstat, open_reader, open_writer, pattern, pipe_pending, read_exact, read_some, wait_until,
+    write_all, write_pattern,
 };
 
 /// The mode the "socket units" give their FIFOs; the configs leave fifod's
@@ -170,13 +170,6 @@ to = ["out"]
     )
 }
 
-/// Starts fifod on `toml` with `launch`, waiting for `ready:`.
-fn start(toml: &str, launch: &Launch) -> Daemon {
-    let sb = Sandbox::new();
-    sb.write_config(toml);
-    Daemon::start_with(sb, launch)
-}
-
 fn assert_taken(m: &Manager, log: &str) {
     for (name, _) in &m.fifos {
         let at = format!("fifo {name} at {}:", m.path(name).display());
@@ -193,7 +186,7 @@ fn bytes_written_before_start_are_delivered() {
     let data = pattern(1, 0, 3000);
     // A writer was there before fifod: the bytes wait in the pipe systemd holds.
     write_all(m.file("in"), &data, Instant::now() + TIMEOUT);
-    let mut d = start(&config(m.dir()), &m.launch());
+    let mut d = Daemon::start_launched(&config(m.dir()), &m.launch());
     assert_taken(&m, &d.log());
     let reader = open_reader(&m.path("out"));
     assert_eq!(read_exact(&reader, data.len(), TIMEOUT), data);
@@ -205,7 +198,7 @@ fn bytes_written_before_start_are_delivered() {
 fn passed_fifos_are_left_in_place_at_stop() {
     let m = Manager::new(&["in", "out"]);
     let nodes = m.nodes();
-    let mut d = start(&config(m.dir()), &m.launch());
+    let mut d = Daemon::start_launched(&config(m.dir()), &m.launch());
     assert_eq!(
         m.nodes(),
         nodes,
@@ -228,7 +221,7 @@ fn restart_loses_nothing_written_while_fifod_is_down() {
     let (before, down, after) = (16 * KIB, 32 * KIB, 16 * KIB);
     let m = Manager::new(&["in", "out"]);
     let toml = config(m.dir());
-    let mut d = start(&toml, &m.launch());
+    let mut d = Daemon::start_launched(&toml, &m.launch());
     // A writer and a reader that stay across the restart.
     let writer = open_writer(&m.path("in"));
     let reader = open_reader(&m.path("out"));
@@ -246,7 +239,7 @@ fn restart_loses_nothing_written_while_fifod_is_down() {
     write_pattern(&writer, SEED, before as u64, down, Instant::now() + TIMEOUT);
     assert_eq!(pipe_pending(&writer), down);
 
-    let mut d = start(&toml, &m.launch());
+    let mut d = Daemon::start_launched(&toml, &m.launch());
     assert_taken(&m, &d.log());
     let got = read_exact(&reader, down, TIMEOUT);
     verifier.check(&got).unwrap();
@@ -344,18 +337,7 @@ fn fds_for_another_pid_are_ignored() {
             &[(names[0], in_fd), (names[1], out_fd)],
             Some(std::process::id()),
         );
-        let sb = Sandbox::new();
-        sb.write_config(
-            r#"
-[fifo.in]
-[fifo.out]
-
-[[route]]
-from = ["in"]
-to = ["out"]
-"#,
-        );
-        let mut d = Daemon::start_with(sb, &launch);
+        let mut d = Daemon::start_launched(IN_OUT, &launch);
         let log = d.log();
         for name in ["in", "out"] {
             let path = d.fifo(name);
@@ -401,7 +383,7 @@ to = ["out"]
 "#,
         m.dir().display()
     );
-    let mut d = start(&toml, &m.launch());
+    let mut d = Daemon::start_launched(&toml, &m.launch());
     assert_taken(&m, &d.log());
     let reader = open_reader(&m.path("out"));
     let end = Instant::now() + TIMEOUT;
@@ -423,7 +405,7 @@ fn a_passed_fifo_systemd_removed_is_not_made_again() {
     // `extra` is fifod's own, in the same directory: what fifod does when it
     // is removed shows when fifod has looked at the directory again.
     let toml = config(m.dir()).replace("[fifo.out]", "[fifo.extra]\n\n[fifo.out]");
-    let mut d = start(&toml, &m.launch());
+    let mut d = Daemon::start_launched(&toml, &m.launch());
     assert_taken(&m, &d.log());
     // As a socket unit's RemoveOnStop= does while fifod runs.
     fs::remove_file(m.path("in")).unwrap();

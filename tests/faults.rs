@@ -704,9 +704,7 @@ when_full = "block"
     );
     let run = shared.run_dir();
     let seed = 0x4b111;
-    let sb = Sandbox::new();
-    sb.write_config(&toml);
-    let mut d1 = Daemon::start_with(sb, &Launch::default());
+    let mut d1 = Daemon::start(&toml);
     let w = open_writer(&run.join("in"));
     let r = open_reader(&run.join("out"));
     // Fill everything: the pipe of out, fifod's buffer, the pipe of in.
@@ -736,9 +734,7 @@ when_full = "block"
         "the dead one's control socket"
     );
 
-    let sb = Sandbox::new();
-    sb.write_config(&toml);
-    let mut d2 = Daemon::start_with(sb, &Launch::default());
+    let mut d2 = Daemon::start(&toml);
     let log = d2.log();
     for name in ["in", "out"] {
         let path = run.join(name).display().to_string();

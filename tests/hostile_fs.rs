@@ -1103,17 +1103,13 @@ fn fifos_left_by_a_crash_are_adopted_and_connected_writers_keep_their_node() {
         run.display()
     );
     let (input, output) = (run.join("in"), run.join("out"));
-    let first = Sandbox::new();
-    first.write_config(&toml);
-    let mut d1 = Daemon::start_with(first, &Launch::default());
+    let mut d1 = Daemon::start(&toml);
     let inodes = [snapshot(&input).ino, snapshot(&output).ino];
     let w = open_writer(&input);
     d1.stop(Signal::SIGKILL);
     assert!(lstat(&input).is_some() && lstat(&output).is_some());
 
-    let second = Sandbox::new();
-    second.write_config(&toml);
-    let mut d2 = Daemon::start_with(second, &Launch::default());
+    let mut d2 = Daemon::start(&toml);
     let log = d2.log();
     for (name, path) in [("in", &input), ("out", &output)] {
         assert_logged(

@@ -366,9 +366,7 @@ fn a_socket_left_by_a_crash_is_replaced() {
         shared.run_dir().display()
     );
     let socket = shared.run_dir().join("control.sock");
-    let sb = Sandbox::new();
-    sb.write_config(&toml);
-    let mut d = Daemon::start_with(sb, &Launch::default());
+    let mut d = Daemon::start(&toml);
     let first = d.pid();
     assert_eq!(num(&status_json(&d), "pid"), u64::from(first));
     d.stop(Signal::SIGKILL);
@@ -378,9 +376,7 @@ fn a_socket_left_by_a_crash_is_replaced() {
     );
     assert_not_running(&d.sb, "after a crash");
 
-    let sb = Sandbox::new();
-    sb.write_config(&toml);
-    let mut d = Daemon::start_with(sb, &Launch::default());
+    let mut d = Daemon::start(&toml);
     assert_ne!(d.pid(), first);
     assert_eq!(num(&status_json(&d), "pid"), u64::from(d.pid()));
     let meta = lstat(&socket).expect("socket");

@@ -429,9 +429,15 @@ pub struct Daemon {
 impl Daemon {
     /// New sandbox, `write_config(toml)`, `run --config`, wait for `ready:`.
     pub fn start(toml: &str) -> Daemon {
+        Daemon::start_launched(toml, &Launch::default())
+    }
+
+    /// New sandbox, `write_config(toml)`, `run --config` with `launch`, wait
+    /// for `ready:`.
+    pub fn start_launched(toml: &str, launch: &Launch) -> Daemon {
         let sb = Sandbox::new();
         sb.write_config(toml);
-        Daemon::start_with(sb, &Launch::default())
+        Daemon::start_with(sb, launch)
     }
 
     /// `run --config <sandbox>/fifod.toml` (config written by the caller).
