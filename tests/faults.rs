@@ -936,10 +936,7 @@ when_full = "block"
     assert_eq!(out_pipe + held + in_pipe, written, "{st}");
     assert!(out_pipe > 0 && held > 0 && in_pipe > 0, "{st}");
 
-    let t0 = Instant::now();
-    d.signal(Signal::SIGTERM);
-    let st = d.wait_exit(TIMEOUT);
-    let took = t0.elapsed();
+    let (st, took) = d.timed_stop(TIMEOUT);
     let log = d.log();
     assert_eq!(st.code(), Some(0), "{st:?}\n{log}");
     assert!(

@@ -982,10 +982,7 @@ to = ["stubborn"]
         assert_eq!(proc_stat(pid).map(|s| s.2), Some(child), "pgrp of {pid}");
     }
 
-    let t0 = Instant::now();
-    d.signal(Signal::SIGTERM);
-    let st = d.wait_exit(STOP_TIMEOUT);
-    let took = t0.elapsed();
+    let (st, took) = d.timed_stop(STOP_TIMEOUT);
     let log = d.log();
     assert_eq!(st.code(), Some(0), "{log}");
     assert!(

@@ -35,10 +35,8 @@ fn sleeps_in_group(pgid: i32) -> Vec<i32> {
 
 /// Sends SIGTERM; waits for the exit; returns (exit code, time it took, log).
 fn timed_stop(d: &mut Daemon) -> (Option<i32>, Duration, String) {
-    let t0 = Instant::now();
-    d.signal(Signal::SIGTERM);
-    let st = d.wait_exit(STOP_TIMEOUT);
-    (st.code(), t0.elapsed(), d.log())
+    let (st, took) = d.timed_stop(STOP_TIMEOUT);
+    (st.code(), took, d.log())
 }
 
 /// Reads `f` to EOF on a thread, counting the bytes as they come.

@@ -553,6 +553,15 @@ impl Daemon {
         self.wait_exit(STOP_TIMEOUT)
     }
 
+    /// Sends SIGTERM and waits (deadline `timeout`) for the exit; returns
+    /// the status and how long the stop took.
+    pub fn timed_stop(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let t0 = Instant::now();
+        self.signal(Signal::SIGTERM);
+        let st = self.wait_exit(timeout);
+        (st, t0.elapsed())
+    }
+
     /// Stops with SIGTERM and asserts exit code 0.
     pub fn stop_ok(&mut self) {
         let st = self.stop(Signal::SIGTERM);
