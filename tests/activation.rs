@@ -11,14 +11,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::unistd::mkfifo;
 use tempfile::TempDir;
 
 use crate::common::{
     Daemon, IN_OUT, KIB, Launch, Listen, Sandbox, TIMEOUT, Verifier, assert_logged, log_has_line,
-    lstat, open_reader, open_writer, pattern, pipe_pending, read_exact, read_some, wait_until,
+    lstat, open_reader, open_writer, pattern, pipe_pending, read_exact, read_some, wait_log,
     write_all, write_pattern,
 };
 
@@ -411,23 +410,16 @@ fn a_passed_fifo_systemd_removed_is_not_made_again() {
     fs::remove_file(m.path("in")).unwrap();
     fs::remove_file(m.path("extra")).unwrap();
     let remade = format!("fifo extra: made again at {}", m.path("extra").display());
-    assert!(
-        wait_until(TIMEOUT, || d.log().contains(&remade)),
-        "fifod did not make `extra` again\n--- log ---\n{}",
-        d.log()
-    );
+    wait_log(&d, "fifod to make `extra` again", TIMEOUT, |log| {
+        log.contains(&remade)
+    });
     assert!(
         lstat(&m.path("in")).is_none(),
         "fifod made the passed FIFO `in` again when another FIFO of its dir went\n--- log ---\n{}",
         d.log()
     );
     // A reload, which makes again what vanished, must not make it either.
-    d.signal(Signal::SIGHUP);
-    assert!(
-        wait_until(TIMEOUT, || d.log().contains("reload complete")),
-        "no `reload complete`\n--- log ---\n{}",
-        d.log()
-    );
+    assert_eq!(d.reload(), Ok(()), "--- log ---\n{}", d.log());
     assert!(
         lstat(&m.path("in")).is_none(),
         "fifod made the passed FIFO `in` again on SIGHUP\n--- log ---\n{}",

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    BIN, BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
+    BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
     assert_clean_stats, assert_no_more, assert_stats_in, children_of, exits, gone_or_zombie,
     gunzip, messages, open_reader, open_writer, pattern, pipe_pending, proc_stat, read_exact,
     read_some, read_to_eof, spawn, started_pids, try_write, wait_child, wait_idle, wait_log,
-    wait_until, write_all, write_pattern, write_until_stalled,
+    wait_until, wrapper_script, write_all, write_pattern, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
@@ -1111,14 +1111,7 @@ to = ["out"]
     }
     // fifod itself starts with SIGUSR1 ignored (as under `nohup` for
     // SIGHUP): its children must not inherit that.
-    let wrapper = sb.path("ignore-usr1");
-    fs::write(
-        &wrapper,
-        format!("#!/bin/sh\ntrap '' USR1\nexec '{BIN}' \"$@\"\n"),
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    launch.bin = Some(wrapper);
+    launch.bin = Some(wrapper_script(&sb, "ignore-usr1", "trap '' USR1\n", ""));
     let root = sb.root().canonicalize().unwrap();
     let mut d = Daemon::start_with(sb, &launch);
     let pid = started_pids(&d.log(), "probe")[0];

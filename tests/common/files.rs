@@ -59,17 +59,27 @@ pub fn nobody() -> (u32, u32) {
     (user.uid.as_raw(), user.gid.as_raw())
 }
 
-/// A script in the sandbox that runs fifod under `prlimit --nofile=LIMITS`
-/// (for `Launch::bin`).
-pub fn under_prlimit(sb: &Sandbox, limits: &str) -> PathBuf {
-    let script = sb.path("limited-fifod");
+/// A shell script `name` in the sandbox (for `Launch::bin`) that runs
+/// `prelude`, then `exec <exec>'<fifod>' "$@"`.
+pub fn wrapper_script(sb: &Sandbox, name: &str, prelude: &str, exec: &str) -> PathBuf {
+    let script = sb.path(name);
     fs::write(
         &script,
-        format!("#!/bin/sh\nexec prlimit --nofile={limits} '{BIN}' \"$@\"\n"),
+        format!("#!/bin/sh\n{prelude}exec {exec}'{BIN}' \"$@\"\n"),
     )
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
     script
+}
+
+/// A script that runs fifod under `prlimit --nofile=LIMITS`.
+pub fn under_prlimit(sb: &Sandbox, limits: &str) -> PathBuf {
+    wrapper_script(
+        sb,
+        "limited-fifod",
+        "",
+        &format!("prlimit --nofile={limits} "),
+    )
 }
 
 /// The permission bits of `path` (not following a symlink).
