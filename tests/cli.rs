@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 
-use crate::common::{Daemon, Launch, Sandbox, lstat};
+use crate::common::{Daemon, IN_OUT, Launch, Sandbox, lstat};
 
 const VALID: &str = r#"
 [fifo.in]
@@ -128,16 +128,7 @@ fn fifod_config_env_is_used_by_check() {
 #[test]
 fn fifod_config_env_is_used_by_run() {
     let sb = Sandbox::new();
-    let cfg = sb.write_config(
-        r#"
-[fifo.in]
-[fifo.out]
-
-[[route]]
-from = ["in"]
-to = ["out"]
-"#,
-    );
+    let cfg = sb.write_config(IN_OUT);
     let launch = Launch {
         env: vec![("FIFOD_CONFIG".into(), cfg.into())],
         ..Launch::default()

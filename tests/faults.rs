@@ -18,12 +18,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, Guarded, KIB, Launch, MIB, Rng, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
-    assert_clean_stats, assert_no_more, assert_stats_in, exits, fifo_entry, is_root, live_running,
-    lstat, names_in, num, open_reader, open_writer, parse_stats, pattern, pipe_pending, poll_one,
-    proc_stat, process_entry, read_exact, read_some, read_to_eof, relays, reload_outcomes,
-    sink_entry, spawn, started_pids, status_json, status_of, status_until, under_prlimit,
-    wait_child, wait_log, wait_until, write_all, write_until_stalled,
+    BULK_TIMEOUT, Daemon, Guarded, IN_OUT, KIB, Launch, MIB, Rng, STOP_TIMEOUT, Sandbox, TIMEOUT,
+    Verifier, assert_clean_stats, assert_no_more, assert_stats_in, exits, fifo_entry, is_root,
+    live_running, lstat, names_in, num, open_reader, open_writer, parse_stats, pattern,
+    pipe_pending, poll_one, proc_stat, process_entry, read_exact, read_some, read_to_eof, relays,
+    reload_outcomes, sink_entry, spawn, started_pids, status_json, status_of, status_until,
+    under_prlimit, wait_child, wait_log, wait_until, write_all, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
@@ -121,7 +121,7 @@ fn count_lines_with(path: &Path, needle: &str) -> usize {
         .count()
 }
 
-const IN_OUT: &str = r#"
+const BLOCKING_IN_OUT: &str = r#"
 [fifo.in]
 [fifo.out]
 
@@ -225,7 +225,7 @@ fn dd_reader(path: &Path) -> (Killed, File) {
 #[test]
 fn a_reader_killed_mid_stream_loses_only_what_it_read() {
     const TOTAL: usize = 8 * MIB;
-    let mut d = Daemon::start(IN_OUT);
+    let mut d = Daemon::start(BLOCKING_IN_OUT);
     let w = open_writer(&d.fifo("in"));
     let writer = spawn(move || {
         let end = Instant::now() + BULK_TIMEOUT;
@@ -317,7 +317,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// a whole prefix of what they wrote, and a later writer's bytes follow.
 #[test]
 fn writers_killed_mid_write_leave_fifod_serving_later_writers() {
-    let mut d = Daemon::start(IN_OUT);
+    let mut d = Daemon::start(BLOCKING_IN_OUT);
     let r = open_reader(&d.fifo("out"));
     // The later writer, and a way to tell how full `in` is.
     let later = open_writer(&d.fifo("in"));
@@ -973,16 +973,7 @@ when_full = "block"
 /// delays double as announced, and fifod answers and relays meanwhile.
 #[test]
 fn crash_loops_back_off_and_fifod_stays_responsive() {
-    let mut toml = String::from(
-        r#"
-[fifo.in]
-[fifo.out]
-
-[[route]]
-from = ["in"]
-to = ["out"]
-"#,
-    );
+    let mut toml = String::from(IN_OUT);
     for i in 0..5 {
         toml.push_str(&format!(
             "\n[process.crash{i}]\ncommand = [\"sh\", \"-c\", \"exit 1\"]\nrestart_delay = \"1ms\"\n"
@@ -1391,7 +1382,7 @@ fn pipe_size_above_the_system_cap_is_capped_with_a_warning() {
     let cfg = sb.write_config(&format!(
         "[daemon]\ndir = \"{}\"\npipe_size = \"{want}\"\n{}",
         dir.display(),
-        IN_OUT
+        BLOCKING_IN_OUT
     ));
     fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
     let mut d = Daemon::start_with(sb, &launch);
