@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,9 +16,9 @@ use nix::unistd::mkfifo;
 use tempfile::TempDir;
 
 use crate::common::{
-    Daemon, IN_OUT, KIB, Launch, Listen, Sandbox, TIMEOUT, Verifier, assert_logged, log_has_line,
-    lstat, open_reader, open_writer, pattern, pipe_pending, read_exact, read_some, wait_log,
-    write_all, write_pattern,
+    Daemon, IN_OUT, KIB, Launch, Listen, Node, Sandbox, TIMEOUT, Verifier, assert_logged,
+    fifo_node, log_has_line, lstat, open_reader, open_writer, pattern, pipe_pending, read_exact,
+    read_some, wait_log, write_all, write_pattern,
 };
 
 /// The mode the "socket units" give their FIFOs; the configs leave fifod's
@@ -114,7 +114,7 @@ impl Manager {
     fn nodes(&self) -> Vec<Node> {
         self.fifos
             .iter()
-            .map(|(n, _)| node(&self.path(n)))
+            .map(|(n, _)| fifo_node(&self.path(n)))
             .collect()
     }
 }
@@ -128,25 +128,6 @@ fn passing(fds: &[(&str, RawFd)], pid: Option<u32>) -> Launch {
             pid,
         }),
         ..Launch::default()
-    }
-}
-
-/// What identifies a FIFO node and what fifod could change about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Node {
-    dev: u64,
-    ino: u64,
-    mode: u32,
-}
-
-fn node(path: &Path) -> Node {
-    let md =
-        fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{} is gone: {e}", path.display()));
-    assert!(md.file_type().is_fifo(), "{} is no FIFO", path.display());
-    Node {
-        dev: md.dev(),
-        ino: md.ino(),
-        mode: md.mode() & 0o7777,
     }
 }
 
@@ -347,7 +328,7 @@ fn fds_for_another_pid_are_ignored() {
                 ),
                 "fifod did not create {name} itself\n--- log ---\n{log}"
             );
-            assert_eq!(node(&path).mode, 0o600, "{}", path.display());
+            assert_eq!(fifo_node(&path).mode, 0o600, "{}", path.display());
         }
         let data = pattern(6, 0, 2000);
         write_all(&open_writer(&d.fifo("in")), &data, Instant::now() + TIMEOUT);
@@ -400,7 +381,7 @@ to = ["out"]
 #[test]
 fn a_passed_fifo_systemd_removed_is_not_made_again() {
     let m = Manager::new(&["in", "out"]);
-    let out_node = node(&m.path("out"));
+    let out_node = fifo_node(&m.path("out"));
     // `extra` is fifod's own, in the same directory: what fifod does when it
     // is removed shows when fifod has looked at the directory again.
     let toml = config(m.dir()).replace("[fifo.out]", "[fifo.extra]\n\n[fifo.out]");
@@ -432,5 +413,5 @@ fn a_passed_fifo_systemd_removed_is_not_made_again() {
         "\n--- log ---\n{}",
         d.log()
     );
-    assert_eq!(node(&m.path("out")), out_node);
+    assert_eq!(fifo_node(&m.path("out")), out_node);
 }

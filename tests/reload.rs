@@ -5,7 +5,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +15,7 @@ use nix::unistd::Pid;
 
 use crate::common::{
     BULK_TIMEOUT, Daemon, IN_OUT, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats,
-    assert_no_more, fifo_entry, gone_or_zombie, lstat, num, open_reader, open_writer,
+    assert_no_more, fifo_entry, fifo_node, gone_or_zombie, lstat, num, open_reader, open_writer,
     pattern_block, pipe_pending, process_entry, read_exact, read_some, reload_outcomes, sink_entry,
     spawn, status_json, status_until, text, wait_log, wait_until, write_all, write_pattern,
 };
@@ -27,9 +26,8 @@ use crate::common::{
 
 /// `(st_ino, permission bits)` of a FIFO; panics if it is not one.
 fn node(path: &Path) -> (u64, u32) {
-    let md = lstat(path).unwrap_or_else(|| panic!("{} does not exist", path.display()));
-    assert!(md.file_type().is_fifo(), "{} is not a FIFO", path.display());
-    (md.ino(), md.mode() & 0o7777)
+    let n = fifo_node(path);
+    (n.ino, n.mode)
 }
 
 /// Waits (deadline) until `path` no longer exists.

@@ -92,15 +92,33 @@ pub fn mode_of(path: &Path) -> u32 {
 
 /// `path` is a FIFO with permission bits `mode`.
 pub fn assert_fifo(path: &Path, mode: u32) {
+    let got = fifo_node(path).mode;
+    assert_eq!(
+        got,
+        mode,
+        "{}: mode {got:04o}, expected {mode:04o}",
+        path.display()
+    );
+}
+
+/// What identifies a FIFO node and what fifod could change about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+}
+
+/// The node at `path` (not following a symlink); panics unless it is a
+/// FIFO.
+pub fn fifo_node(path: &Path) -> Node {
     let md = lstat(path).unwrap_or_else(|| panic!("{} does not exist", path.display()));
     assert!(md.file_type().is_fifo(), "{} is not a FIFO", path.display());
-    assert_eq!(
-        md.mode() & 0o7777,
-        mode,
-        "{}: mode {:04o}, expected {mode:04o}",
-        path.display(),
-        md.mode() & 0o7777
-    );
+    Node {
+        dev: md.dev(),
+        ino: md.ino(),
+        mode: md.mode() & 0o7777,
+    }
 }
 
 /// Everything observable about a path, without following symlinks. The
