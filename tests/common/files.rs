@@ -9,10 +9,19 @@ use std::path::{Path, PathBuf};
 use nix::sys::stat::Mode;
 use nix::unistd::{User, mkfifo};
 
-use super::{BIN, Sandbox, lstat};
+use super::{BIN, Sandbox};
 
 /// The lock file fifod keeps in its `dir`.
 pub const LOCK: &str = ".fifod.lock";
+
+/// lstat, or None if the path does not exist.
+pub fn lstat(path: &Path) -> Option<fs::Metadata> {
+    fs::symlink_metadata(path).ok()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
 
 /// The names in `dir`, sorted.
 pub fn names_in(dir: &Path) -> Vec<OsString> {

@@ -1,6 +1,9 @@
 //! Helpers shared by the fifod integration tests: a sandbox per test, a
-//! handle on a running daemon, deadline-bounded FIFO I/O, a deterministic
-//! byte stream, and parsers for the daemon's log.
+//! handle on a running daemon, deadline-bounded FIFO I/O, and parsers for
+//! the daemon's log. By topic, in submodules (all re-exported here):
+//! `files` (nodes, modes, snapshots), `pattern` (the deterministic byte
+//! stream, a seeded generator), `procs` (/proc, a guarded daemon, gzip) and
+//! `status` (`fifod status` and its JSON document).
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -1039,34 +1042,4 @@ impl<T> Joiner<T> {
             }
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// File-system facts
-// ---------------------------------------------------------------------------
-
-/// lstat, or None if the path does not exist.
-pub fn lstat(path: &Path) -> Option<fs::Metadata> {
-    fs::symlink_metadata(path).ok()
-}
-
-/// `(state, ppid, pgrp)` of a process, from /proc/PID/stat.
-pub fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat[stat.rfind(')')? + 1..].trim_start();
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some((state, ppid, pgrp))
-}
-
-/// The process no longer runs: it is gone, or a zombie its new parent has
-/// not reaped yet.
-pub fn gone_or_zombie(pid: i32) -> bool {
-    proc_stat(pid).is_none_or(|(state, _, _)| state == 'Z' || state == 'X')
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }

@@ -9,7 +9,24 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use super::{Daemon, TIMEOUT, messages, proc_stat, spawn, wait_child, wait_until};
+use super::{Daemon, TIMEOUT, messages, spawn, wait_child, wait_until};
+
+/// `(state, ppid, pgrp)` of a process, from /proc/PID/stat.
+pub fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat[stat.rfind(')')? + 1..].trim_start();
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+/// The process no longer runs: it is gone, or a zombie its new parent has
+/// not reaped yet.
+pub fn gone_or_zombie(pid: i32) -> bool {
+    proc_stat(pid).is_none_or(|(state, _, _)| state == 'Z' || state == 'X')
+}
 
 /// Every process /proc lists, as (pid, state, ppid, pgrp).
 fn all_processes() -> Vec<(i32, char, i32, i32)> {
