@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::common::{
-    BULK_TIMEOUT, Counts, Daemon, KIB, MIB, Rng, Stats, TIMEOUT, checked_counts, fifo_entry, num,
-    open_reader, open_writer, pipe_pending, process_entry, read_exact, read_some, read_to_eof,
-    route_entry, sink_entry, spawn, status_json, status_of, status_until, text, wait_until,
-    write_all,
+    BULK_TIMEOUT, Counts, Daemon, KIB, MIB, Rng, Stats, TIMEOUT, assert_no_more, checked_counts,
+    fifo_entry, num, open_reader, open_writer, pipe_pending, process_entry, read_exact, read_some,
+    read_to_eof, route_entry, sink_entry, spawn, status_json, status_of, status_until, text,
+    wait_until, write_all,
 };
 
 // ---------------------------------------------------------------------------
@@ -659,4 +659,62 @@ fn drop_oldest_drops_whole_lines_and_accounts_for_every_byte() {
 #[test]
 fn drop_newest_drops_whole_lines_and_accounts_for_every_byte() {
     drop_policy_keeps_the_accounting("drop-newest");
+}
+
+/// A thousand writers, fifty at a time, each opening the one input, writing
+/// one line of exactly `PIPE_BUF` bytes in one write and leaving: every line
+/// comes out whole, once.
+#[test]
+fn a_thousand_writers_of_4_kib_lines_into_one_fifo() {
+    const WRITERS: usize = 1000;
+    const AT_ONCE: usize = 50;
+    const LINE: usize = 4096;
+    fn line_of(id: usize) -> Vec<u8> {
+        let mut line = format!("w{id:04} ").into_bytes();
+        line.resize(LINE - 1, b'a' + (id % 26) as u8);
+        line.push(b'\n');
+        line
+    }
+    let mut d = Daemon::start(
+        "[fifo.in]\n[fifo.out]\n\n[[route]]\nfrom = [\"in\"]\nto = [\"out\"]\nframing = \"lines\"\n",
+    );
+    let r = open_reader(&d.fifo("out"));
+    let batches: Vec<_> = (0..AT_ONCE)
+        .map(|t| {
+            let path = d.fifo("in");
+            spawn(move || {
+                for id in (t..WRITERS).step_by(AT_ONCE) {
+                    let w = open_writer(&path);
+                    write_all(&w, &line_of(id), Instant::now() + BULK_TIMEOUT);
+                }
+            })
+        })
+        .collect();
+    let mut seen = vec![false; WRITERS];
+    let mut buf = vec![0u8; LINE];
+    let end = Instant::now() + BULK_TIMEOUT;
+    for n in 0..WRITERS {
+        let mut got = 0;
+        while got < LINE {
+            let k = read_some(&r, &mut buf[got..], end);
+            assert!(k > 0, "EOF after {n} lines");
+            got += k;
+        }
+        let id: usize = std::str::from_utf8(&buf[1..5])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("line {n} is not a writer's: {:?}", &buf[..16]));
+        assert!(
+            id < WRITERS && !seen[id],
+            "line {n}: w{id:04} again or unknown"
+        );
+        assert_eq!(buf, line_of(id), "line {n} (w{id:04}) is not whole");
+        seen[id] = true;
+    }
+    for b in batches {
+        b.join(BULK_TIMEOUT);
+    }
+    // Whatever fifod still had comes out before the end it gives at stop.
+    d.stop_ok();
+    assert_no_more(&r, "after the thousand lines");
 }
