@@ -12,7 +12,7 @@
 //! its path until its reader has what fifod held for it (or
 //! `shutdown_timeout`), a removed or changed process gets SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
@@ -131,6 +131,75 @@ fn wiring(ends: &ProcessEnds) -> (bool, bool, bool) {
     )
 }
 
+/// For each FIFO of a new config: the FIFO made for it (if it was not taken
+/// over), and what the log says of it.
+type Made = (Option<ManagedFifo>, Option<String>);
+
+/// A reload in progress: the new config's tables, being filled from the
+/// running ones, and what the reload found to do.
+#[derive(Debug)]
+struct Next {
+    config: Config,
+    tables: Tables,
+    /// For each running FIFO: its path no longer names it.
+    vanished: Vec<bool>,
+    /// The footprint's FIFOs for `config`, in its order, as they are found.
+    fifos: Vec<Option<ManagedFifo>>,
+    children: Vec<Supervised>,
+    /// Processes to start (new, or whose settings changed).
+    to_start: Vec<usize>,
+    /// Running processes that are not kept.
+    replaced: Vec<Supervised>,
+    /// For the log, once applied.
+    changes: Vec<String>,
+    /// Old fds on FIFOs that stay but are not carried (their role or their
+    /// end handling changed): closed once the new ones are open.
+    spare: HashMap<PathBuf, Vec<OwnedFd>>,
+    /// Retiring outputs brought back, and what they still had to write.
+    reclaimed: Vec<(usize, Vec<u8>)>,
+    /// For each old source and sink, the same one in `tables`.
+    source_map: Vec<Option<SourceId>>,
+    sink_map: Vec<Option<SinkId>>,
+    /// Bytes to hold again, first in line, for sinks of `tables`.
+    given_back: Vec<(SinkId, Vec<u8>)>,
+}
+
+impl Next {
+    fn new(
+        config: Config,
+        vanished: Vec<bool>,
+        made: Vec<Made>,
+        sources: usize,
+        sinks: usize,
+    ) -> Next {
+        let tables = Tables::new(&config);
+        let (fifos, changes): (Vec<_>, Vec<_>) = made.into_iter().unzip();
+        Next {
+            config,
+            tables,
+            vanished,
+            fifos,
+            children: Vec::new(),
+            to_start: Vec::new(),
+            replaced: Vec::new(),
+            changes: changes.into_iter().flatten().collect(),
+            spare: HashMap::new(),
+            reclaimed: Vec::new(),
+            source_map: vec![None; sources],
+            sink_map: vec![None; sinks],
+            given_back: Vec::new(),
+        }
+    }
+
+    /// Whether process `name` keeps running through the reload.
+    fn kept_process(&self, name: &str) -> bool {
+        self.children
+            .iter()
+            .enumerate()
+            .any(|(c, child)| child.name() == name && !self.to_start.contains(&c))
+    }
+}
+
 impl Daemon {
     /// SIGHUP: load the config again and apply the difference.
     pub(super) fn reload(&mut self) {
@@ -167,14 +236,89 @@ impl Daemon {
     /// nothing, if it changes what cannot change while running or a FIFO it
     /// adds cannot be made.
     fn apply(&mut self, new: Config) -> Result<(), String> {
-        let old_daemon = &self.config.daemon;
+        let Some(vanished) = self.check_new(&new)? else {
+            info!("the config did not change");
+            return Ok(());
+        };
+        // The only step that can fail, first: nothing has changed yet.
+        let fifos = self.make_new_fifos(&new, &vanished)?;
+        // From here on nothing fails: faults are logged and the reload goes on.
+        self.flush_drop_logs();
+        let mut next = Next::new(new, vanished, fifos, self.sources.len(), self.sinks.len());
+        self.plan_processes(&mut next);
+        // Before anything moves: no sink may be ahead of its source, and the
+        // streams that are not carried over are read one last time.
+        for s in 0..self.sources.len() {
+            self.settle(s);
+            if !self.source_stays(s, &next) {
+                self.read_what_is_queued(s);
+            }
+        }
+        // Nothing may stay registered under an old index.
+        for s in 0..self.sources.len() {
+            self.unwatch_source(s);
+        }
+        for k in 0..self.sinks.len() {
+            self.set_sink_watched(k, false);
+        }
+        let mut old_fifos: Vec<Option<ManagedFifo>> = std::mem::take(&mut self.footprint.fifos)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.take_kept_fifos(&mut next, &mut old_fifos);
+        self.carry_sources(&mut next);
+        self.carry_sinks(&mut next);
+        self.detach_vanished(&mut next);
+        let mut fifos = self.open_new_fds(&mut next);
+        let relay = self.carry_relay(&mut next);
+        self.retire_removed(&mut next, old_fifos, relay.1);
+        self.stop_replaced(&mut next);
+        // Old pipes of stopped processes and spare FIFO fds close here.
+        next.spare.clear();
+
+        // Swap in the new tables and start what is new.
+        std::mem::swap(&mut self.footprint.fifos, &mut fifos);
+        let relay = relay.0;
+        // Drops carried over were logged already (just above, at the latest).
+        self.drop_logs = relay
+            .lanes()
+            .iter()
+            .map(|lane| DropLog {
+                reported: lane.stats().dropped,
+                ..DropLog::default()
+            })
+            .collect();
+        self.relay = relay;
+        self.sources = next.tables.sources;
+        self.sinks = next.tables.sinks;
+        self.ends = next.tables.ends;
+        self.children = next.children;
+        self.config = next.config;
+        self.resize_pipes();
+        for change in &next.changes {
+            info!("reload: {change}");
+        }
+        for s in 0..self.sources.len() {
+            self.watch_source(s);
+        }
+        for k in 0..self.sinks.len() {
+            self.flush(k);
+        }
+        for c in next.to_start {
+            self.start_child(c);
+        }
+        self.watch_dirs();
+        Ok(())
+    }
+
+    /// What `new` must not change, and whether anything changed: `None` if
+    /// nothing did, else which running FIFOs are no longer at their path.
+    fn check_new(&self, new: &Config) -> Result<Option<Vec<bool>>, String> {
+        let old = &self.config.daemon;
         for (key, changed) in [
-            ("daemon.dir", old_daemon.dir != new.daemon.dir),
-            (
-                "daemon.dir_mode",
-                old_daemon.dir_mode != new.daemon.dir_mode,
-            ),
-            ("daemon.control", old_daemon.control != new.daemon.control),
+            ("daemon.dir", old.dir != new.daemon.dir),
+            ("daemon.dir_mode", old.dir_mode != new.daemon.dir_mode),
+            ("daemon.control", old.control != new.daemon.control),
         ] {
             if changed {
                 return Err(format!("{key} cannot change while fifod runs; restart it"));
@@ -182,18 +326,18 @@ impl Daemon {
         }
         // An empty file is a valid config (every default), but a reload to
         // one is almost always a file caught while it was being written.
-        let declares_nothing = new.fifos.is_empty() && new.processes.is_empty();
-        if declares_nothing && !(self.config.fifos.is_empty() && self.config.processes.is_empty()) {
+        let declares_nothing = |c: &Config| c.fifos.is_empty() && c.processes.is_empty();
+        if declares_nothing(new) && !declares_nothing(&self.config) {
             return Err(
                 "the new config declares no FIFO and no process (an empty or truncated file?); \
                  stop fifod to remove everything"
                     .to_string(),
             );
         }
-        if old_daemon.log_level != new.daemon.log_level {
+        if old.log_level != new.daemon.log_level {
             warn!("daemon.log_level changes at the next start, not on reload");
         }
-        ensure_fd_limit(&new).map_err(|e| e.to_string())?;
+        ensure_fd_limit(new).map_err(|e| e.to_string())?;
         // A FIFO whose path no longer names its node (someone removed or
         // replaced it) is made again, as if it were new; except one that
         // systemd passed, which is systemd's to make.
@@ -203,29 +347,33 @@ impl Daemon {
             .iter()
             .map(|f| !f.passed && !f.in_place())
             .collect();
-        if new == self.config && !vanished.contains(&true) {
-            info!("the config did not change");
-            return Ok(());
+        if *new == self.config && !vanished.contains(&true) {
+            return Ok(None);
         }
-        let old_paths: Vec<PathBuf> = self.config.fifos.iter().map(|f| f.path.clone()).collect();
-        let kept_at =
-            |path: &PathBuf| (0..old_paths.len()).find(|&o| old_paths[o] == *path && !vanished[o]);
-        let was_vanished =
-            |path: &PathBuf| (0..old_paths.len()).any(|o| old_paths[o] == *path && vanished[o]);
+        Ok(Some(vanished))
+    }
 
-        // FIFOs: kept by path; the new ones are made before anything else
-        // changes, so that a failure leaves everything as it was.
-        let mut fifos: Vec<Option<ManagedFifo>> = Vec::new();
-        let mut made = Vec::new();
+    /// The running FIFO still at `path`, if any.
+    fn kept_at(&self, path: &Path, vanished: &[bool]) -> Option<usize> {
+        (0..self.config.fifos.len()).find(|&o| self.config.fifos[o].path == path && !vanished[o])
+    }
+
+    /// Makes the FIFOs `new` adds (and those that vanished), in its order;
+    /// `None` where a running or retiring FIFO is taken over. On a failure,
+    /// removes what it made.
+    fn make_new_fifos(&mut self, new: &Config, vanished: &[bool]) -> Result<Vec<Made>, String> {
+        let mut fifos = Vec::new();
         for spec in &new.fifos {
             let retiring = self.retiring.iter().any(|r| r.fifo.path == spec.path);
-            if kept_at(&spec.path).is_some() || retiring {
-                fifos.push(None);
+            if self.kept_at(&spec.path, vanished).is_some() || retiring {
+                fifos.push((None, None));
                 continue;
             }
+            let again =
+                (0..vanished.len()).any(|o| vanished[o] && self.config.fifos[o].path == spec.path);
             match self.footprint.make_fifo(&new.daemon, spec) {
                 Ok(fifo) => {
-                    made.push(if was_vanished(&spec.path) {
+                    let change = if again {
                         format!(
                             "fifo {}: made again at {}: someone removed or replaced it",
                             fifo.name,
@@ -233,43 +381,30 @@ impl Daemon {
                         )
                     } else {
                         format!("added fifo {}", fifo.name)
-                    });
-                    fifos.push(Some(fifo));
+                    };
+                    fifos.push((Some(fifo), Some(change)));
                 }
                 Err(e) => {
-                    for fifo in fifos.iter().flatten().filter(|f| !f.adopted) {
-                        Footprint::remove_fifo(fifo);
+                    for (fifo, _) in &fifos {
+                        if let Some(fifo) = fifo.as_ref().filter(|f| !f.adopted) {
+                            Footprint::remove_fifo(fifo);
+                        }
                     }
                     return Err(e.to_string());
                 }
             }
         }
-        let mut changes = made;
+        Ok(fifos)
+    }
 
-        // From here on nothing fails: faults are logged and the reload goes on.
-        self.flush_drop_logs();
-        let mut tables = Tables::new(&new);
-        // The stream of a FIFO made again is a new one: it is not carried
-        // over. Its sink is (what is held for it goes to the new FIFO).
-        let old_sources: HashMap<Key, SourceId> = (0..self.sources.len())
-            .filter(|&s| match self.sources[s].kind {
-                SourceKind::Fifo { fifo, .. } => !vanished[fifo],
-                _ => true,
-            })
-            .map(|s| (source_key(self.sources[s].kind, &self.config), s))
-            .collect();
-        let old_sinks: HashMap<Key, SinkId> = (0..self.sinks.len())
-            .map(|k| (sink_key(self.sinks[k].kind, &self.config), k))
-            .collect();
-
-        // Processes: kept when neither their settings nor their wiring changed.
-        let mut old_children: Vec<Option<Supervised>> = std::mem::take(&mut self.children)
+    /// Processes are kept when neither their settings nor their wiring
+    /// changed; the others start anew.
+    fn plan_processes(&mut self, next: &mut Next) {
+        let mut old: Vec<Option<Supervised>> = std::mem::take(&mut self.children)
             .into_iter()
             .map(Some)
             .collect();
-        let mut children = Vec::new();
-        let mut to_start = Vec::new();
-        for (c, spec) in new.processes.iter().enumerate() {
+        for (c, spec) in next.config.processes.iter().enumerate() {
             let same = self
                 .config
                 .processes
@@ -278,149 +413,140 @@ impl Daemon {
             match same {
                 Some(o)
                     if self.config.processes[o] == *spec
-                        && wiring(&self.ends[o]) == wiring(&tables.ends[c]) =>
+                        && wiring(&self.ends[o]) == wiring(&next.tables.ends[c]) =>
                 {
-                    children.push(
-                        old_children[o]
-                            .take()
-                            .unwrap_or_else(|| Supervised::new(spec.clone())),
-                    );
+                    let child = old[o].take();
+                    next.children
+                        .push(child.unwrap_or_else(|| Supervised::new(spec.clone())));
+                    continue;
                 }
-                Some(_) => {
-                    changes.push(format!(
-                        "restarting process {} (its settings changed)",
-                        spec.name
-                    ));
-                    children.push(Supervised::new(spec.clone()));
-                    to_start.push(c);
-                }
-                None => {
-                    changes.push(format!("added process {}", spec.name));
-                    children.push(Supervised::new(spec.clone()));
-                    to_start.push(c);
-                }
+                Some(_) => next.changes.push(format!(
+                    "restarting process {} (its settings changed)",
+                    spec.name
+                )),
+                None => next.changes.push(format!("added process {}", spec.name)),
             }
+            next.children.push(Supervised::new(spec.clone()));
+            next.to_start.push(c);
         }
-        let kept_process = |name: &str| {
-            children
-                .iter()
-                .zip(0..)
-                .any(|(child, c)| child.name() == name && !to_start.contains(&c))
-        };
+        next.replaced = old.into_iter().flatten().collect();
+    }
 
-        // Before anything moves: no sink may be ahead of its source, and the
-        // streams that are not carried over are read one last time.
-        for s in 0..self.sources.len() {
-            self.settle(s);
-        }
-        let carried_source = |s: SourceId, daemon: &Daemon| -> bool {
-            let key = source_key(daemon.sources[s].kind, &daemon.config);
-            match &key {
-                Key::Stdout(name) | Key::Stderr(name) | Key::Log(name) => kept_process(name),
+    /// Whether the stream of old source `s` goes on as a source of `next`.
+    fn source_carried(&self, s: SourceId, next: &Next) -> bool {
+        match source_key(self.sources[s].kind, &self.config) {
+            Key::Stdout(name) | Key::Stderr(name) | Key::Log(name) => next.kept_process(&name),
+            Key::Fifo(_) => match self.sources[s].kind {
+                SourceKind::Fifo { fifo, .. } => !next.vanished[fifo],
                 _ => true,
-            }
-        };
-        for s in 0..self.sources.len() {
-            let key = source_key(self.sources[s].kind, &self.config);
-            let stays = tables
-                .sources
-                .iter()
-                .any(|n| source_key(n.kind, &new) == key);
-            if !stays || !carried_source(s, self) {
-                self.read_what_is_queued(s);
-            }
+            },
+            _ => true,
         }
+    }
 
-        // Nothing may stay registered under an old index.
-        for s in 0..self.sources.len() {
-            self.unwatch_source(s);
-        }
-        for k in 0..self.sinks.len() {
-            self.set_sink_watched(k, false);
-        }
+    /// Whether old source `s` will be read on: carried over, or (a FIFO
+    /// someone removed) detached. Any other is read one last time.
+    fn source_stays(&self, s: SourceId, next: &Next) -> bool {
+        let key = source_key(self.sources[s].kind, &self.config);
+        let named = next
+            .tables
+            .sources
+            .iter()
+            .any(|n| source_key(n.kind, &next.config) == key);
+        let vanished =
+            matches!(self.sources[s].kind, SourceKind::Fifo { fifo, .. } if next.vanished[fifo]);
+        named && (vanished || self.source_carried(s, next))
+    }
 
-        // Fill the new tables.
-        let mut old_fifos: Vec<Option<ManagedFifo>> = std::mem::take(&mut self.footprint.fifos)
-            .into_iter()
-            .map(Some)
-            .collect();
-        // Old fds on FIFOs that stay but are not carried (their role or
-        // their end handling changed): closed once the new ones are open.
-        let mut spare: HashMap<PathBuf, Vec<OwnedFd>> = HashMap::new();
-        // An output a reload removed and this one brings back, before it
-        // was gone: what it still had to write goes first.
-        let mut reclaimed: Vec<(usize, Vec<u8>)> = Vec::new();
-        for (i, spec) in new.fifos.iter().enumerate() {
-            if fifos[i].is_none() {
-                fifos[i] = kept_at(&spec.path).and_then(|o| old_fifos[o].take());
-                let retiring = self.retiring.iter().position(|r| r.fifo.path == spec.path);
-                if fifos[i].is_none()
-                    && let Some(r) = retiring
-                {
-                    let r = self.retiring.swap_remove(r);
-                    changes.push(format!(
-                        "fifo {}: kept, as it was still being removed",
-                        spec.name
-                    ));
-                    reclaimed.push((i, r.bytes[r.written..].to_vec()));
-                    spare.entry(spec.path.clone()).or_default().push(r.fd);
-                    fifos[i] = Some(r.fifo);
-                }
-                if let Some(fifo) = &fifos[i] {
-                    match fifo.set_attributes(spec) {
-                        Ok(done) if !done.is_empty() => {
-                            changes.push(format!("fifo {}: {}", spec.name, done.join(", ")));
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!("{e}"),
+    /// The FIFOs `next` keeps, with their mode and owner set as it says: a
+    /// running one at the same path, or a retiring one brought back.
+    fn take_kept_fifos(&mut self, next: &mut Next, old_fifos: &mut [Option<ManagedFifo>]) {
+        for i in 0..next.config.fifos.len() {
+            if next.fifos[i].is_some() {
+                continue;
+            }
+            let spec = &next.config.fifos[i];
+            next.fifos[i] = self
+                .kept_at(&spec.path, &next.vanished)
+                .and_then(|o| old_fifos[o].take());
+            let retiring = self.retiring.iter().position(|r| r.fifo.path == spec.path);
+            if next.fifos[i].is_none()
+                && let Some(r) = retiring
+            {
+                // What it still had to write goes first.
+                let r = self.retiring.swap_remove(r);
+                next.changes.push(format!(
+                    "fifo {}: kept, as it was still being removed",
+                    spec.name
+                ));
+                next.reclaimed.push((i, r.bytes[r.written..].to_vec()));
+                next.spare.entry(spec.path.clone()).or_default().push(r.fd);
+                next.fifos[i] = Some(r.fifo);
+            }
+            if let Some(fifo) = &next.fifos[i] {
+                match fifo.set_attributes(spec) {
+                    Ok(done) if !done.is_empty() => {
+                        next.changes
+                            .push(format!("fifo {}: {}", spec.name, done.join(", ")));
                     }
+                    Ok(_) => {}
+                    Err(e) => warn!("{e}"),
                 }
             }
         }
-        let mut fifos: Vec<ManagedFifo> = fifos.into_iter().flatten().collect();
-        let mut source_map: Vec<Option<SourceId>> = vec![None; self.sources.len()];
-        for n in 0..tables.sources.len() {
-            let kind = tables.sources[n].kind;
-            let key = source_key(kind, &new);
-            let old = old_sources
-                .get(&key)
-                .copied()
-                .filter(|&s| carried_source(s, self));
-            let same_handling = |s: SourceId| match (self.sources[s].kind, kind) {
-                (SourceKind::Fifo { sessions: a, .. }, SourceKind::Fifo { sessions: b, .. }) => {
-                    a == b
-                }
-                _ => true,
-            };
-            match old {
-                Some(s) if same_handling(s) => {
-                    let source = &mut self.sources[s];
-                    let into = &mut tables.sources[n];
-                    into.fd = source.fd.take();
-                    into.bytes = source.bytes;
-                    into.partial = std::mem::take(&mut source.partial);
-                    source_map[s] = Some(n);
-                }
-                _ => {}
-            }
-        }
-        let mut sink_map: Vec<Option<SinkId>> = vec![None; self.sinks.len()];
-        for n in 0..tables.sinks.len() {
-            let key = sink_key(tables.sinks[n].kind, &new);
-            let Some(&k) = old_sinks.get(&key) else {
+    }
+
+    /// Sources of `next` take over the fd, counters and line in progress
+    /// of the same stream in the running tables.
+    fn carry_sources(&mut self, next: &mut Next) {
+        let old: HashMap<Key, SourceId> = (0..self.sources.len())
+            .filter(|&s| self.source_carried(s, next))
+            .map(|s| (source_key(self.sources[s].kind, &self.config), s))
+            .collect();
+        for n in 0..next.tables.sources.len() {
+            let kind = next.tables.sources[n].kind;
+            let Some(&s) = old.get(&source_key(kind, &next.config)) else {
                 continue;
             };
-            sink_map[k] = Some(n);
+            // An input whose ends start or stop being forwarded is opened
+            // anew, the other way.
+            if let (SourceKind::Fifo { sessions: a, .. }, SourceKind::Fifo { sessions: b, .. }) =
+                (self.sources[s].kind, kind)
+                && a != b
+            {
+                continue;
+            }
+            let source = &mut self.sources[s];
+            let into = &mut next.tables.sources[n];
+            into.fd = source.fd.take();
+            into.bytes = source.bytes;
+            into.partial = std::mem::take(&mut source.partial);
+            next.source_map[s] = Some(n);
+        }
+    }
+
+    /// Sinks of `next` take over the same sink's state; its fd too, unless
+    /// its process starts anew or its FIFO was made again.
+    fn carry_sinks(&mut self, next: &mut Next) {
+        let old: HashMap<Key, SinkId> = (0..self.sinks.len())
+            .map(|k| (sink_key(self.sinks[k].kind, &self.config), k))
+            .collect();
+        for n in 0..next.tables.sinks.len() {
+            let key = sink_key(next.tables.sinks[n].kind, &next.config);
+            let Some(&k) = old.get(&key) else {
+                continue;
+            };
+            next.sink_map[k] = Some(n);
             let process_kept = match &key {
-                Key::Stdin(name) => kept_process(name),
+                Key::Stdin(name) => next.kept_process(name),
                 _ => true,
             };
             let same_pipe = match self.sinks[k].kind {
-                SinkKind::Fifo(fifo) => !vanished[fifo],
+                SinkKind::Fifo(fifo) => !next.vanished[fifo],
                 _ => true,
             };
             let sink = &mut self.sinks[k];
-            let into = &mut tables.sinks[n];
+            let into = &mut next.tables.sinks[n];
             into.intake = sink.intake;
             if process_kept && same_pipe {
                 into.fd = sink.fd.take();
@@ -430,42 +556,47 @@ impl Daemon {
                 into.end_check = sink.end_check;
             }
         }
-        // The node of an input someone removed is read until its writers
-        // leave, as one more source of the routes of the FIFO made again.
-        // Bytes written into the node of an output someone removed, and not
-        // read, are taken back to go to the FIFO made again.
-        let mut given_back: Vec<(SinkId, Vec<u8>)> = reclaimed
-            .into_iter()
-            .filter(|(_, bytes)| !bytes.is_empty())
-            .filter_map(|(i, bytes)| {
-                let n = tables
-                    .sinks
-                    .iter()
-                    .position(|k| k.kind == SinkKind::Fifo(i));
-                if n.is_none() {
-                    warn!(
-                        "fifo {}: no longer an output: {} bytes it still had to write are dropped",
-                        new.fifos[i].name,
-                        bytes.len()
-                    );
-                }
-                Some((n?, bytes))
-            })
-            .collect();
+        // Bytes a retiring output brought back still had to write.
+        for (i, bytes) in std::mem::take(&mut next.reclaimed) {
+            if bytes.is_empty() {
+                continue;
+            }
+            let n = next
+                .tables
+                .sinks
+                .iter()
+                .position(|k| k.kind == SinkKind::Fifo(i));
+            match n {
+                Some(n) => next.given_back.push((n, bytes)),
+                None => warn!(
+                    "fifo {}: no longer an output: {} bytes it still had to write are dropped",
+                    next.config.fifos[i].name,
+                    bytes.len()
+                ),
+            }
+        }
+    }
+
+    /// The node of an input someone removed is read until its writers
+    /// leave, as one more source of the routes of the FIFO made again.
+    /// Bytes written into the node of an output someone removed, and not
+    /// read, are taken back to go to the FIFO made again.
+    fn detach_vanished(&mut self, next: &mut Next) {
         for (s, old) in self.sources.iter().enumerate() {
             let SourceKind::Fifo { fifo: o, .. } = old.kind else {
                 continue;
             };
-            let Some(fd) = old.fd.as_ref().filter(|_| vanished[o]) else {
+            let Some(fd) = old.fd.as_ref().filter(|_| next.vanished[o]) else {
                 continue;
             };
             let path = &self.config.fifos[o].path;
-            let made_again = tables
+            let made_again = next
+                .tables
                 .sources
                 .iter()
                 .enumerate()
                 .find_map(|(n, new_source)| match new_source.kind {
-                    SourceKind::Fifo { fifo, .. } if new.fifos[fifo].path == *path => {
+                    SourceKind::Fifo { fifo, .. } if next.config.fifos[fifo].path == *path => {
                         Some((n, fifo))
                     }
                     _ => None,
@@ -475,19 +606,19 @@ impl Daemon {
             };
             match reopen_read_only(fd.as_fd()) {
                 Ok(detached) => {
-                    let id = tables.sources.len();
+                    let id = next.tables.sources.len();
                     let mut source = Source::new(
                         SourceKind::Detached { fifo: i },
-                        format!("{} (removed node)", new.fifos[i].name),
+                        format!("{} (removed node)", next.config.fifos[i].name),
                     );
                     source.fd = Some(detached);
-                    tables.sources.push(source);
-                    for route in &mut tables.routes {
+                    next.tables.sources.push(source);
+                    for route in &mut next.tables.routes {
                         if route.sources.contains(&n) {
                             route.sources.push(id);
                         }
                     }
-                    source_map[s] = Some(id);
+                    next.source_map[s] = Some(id);
                 }
                 Err(e) => warn!(
                     "fifo {}: cannot go on reading its removed node: {e}",
@@ -495,65 +626,67 @@ impl Daemon {
                 ),
             }
         }
-        for (sink, &n) in self.sinks.iter().zip(&sink_map) {
+        for (sink, &n) in self.sinks.iter().zip(&next.sink_map) {
             let (SinkKind::Fifo(o), Some(n)) = (sink.kind, n) else {
                 continue;
             };
-            if !vanished[o] {
+            if !next.vanished[o] {
                 continue;
             }
             if let Some(fd) = sink.fd.as_ref().or(sink.keep_alive.as_ref()) {
                 let bytes = read_back(fd.as_fd());
                 if !bytes.is_empty() {
-                    given_back.push((n, bytes));
+                    next.given_back.push((n, bytes));
                 }
             }
         }
+    }
+
+    /// Opens what `next` did not take over: new FIFOs' fds (the old fds on
+    /// the same node close only after), fifod's own streams. Returns the
+    /// footprint's FIFOs for `next`, in its order.
+    fn open_new_fds(&mut self, next: &mut Next) -> Vec<ManagedFifo> {
         // Whatever fds the old tables still have on FIFOs are spare.
         for source in &mut self.sources {
             if let (SourceKind::Fifo { fifo, .. }, Some(fd)) = (source.kind, source.fd.take()) {
                 let path = self.config.fifos[fifo].path.clone();
-                spare.entry(path).or_default().push(fd);
+                next.spare.entry(path).or_default().push(fd);
             }
         }
         for sink in &mut self.sinks {
             if let SinkKind::Fifo(fifo) = sink.kind {
                 let path = &self.config.fifos[fifo].path;
-                let fds = spare.entry(path.clone()).or_default();
+                let fds = next.spare.entry(path.clone()).or_default();
                 fds.extend(sink.fd.take());
                 fds.extend(sink.keep_alive.take());
             }
         }
-        for source in &mut tables.sources {
+        let mut fifos: Vec<ManagedFifo> = std::mem::take(&mut next.fifos)
+            .into_iter()
+            .flatten()
+            .collect();
+        for source in &mut next.tables.sources {
             if let (SourceKind::Fifo { fifo, sessions }, None) = (source.kind, &source.fd) {
-                let previous = spare.remove(&new.fifos[fifo].path).unwrap_or_default();
+                let previous = next
+                    .spare
+                    .remove(&next.config.fifos[fifo].path)
+                    .unwrap_or_default();
                 source.fd = input_fd(&mut fifos[fifo], sessions, previous)
                     .map_err(|e| error!("fifo {}: {e}; not reading it", source.name))
                     .ok();
             }
+            if source.kind == SourceKind::Stdin && source.fd.is_none() {
+                source.fd = take_std_stream(libc::STDIN_FILENO);
+            }
         }
         // An output between sessions keeps only its spare reader until the
         // next writer: it is not opened for writing here.
-        for sink in &mut tables.sinks {
+        for sink in &mut next.tables.sinks {
             if let (SinkKind::Fifo(fifo), None, None) = (sink.kind, &sink.fd, &sink.keep_alive) {
                 sink.fd = output_fd(&mut fifos[fifo])
                     .map_err(|e| error!("fifo {}: {e}; not writing it", sink.name))
                     .ok();
             }
-        }
-        for (fifo, spec) in fifos.iter_mut().zip(&new.fifos) {
-            if spec.role == Role::Unrouted
-                && let Err(e) = fifo.hold()
-            {
-                warn!("{e}");
-            }
-        }
-        for source in &mut tables.sources {
-            if source.kind == SourceKind::Stdin && source.fd.is_none() {
-                source.fd = take_std_stream(libc::STDIN_FILENO);
-            }
-        }
-        for sink in &mut tables.sinks {
             if sink.kind == SinkKind::Stdout && sink.fd.is_none() {
                 sink.fd = take_std_stream(libc::STDOUT_FILENO);
                 if sink.fd.is_none() {
@@ -561,9 +694,26 @@ impl Daemon {
                 }
             }
         }
+        for (fifo, spec) in fifos.iter_mut().zip(&next.config.fifos) {
+            if spec.role == Role::Unrouted
+                && let Err(e) = fifo.hold()
+            {
+                warn!("{e}");
+            }
+        }
+        fifos
+    }
 
-        // The relay: routes by their endpoints and framing.
-        let new_routes: Vec<_> = new.routes.iter().map(|r| route_key(r, &new)).collect();
+    /// The relay for `next`, with the running one's state carried over
+    /// (routes matched by their endpoints and framing), and the bytes held
+    /// for sinks nothing feeds any more, by old sink.
+    fn carry_relay(&mut self, next: &mut Next) -> (Relay, Vec<(SinkId, Vec<u8>)>) {
+        let new_routes: Vec<_> = next
+            .config
+            .routes
+            .iter()
+            .map(|r| route_key(r, &next.config))
+            .collect();
         let mut route_map: Vec<Option<usize>> = Vec::new();
         for route in &self.config.routes {
             let key = route_key(route, &self.config);
@@ -574,25 +724,27 @@ impl Daemon {
                 route_map.push(found);
             }
         }
-        let kept_routes = route_map.iter().flatten().count();
-        if kept_routes != self.config.routes.len() || kept_routes != new.routes.len() {
-            changes.push(format!(
-                "routes: {kept_routes} kept, {} removed or changed, {} new",
-                self.config.routes.len() - kept_routes,
-                new.routes.len() - kept_routes
+        let kept = route_map.iter().flatten().count();
+        let (old_count, new_count) = (self.config.routes.len(), next.config.routes.len());
+        if kept != old_count || kept != new_count {
+            next.changes.push(format!(
+                "routes: {kept} kept, {} removed or changed, {} new",
+                old_count - kept,
+                new_count - kept
             ));
         }
+        let tables = &next.tables;
         let mut relay = Relay::new(&tables.routes, tables.sources.len(), tables.sinks.len());
         let old_relay = std::mem::replace(&mut self.relay, Relay::new(&[], 0, 0));
         let leftovers = relay.inherit(
             old_relay,
             &RelayMap {
                 routes: &route_map,
-                sources: &source_map,
-                sinks: &sink_map,
+                sources: &next.source_map,
+                sinks: &next.sink_map,
             },
         );
-        for (n, bytes) in given_back {
+        for (n, bytes) in std::mem::take(&mut next.given_back) {
             info!(
                 "{}: {} bytes written but not read yet are held for it again, first in line",
                 tables.sinks[n].name,
@@ -600,9 +752,20 @@ impl Daemon {
             );
             relay.give_back(n, &bytes);
         }
+        (relay, leftovers)
+    }
 
-        // What went away.
-        let deadline = Instant::now() + new.daemon.shutdown_timeout;
+    /// FIFOs `next` does not have: an input goes at once; an output with
+    /// bytes to deliver retires; bytes for other sinks nothing feeds any
+    /// more are dropped, and logged.
+    fn retire_removed(
+        &mut self,
+        next: &mut Next,
+        old_fifos: Vec<Option<ManagedFifo>>,
+        leftovers: Vec<(SinkId, Vec<u8>)>,
+    ) {
+        let timeout = next.config.daemon.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
         let mut left_for: HashMap<Key, (String, Vec<u8>)> = HashMap::new();
         for (k, bytes) in leftovers {
             let sink = &self.sinks[k];
@@ -612,47 +775,47 @@ impl Daemon {
                 .1
                 .extend(bytes);
         }
-        for (o, fifo) in old_fifos.iter_mut().enumerate() {
-            let Some(fifo) = fifo.take() else {
+        for (o, fifo) in old_fifos.into_iter().enumerate() {
+            let Some(fifo) = fifo else {
                 continue;
             };
-            let key = Key::Fifo(self.config.fifos[o].path.clone());
-            if vanished[o] {
+            let spec = &self.config.fifos[o];
+            if next.vanished[o] {
                 // Its path is someone else's now, or the new FIFO's: the
                 // old node is left to whoever moved it, if anyone.
-                spare.remove(&self.config.fifos[o].path);
+                next.spare.remove(&spec.path);
                 continue;
             }
-            changes.push(format!("removed fifo {}", fifo.name));
-            let bytes = left_for.remove(&key).map(|(_, b)| b).unwrap_or_default();
-            let is_output = self.config.fifos[o].role == Role::Output;
+            next.changes.push(format!("removed fifo {}", fifo.name));
+            let bytes = left_for
+                .remove(&Key::Fifo(spec.path.clone()))
+                .map(|(_, b)| b)
+                .unwrap_or_default();
             // Opened before the old fds close, so the pipe keeps its bytes.
-            let fd = is_output
+            let fd = (spec.role == Role::Output)
                 .then(|| fifo.reopen(Access::ReadWrite).ok())
-                .flatten();
-            spare.remove(&self.config.fifos[o].path);
-            match fd {
-                Some(fd)
-                    if is_output && (!bytes.is_empty() || pipe::queued_bytes(fd.as_fd()) > 0) =>
-                {
-                    info!(
-                        "fifo {}: removed from the config; its path stays until its reader \
-                         has what fifod holds for it ({} bytes), or for {}",
-                        fifo.name,
-                        bytes.len(),
-                        format_duration(new.daemon.shutdown_timeout)
-                    );
-                    self.retiring.push(Retiring {
-                        fifo,
-                        fd,
-                        bytes,
-                        written: 0,
-                        deadline,
-                        next: (Instant::now(), END_POLL_FIRST),
-                    });
-                }
-                _ => Footprint::remove_fifo(&fifo),
-            }
+                .flatten()
+                .filter(|fd| !bytes.is_empty() || pipe::queued_bytes(fd.as_fd()) > 0);
+            next.spare.remove(&spec.path);
+            let Some(fd) = fd else {
+                Footprint::remove_fifo(&fifo);
+                continue;
+            };
+            info!(
+                "fifo {}: removed from the config; its path stays until its reader has what \
+                 fifod holds for it ({} bytes), or for {}",
+                fifo.name,
+                bytes.len(),
+                format_duration(timeout)
+            );
+            self.retiring.push(Retiring {
+                fifo,
+                fd,
+                bytes,
+                written: 0,
+                deadline,
+                next: (Instant::now(), END_POLL_FIRST),
+            });
         }
         for (name, bytes) in left_for.into_values() {
             if !bytes.is_empty() {
@@ -662,10 +825,16 @@ impl Daemon {
                 );
             }
         }
+    }
+
+    /// Running processes `next` does not keep get SIGTERM, and SIGKILL
+    /// after the grace if they are still there.
+    fn stop_replaced(&mut self, next: &mut Next) {
         let now = Instant::now();
-        for child in old_children.into_iter().flatten() {
-            if !new.processes.iter().any(|p| p.name == child.name()) {
-                changes.push(format!("removed process {}", child.name()));
+        for child in std::mem::take(&mut next.replaced) {
+            if !next.config.processes.iter().any(|p| p.name == child.name()) {
+                next.changes
+                    .push(format!("removed process {}", child.name()));
             }
             if let Some(pid) = child.pid {
                 info!(
@@ -680,41 +849,6 @@ impl Daemon {
                 });
             }
         }
-        // Old pipes of stopped processes and spare FIFO fds close here.
-        drop(spare);
-
-        // Swap in the new tables and start what is new.
-        self.footprint.fifos = fifos;
-        // Drops carried over were logged already (just above, at the latest).
-        self.drop_logs = relay
-            .lanes()
-            .iter()
-            .map(|lane| DropLog {
-                reported: lane.stats().dropped,
-                ..DropLog::default()
-            })
-            .collect();
-        self.relay = relay;
-        self.sources = tables.sources;
-        self.sinks = tables.sinks;
-        self.ends = tables.ends;
-        self.children = children;
-        self.config = new;
-        self.resize_pipes();
-        for change in &changes {
-            info!("reload: {change}");
-        }
-        for s in 0..self.sources.len() {
-            self.watch_source(s);
-        }
-        for k in 0..self.sinks.len() {
-            self.flush(k);
-        }
-        for c in to_start {
-            self.start_child(c);
-        }
-        self.watch_dirs();
-        Ok(())
     }
 
     /// Watches the directories of every managed FIFO.
