@@ -131,9 +131,9 @@ fn wiring(ends: &ProcessEnds) -> (bool, bool, bool) {
     )
 }
 
-/// For each FIFO of a new config: the FIFO made for it (if it was not taken
-/// over), and what the log says of it.
-type Made = (Option<ManagedFifo>, Option<String>);
+/// For each FIFO of a new config: the FIFO made for it and what the log
+/// says of it, or nothing if a running or retiring one is taken over.
+type Made = Option<(ManagedFifo, String)>;
 
 /// A reload in progress: the new config's tables, being filled from the
 /// running ones, and what the reload found to do.
@@ -141,26 +141,32 @@ type Made = (Option<ManagedFifo>, Option<String>);
 struct Next {
     config: Config,
     tables: Tables,
-    /// For each running FIFO: its path no longer names it.
+    /// Indexed like the running config's FIFOs: its path no longer names it.
     vanished: Vec<bool>,
-    /// The footprint's FIFOs for `config`, in its order, as they are found.
+    /// The footprint's FIFOs for `config`, in its order: the new ones from
+    /// the start, the kept ones as `take_kept_fifos` finds them; handed
+    /// over (and emptied) by `open_new_fds`.
     fifos: Vec<Option<ManagedFifo>>,
     children: Vec<Supervised>,
     /// Processes to start (new, or whose settings changed).
     to_start: Vec<usize>,
-    /// Running processes that are not kept.
+    /// Running processes that are not kept (`plan_processes`), until
+    /// `stop_replaced` stops them.
     replaced: Vec<Supervised>,
     /// For the log, once applied.
     changes: Vec<String>,
-    /// Old fds on FIFOs that stay but are not carried (their role or their
-    /// end handling changed): closed once the new ones are open.
+    /// Old fds on FIFOs, by path, that no new endpoint took over (removed,
+    /// made again, retiring ones brought back, or with another role or end
+    /// handling): closed only once the new fds on the same pipe are open.
     spare: HashMap<PathBuf, Vec<OwnedFd>>,
-    /// Retiring outputs brought back, and what they still had to write.
+    /// Retiring outputs brought back (`take_kept_fifos`), and what they
+    /// still had to write; turned into `given_back` by `carry_sinks`.
     reclaimed: Vec<(usize, Vec<u8>)>,
     /// For each old source and sink, the same one in `tables`.
     source_map: Vec<Option<SourceId>>,
     sink_map: Vec<Option<SinkId>>,
-    /// Bytes to hold again, first in line, for sinks of `tables`.
+    /// Bytes to hold again, first in line, for sinks of `tables`; given to
+    /// the new relay by `carry_relay`.
     given_back: Vec<(SinkId, Vec<u8>)>,
 }
 
@@ -173,7 +179,10 @@ impl Next {
         sinks: usize,
     ) -> Next {
         let tables = Tables::new(&config);
-        let (fifos, changes): (Vec<_>, Vec<_>) = made.into_iter().unzip();
+        let (fifos, changes): (Vec<_>, Vec<_>) = made
+            .into_iter()
+            .map(|m| m.map_or((None, None), |(fifo, change)| (Some(fifo), Some(change))))
+            .unzip();
         Next {
             config,
             tables,
@@ -250,6 +259,8 @@ impl Daemon {
         // streams that are not carried over are read one last time.
         for s in 0..self.sources.len() {
             self.settle(s);
+        }
+        for s in 0..self.sources.len() {
             if !self.source_stays(s, &next) {
                 self.read_what_is_queued(s);
             }
@@ -265,20 +276,25 @@ impl Daemon {
             .into_iter()
             .map(Some)
             .collect();
+        // In this order: the sink map (carry_sinks) tells detach_vanished
+        // where bytes go back; both feed carry_relay. Every old fd on a FIFO
+        // that is not carried waits in `spare` until the new fds on the same
+        // pipe are open (open_new_fds) and removed outputs are reopened to
+        // retire (retire_removed): a pipe is never left without an fd.
         self.take_kept_fifos(&mut next, &mut old_fifos);
         self.carry_sources(&mut next);
         self.carry_sinks(&mut next);
         self.detach_vanished(&mut next);
-        let mut fifos = self.open_new_fds(&mut next);
-        let relay = self.carry_relay(&mut next);
-        self.retire_removed(&mut next, old_fifos, relay.1);
+        let fifos = self.open_new_fds(&mut next);
+        let (relay, leftovers) = self.carry_relay(&mut next);
+        self.retire_removed(&mut next, old_fifos, leftovers);
         self.stop_replaced(&mut next);
-        // Old pipes of stopped processes and spare FIFO fds close here.
+        // Spare FIFO fds close here; the old tables (with the pipes of the
+        // processes that stop) when they are replaced below.
         next.spare.clear();
 
         // Swap in the new tables and start what is new.
-        std::mem::swap(&mut self.footprint.fifos, &mut fifos);
-        let relay = relay.0;
+        self.footprint.fifos = fifos;
         // Drops carried over were logged already (just above, at the latest).
         self.drop_logs = relay
             .lanes()
@@ -366,7 +382,7 @@ impl Daemon {
         for spec in &new.fifos {
             let retiring = self.retiring.iter().any(|r| r.fifo.path == spec.path);
             if self.kept_at(&spec.path, vanished).is_some() || retiring {
-                fifos.push((None, None));
+                fifos.push(None);
                 continue;
             }
             let again =
@@ -382,13 +398,11 @@ impl Daemon {
                     } else {
                         format!("added fifo {}", fifo.name)
                     };
-                    fifos.push((Some(fifo), Some(change)));
+                    fifos.push(Some((fifo, change)));
                 }
                 Err(e) => {
-                    for (fifo, _) in &fifos {
-                        if let Some(fifo) = fifo.as_ref().filter(|f| !f.adopted) {
-                            Footprint::remove_fifo(fifo);
-                        }
+                    for (fifo, _) in fifos.iter().flatten().filter(|(f, _)| !f.adopted) {
+                        Footprint::remove_fifo(fifo);
                     }
                     return Err(e.to_string());
                 }
@@ -432,15 +446,16 @@ impl Daemon {
         next.replaced = old.into_iter().flatten().collect();
     }
 
-    /// Whether the stream of old source `s` goes on as a source of `next`.
-    fn source_carried(&self, s: SourceId, next: &Next) -> bool {
-        match source_key(self.sources[s].kind, &self.config) {
-            Key::Stdout(name) | Key::Stderr(name) | Key::Log(name) => next.kept_process(&name),
-            Key::Fifo(_) => match self.sources[s].kind {
-                SourceKind::Fifo { fifo, .. } => !next.vanished[fifo],
-                _ => true,
-            },
-            _ => true,
+    /// Whether old source `s` would be the same stream as the source of
+    /// the same name in `next`, if `next` has one: not if its process
+    /// starts anew or its FIFO was made again.
+    fn same_stream(&self, s: SourceId, next: &Next) -> bool {
+        match self.sources[s].kind {
+            SourceKind::Fifo { fifo, .. } => !next.vanished[fifo],
+            SourceKind::Stdout(c) | SourceKind::Stderr(c) | SourceKind::Log(c) => {
+                next.kept_process(&self.config.processes[c].name)
+            }
+            SourceKind::Stdin | SourceKind::Detached { .. } => true,
         }
     }
 
@@ -455,7 +470,7 @@ impl Daemon {
             .any(|n| source_key(n.kind, &next.config) == key);
         let vanished =
             matches!(self.sources[s].kind, SourceKind::Fifo { fifo, .. } if next.vanished[fifo]);
-        named && (vanished || self.source_carried(s, next))
+        named && (vanished || self.same_stream(s, next))
     }
 
     /// The FIFOs `next` keeps, with their mode and owner set as it says: a
@@ -500,7 +515,7 @@ impl Daemon {
     /// of the same stream in the running tables.
     fn carry_sources(&mut self, next: &mut Next) {
         let old: HashMap<Key, SourceId> = (0..self.sources.len())
-            .filter(|&s| self.source_carried(s, next))
+            .filter(|&s| self.same_stream(s, next))
             .map(|s| (source_key(self.sources[s].kind, &self.config), s))
             .collect();
         for n in 0..next.tables.sources.len() {
@@ -643,8 +658,9 @@ impl Daemon {
     }
 
     /// Opens what `next` did not take over: new FIFOs' fds (the old fds on
-    /// the same node close only after), fifod's own streams. Returns the
-    /// footprint's FIFOs for `next`, in its order.
+    /// the same node, moved to `spare` first, close only after), fifod's own
+    /// streams, and a held fd for FIFOs in no route. Returns the footprint's
+    /// FIFOs for `next`, in its order.
     fn open_new_fds(&mut self, next: &mut Next) -> Vec<ManagedFifo> {
         // Whatever fds the old tables still have on FIFOs are spare.
         for source in &mut self.sources {
@@ -791,11 +807,19 @@ impl Daemon {
                 .remove(&Key::Fifo(spec.path.clone()))
                 .map(|(_, b)| b)
                 .unwrap_or_default();
-            // Opened before the old fds close, so the pipe keeps its bytes.
-            let fd = (spec.role == Role::Output)
-                .then(|| fifo.reopen(Access::ReadWrite).ok())
-                .flatten()
-                .filter(|fd| !bytes.is_empty() || pipe::queued_bytes(fd.as_fd()) > 0);
+            // Opened before the old fds close, so the pipe keeps its bytes
+            // while it retires.
+            let fd = match (spec.role == Role::Output).then(|| fifo.reopen(Access::ReadWrite)) {
+                Some(Ok(fd)) => Some(fd),
+                Some(Err(e)) => {
+                    if !bytes.is_empty() {
+                        warn!("{e}: {} bytes held for it are dropped", bytes.len());
+                    }
+                    None
+                }
+                None => None,
+            };
+            let fd = fd.filter(|fd| !bytes.is_empty() || pipe::queued_bytes(fd.as_fd()) > 0);
             next.spare.remove(&spec.path);
             let Some(fd) = fd else {
                 Footprint::remove_fifo(&fifo);
