@@ -338,16 +338,7 @@ impl Footprint {
                     }
                 }
                 Err(Errno::ENOENT) if let Some(mode) = create => {
-                    let fd = make_dir(&current, &name, &shown, mode)?;
-                    let st = fstat(&fd).map_err(failed(&shown, "inspect"))?;
-                    self.created_dirs.push(Entry {
-                        parent: Rc::clone(&current),
-                        name: name.clone(),
-                        path: shown.clone(),
-                        id: NodeId::of(&st),
-                    });
-                    info!("created directory {} (mode {mode})", shown.display());
-                    stack.push(Rc::new(fd));
+                    stack.push(Rc::new(self.create_dir(&current, &name, &shown, mode)?));
                 }
                 Err(e) => return Err(failed(&shown, "open directory")(e)),
             }
@@ -357,6 +348,27 @@ impl Footprint {
         check_dir_is_safe(path, &st)?;
         self.dirs.insert(path.to_owned(), Rc::clone(&dir));
         Ok(dir)
+    }
+
+    /// Makes directory `name` in `parent` and records it, to be removed at
+    /// the end if it is empty then.
+    fn create_dir(
+        &mut self,
+        parent: &Rc<OwnedFd>,
+        name: &OsStr,
+        shown: &Path,
+        mode: Mode,
+    ) -> Result<OwnedFd, FsError> {
+        let fd = make_dir(parent, name, shown, mode)?;
+        let st = fstat(&fd).map_err(failed(shown, "inspect"))?;
+        self.created_dirs.push(Entry {
+            parent: Rc::clone(parent),
+            name: name.to_owned(),
+            path: shown.to_owned(),
+            id: NodeId::of(&st),
+        });
+        info!("created directory {} (mode {mode})", shown.display());
+        Ok(fd)
     }
 
     /// Opens a directory inside `base` (fifod's `dir`), one component at a
@@ -398,16 +410,7 @@ impl Footprint {
                     fd
                 }
                 Err(Errno::ENOENT) if let Some(mode) = create => {
-                    let fd = make_dir(&current, &name, &shown, mode)?;
-                    let st = fstat(&fd).map_err(failed(&shown, "inspect"))?;
-                    self.created_dirs.push(Entry {
-                        parent: Rc::clone(&current),
-                        name: name.clone(),
-                        path: shown.clone(),
-                        id: NodeId::of(&st),
-                    });
-                    info!("created directory {} (mode {mode})", shown.display());
-                    fd
+                    self.create_dir(&current, &name, &shown, mode)?
                 }
                 Err(e) => return Err(failed(&shown, "open directory")(e)),
             };

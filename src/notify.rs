@@ -68,10 +68,6 @@ impl Notifier {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.socket.is_some()
-    }
-
     fn send(&mut self, states: &[NotifyState<'_>]) {
         let Some((path, socket)) = &self.socket else {
             return;

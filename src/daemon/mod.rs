@@ -456,10 +456,11 @@ impl Tables {
         }
     }
 
-    /// Gives fifod's own stdin and stdout endpoints their streams.
+    /// Gives fifod's own stdin and stdout endpoints their streams (those
+    /// that have none yet: a reload carries them over).
     fn take_std_streams(&mut self) {
         for source in &mut self.sources {
-            if source.kind == SourceKind::Stdin {
+            if source.kind == SourceKind::Stdin && source.fd.is_none() {
                 source.fd = take_std_stream(libc::STDIN_FILENO);
                 if source.fd.is_none() {
                     info!("stdin is not a pipe: the stdin endpoint carries nothing");
@@ -467,7 +468,7 @@ impl Tables {
             }
         }
         for sink in &mut self.sinks {
-            if sink.kind == SinkKind::Stdout {
+            if sink.kind == SinkKind::Stdout && sink.fd.is_none() {
                 sink.fd = take_std_stream(libc::STDOUT_FILENO);
                 if sink.fd.is_none() {
                     info!(
@@ -492,10 +493,7 @@ fn input_fd(
     previous: Vec<OwnedFd>,
 ) -> Result<OwnedFd, FsError> {
     if !sessions {
-        return match managed.take_fd() {
-            Some(fd) => Ok(fd),
-            None => managed.reopen(Access::ReadWrite),
-        };
+        return read_write_fd(managed);
     }
     let first = managed.reopen(Access::Read)?;
     drop(managed.take_fd());
@@ -505,8 +503,10 @@ fn input_fd(
     quiet
 }
 
-/// The read-write fd an output FIFO is written through.
-fn output_fd(managed: &mut ManagedFifo) -> Result<OwnedFd, FsError> {
+/// A read-write fd on the FIFO: the one opened at start if the daemon has
+/// not taken it yet, else a new one. Outputs are written through it, inputs
+/// whose ends are not forwarded read from it.
+fn read_write_fd(managed: &mut ManagedFifo) -> Result<OwnedFd, FsError> {
     match managed.take_fd() {
         Some(fd) => Ok(fd),
         None => managed.reopen(Access::ReadWrite),
@@ -542,7 +542,7 @@ impl Daemon {
         }
         for sink in &mut sinks {
             if let SinkKind::Fifo(fifo) = sink.kind {
-                sink.fd = output_fd(&mut footprint.fifos[fifo])
+                sink.fd = read_write_fd(&mut footprint.fifos[fifo])
                     .map_err(|e| fail = Some(e))
                     .ok();
             }

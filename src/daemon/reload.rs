@@ -691,25 +691,17 @@ impl Daemon {
                     .map_err(|e| error!("fifo {}: {e}; not reading it", source.name))
                     .ok();
             }
-            if source.kind == SourceKind::Stdin && source.fd.is_none() {
-                source.fd = take_std_stream(libc::STDIN_FILENO);
-            }
         }
         // An output between sessions keeps only its spare reader until the
         // next writer: it is not opened for writing here.
         for sink in &mut next.tables.sinks {
             if let (SinkKind::Fifo(fifo), None, None) = (sink.kind, &sink.fd, &sink.keep_alive) {
-                sink.fd = output_fd(&mut fifos[fifo])
+                sink.fd = read_write_fd(&mut fifos[fifo])
                     .map_err(|e| error!("fifo {}: {e}; not writing it", sink.name))
                     .ok();
             }
-            if sink.kind == SinkKind::Stdout && sink.fd.is_none() {
-                sink.fd = take_std_stream(libc::STDOUT_FILENO);
-                if sink.fd.is_none() {
-                    sink.intake = Intake::Refusing;
-                }
-            }
         }
+        next.tables.take_std_streams();
         for (fifo, spec) in fifos.iter_mut().zip(&next.config.fifos) {
             if spec.role == Role::Unrouted
                 && let Err(e) = fifo.hold()
