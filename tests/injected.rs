@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::common::{
     Daemon, KIB, Launch, Sandbox, TIMEOUT, Verifier, open_reader, open_writer, read_exact, spawn,
-    write_pattern,
+    wait_child, write_pattern,
 };
 
 /// Whether strace can run here (CI installs it).
@@ -60,11 +60,10 @@ fn detach(mut strace: Child) {
         nix::unistd::Pid::from_raw(strace.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let end = Instant::now() + TIMEOUT;
-    while strace.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < end, "strace did not detach");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    assert!(
+        wait_child(&mut strace, TIMEOUT).is_some(),
+        "strace did not detach"
+    );
 }
 
 #[test]
