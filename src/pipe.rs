@@ -1,10 +1,10 @@
 //! Small system calls on pipe fds that nix does not wrap: how many bytes a
-//! pipe holds, and its capacity.
+//! pipe holds, and its capacity; and fifod's own private pipes.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, fcntl};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 nix::ioctl_read_bad!(fionread, libc::FIONREAD, libc::c_int);
 
@@ -45,9 +45,7 @@ pub fn set_capacity(fd: BorrowedFd<'_>, want: usize) -> Resized {
     match fcntl(fd, FcntlArg::F_SETPIPE_SZ(want_c)) {
         Ok(_) => Resized::Done(current()),
         Err(Errno::EPERM) => {
-            let limit = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
-                .ok()
-                .and_then(|s| s.trim().parse::<libc::c_int>().ok());
+            let limit = fs_limit("pipe-max-size").and_then(|n| libc::c_int::try_from(n).ok());
             match limit {
                 Some(limit) if limit < want_c => match fcntl(fd, FcntlArg::F_SETPIPE_SZ(limit)) {
                     Ok(_) => Resized::Capped {
@@ -70,4 +68,58 @@ pub fn set_capacity(fd: BorrowedFd<'_>, want: usize) -> Resized {
             got: current(),
         },
     }
+}
+
+/// An anonymous pipe of fifod's own, both ends non-blocking and
+/// close-on-exec.
+#[derive(Debug)]
+pub struct PrivatePipe {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
+    /// Its capacity in bytes.
+    pub capacity: usize,
+}
+
+impl PrivatePipe {
+    /// A new pipe of at least `want` bytes if the kernel agrees, of its
+    /// default size otherwise.
+    pub fn new(want: usize) -> Result<PrivatePipe, Errno> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let mut capacity = capacity(read.as_fd())?;
+        if want > capacity {
+            let want_c = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+            if let Ok(got) = fcntl(read.as_fd(), FcntlArg::F_SETPIPE_SZ(want_c)) {
+                capacity = usize::try_from(got).unwrap_or(capacity);
+            }
+        }
+        Ok(PrivatePipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+}
+
+/// Whether the kernel lets this process exceed the per-user pipe limits
+/// (`CAP_SYS_RESOURCE` or `CAP_SYS_ADMIN` in its effective set).
+pub fn unlimited() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN | 1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// A number from `/proc/sys/fs/`, such as `pipe-max-size`.
+pub fn fs_limit(name: &str) -> Option<usize> {
+    std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }

@@ -16,6 +16,15 @@
 //! lines, and once a line is partly written to a sink, no other lane writes to
 //! that sink before the line is complete.
 //!
+//! On a byte route whose sinks may block (`when_full = "block"`), a lane's
+//! held bytes may live in a private pipe of the daemon's instead of fifod's
+//! memory: the daemon moves them with `splice`/`tee` and tells the relay how
+//! many it moved. Those bytes always come first: a lane holds `piped` bytes
+//! in its pipe, then its bytes in memory, so bytes that had to be copied
+//! (a reload, a source that cannot be spliced) never overtake them, and
+//! bytes are only spliced into the pipe while nothing of the lane is in
+//! memory.
+//!
 //! On routes with `eof = "forward"`, a lane also holds *end markers*: when
 //! every source of the route has ended its session, each lane gets a marker
 //! after its last byte. A sink is given its end once every lane feeding it
@@ -55,8 +64,10 @@ fn newlines(bytes: &[u8]) -> u64 {
 pub struct Lane {
     pub route: usize,
     pub sink: SinkId,
+    /// Bytes held in the daemon's private pipe for this lane, before `held`.
+    piped: usize,
     held: VecDeque<u8>,
-    /// Stream offset of `held[0]`: bytes ever removed from the front.
+    /// Stream offset of the first held byte: bytes ever removed from the front.
     front: u64,
     /// Stream offsets at which a session ends, oldest first.
     ends: VecDeque<u64>,
@@ -67,19 +78,65 @@ pub struct Lane {
     lines: bool,
     /// The first held line has been partly written.
     mid_line: bool,
+    /// The lane may hold its bytes in a pipe (a byte route that blocks).
+    pipe_ok: bool,
     /// Bytes of the source's coming stream that `tee` already put into the
-    /// sink: when they are consumed from the source, this lane skips them.
-    ahead: usize,
+    /// sink (`ahead_sent`) and, after those, into the lane's pipe
+    /// (`ahead_piped`): when they are consumed from the source, this lane
+    /// skips them, counting them as delivered and as piped.
+    ahead_sent: usize,
+    ahead_piped: usize,
     stats: LaneStats,
+}
+
+/// The next bytes for a sink: in fifod's memory, or in the lane's pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out<'a> {
+    Bytes(&'a [u8]),
+    Piped(usize),
+}
+
+/// Where a zero-copy transfer puts a lane's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Straight into the sink: the lane and every lane of its sink are idle.
+    Sink,
+    /// Into the lane's pipe, behind what it holds there.
+    Pipe,
+}
+
+/// How many of a source's coming bytes a zero-copy transfer gave one lane:
+/// the first `sent` went into the sink, the next `piped` into the lane's pipe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Took {
+    pub sent: usize,
+    pub piped: usize,
+}
+
+impl Took {
+    pub fn total(self) -> usize {
+        self.sent + self.piped
+    }
 }
 
 impl Lane {
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.piped + self.held.len()
+    }
+
+    /// Bytes in the lane's pipe, counted as held or not yet consumed from
+    /// the source: the pipe may be let go of when this is 0.
+    pub fn in_pipe(&self) -> usize {
+        self.piped + self.ahead_piped
     }
 
     pub fn stats(&self) -> LaneStats {
         self.stats
+    }
+
+    /// The route's `buffer`: the most this lane holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn policy(&self) -> WhenFull {
@@ -97,12 +154,16 @@ impl Lane {
     }
 
     fn free(&self) -> usize {
-        self.capacity.saturating_sub(self.held.len())
+        self.capacity.saturating_sub(self.held())
     }
 
     /// Nothing to write and no end to deliver.
     fn is_idle(&self) -> bool {
-        self.held.is_empty() && self.ends.is_empty()
+        self.held() == 0 && self.ends.is_empty()
+    }
+
+    fn ahead(&self) -> usize {
+        self.ahead_sent + self.ahead_piped
     }
 
     /// The next end marker has been reached: no byte may go before it is given.
@@ -110,17 +171,20 @@ impl Lane {
         self.ends.front().is_some_and(|&end| end <= self.front)
     }
 
-    /// Bytes that may be written now: up to the next end marker.
-    fn writable(&self) -> &[u8] {
-        let first = self.held.as_slices().0;
-        match self.ends.front() {
-            Some(&end) => {
-                let before_end =
-                    usize::try_from(end.saturating_sub(self.front)).unwrap_or(usize::MAX);
-                &first[..first.len().min(before_end)]
-            }
-            None => first,
+    /// Bytes that may be written now: the piped ones first, up to the next
+    /// end marker.
+    fn writable(&self) -> Option<Out<'_>> {
+        let before_end = match self.ends.front() {
+            Some(&end) => usize::try_from(end.saturating_sub(self.front)).unwrap_or(usize::MAX),
+            None => usize::MAX,
+        };
+        if self.piped > 0 {
+            let n = self.piped.min(before_end);
+            return (n > 0).then_some(Out::Piped(n));
         }
+        let first = self.held.as_slices().0;
+        let bytes = &first[..first.len().min(before_end)];
+        (!bytes.is_empty()).then_some(Out::Bytes(bytes))
     }
 
     fn remove_front(&mut self, n: usize) {
@@ -133,12 +197,29 @@ impl Lane {
         }
     }
 
-    /// Drops `n` held bytes starting `at` bytes after the front, keeping the
-    /// end markers after the bytes they followed.
+    /// Counts `n` bytes that were held `at` bytes after the front, and are
+    /// gone, as dropped; end markers after them move back.
+    fn forget(&mut self, at: usize, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.stats.dropped += n as u64;
+        let start = self.front + at as u64;
+        for end in &mut self.ends {
+            if *end > start {
+                *end = (*end).saturating_sub(n as u64).max(start);
+            }
+        }
+    }
+
+    /// Drops `n` bytes held in memory starting `at` bytes after the front,
+    /// keeping the end markers after the bytes they followed. Only lanes
+    /// that may drop call it, and those never hold bytes in a pipe.
     fn drop_held(&mut self, at: usize, n: usize) {
         if n == 0 {
             return;
         }
+        debug_assert_eq!(self.piped, 0, "a lane with piped bytes never drops");
         if self.lines {
             let lines = self.held.range(at..at + n).filter(|&&b| b == b'\n').count();
             self.stats.lines_dropped += lines as u64;
@@ -331,6 +412,7 @@ impl Relay {
                 relay.lanes.push(Lane {
                     route: route_index,
                     sink,
+                    piped: 0,
                     held: VecDeque::new(),
                     front: 0,
                     ends: VecDeque::new(),
@@ -338,7 +420,9 @@ impl Relay {
                     policy: route.when_full,
                     lines: route.max_line.is_some(),
                     mid_line: false,
-                    ahead: 0,
+                    pipe_ok: route.max_line.is_none() && route.when_full == WhenFull::Block,
+                    ahead_sent: 0,
+                    ahead_piped: 0,
                     stats: LaneStats::default(),
                 });
             }
@@ -475,12 +559,15 @@ impl Relay {
         for i in 0..self.routes[r].lanes.len() {
             let lane_id = self.routes[r].lanes[i];
             let lane = &mut self.lanes[lane_id];
-            // What `tee` already delivered is not given again.
-            let skip = lane.ahead.min(data.len());
-            lane.ahead -= skip;
-            lane.stats.accepted += skip as u64;
-            lane.stats.delivered += skip as u64;
-            let data = &data[skip..];
+            // What `tee` already delivered or piped is not given again.
+            let sent = lane.ahead_sent.min(data.len());
+            let piped = lane.ahead_piped.min(data.len() - sent);
+            lane.ahead_sent -= sent;
+            lane.ahead_piped -= piped;
+            lane.piped += piped;
+            lane.stats.accepted += (sent + piped) as u64;
+            lane.stats.delivered += sent as u64;
+            let data = &data[sent + piped..];
             if data.is_empty() {
                 continue;
             }
@@ -502,10 +589,12 @@ impl Relay {
         }
     }
 
-    /// The lanes `source` feeds, if its bytes may go to their sinks without
-    /// passing through fifod (`splice`/`tee`): byte routes only, and every
-    /// lane and every other lane of those sinks idle.
-    pub fn zero_copy_lanes(&self, source: SourceId) -> Option<Vec<(LaneId, SinkId)>> {
+    /// The lanes `source` feeds and where each may take its bytes without
+    /// them passing through fifod (`splice`/`tee`), if every lane can: byte
+    /// routes only, none ahead of the source, and each lane either idle with
+    /// an idle sink (`Target::Sink`) or allowed a pipe with nothing of its
+    /// own in memory (`Target::Pipe`).
+    pub fn zero_copy_lanes(&self, source: SourceId) -> Option<Vec<(LaneId, SinkId, Target)>> {
         let mut lanes = Vec::new();
         for &(r, _) in &self.source_routes[source] {
             let route = &self.routes[r];
@@ -514,36 +603,47 @@ impl Relay {
             }
             for &l in &route.lanes {
                 let lane = &self.lanes[l];
+                if lane.ahead() > 0 {
+                    return None;
+                }
                 let sink_idle = self.sink_owner[lane.sink].is_none()
                     && self.sink_lanes[lane.sink]
                         .iter()
                         .all(|&o| self.lanes[o].is_idle());
-                if lane.ahead > 0 || !sink_idle {
+                let target = if sink_idle {
+                    Target::Sink
+                } else if lane.pipe_ok && lane.held.is_empty() {
+                    Target::Pipe
+                } else {
                     return None;
-                }
-                lanes.push((l, lane.sink));
+                };
+                lanes.push((l, lane.sink, target));
             }
         }
         (!lanes.is_empty()).then_some(lanes)
     }
 
-    /// Records a zero-copy transfer: `teed[i]` bytes reached the sink of
-    /// `lanes[i]`, and `consumed` bytes were taken from the source. A lane
-    /// whose sink got more than was consumed is ahead by the difference.
-    pub fn spliced(
-        &mut self,
-        source: SourceId,
-        lanes: &[(LaneId, SinkId)],
-        teed: &[usize],
-        consumed: usize,
-    ) {
-        for (&(l, _), &t) in lanes.iter().zip(teed) {
+    /// Whether `lane` may hold bytes in a pipe now, behind what it holds.
+    pub fn may_pipe(&self, lane: LaneId) -> bool {
+        let lane = &self.lanes[lane];
+        lane.pipe_ok && lane.held.is_empty() && lane.ahead() == 0
+    }
+
+    /// Records a zero-copy transfer: `took[i]` says where the coming bytes
+    /// of the source went for `lanes[i]`, and `consumed` bytes were taken
+    /// from the source. A lane that took more than was consumed is ahead of
+    /// the source by the difference.
+    pub fn spliced(&mut self, source: SourceId, lanes: &[LaneId], took: &[Took], consumed: usize) {
+        for (&l, &t) in lanes.iter().zip(took) {
             let lane = &mut self.lanes[l];
-            let delivered = t.min(consumed);
-            lane.stats.accepted += consumed as u64;
-            lane.stats.delivered += delivered as u64;
             // The caller consumes no more than every lane took.
-            lane.ahead = t - delivered;
+            let sent = t.sent.min(consumed);
+            let piped = t.piped.min(consumed - sent);
+            lane.stats.accepted += (sent + piped) as u64;
+            lane.stats.delivered += sent as u64;
+            lane.piped += piped;
+            lane.ahead_sent = t.sent - sent;
+            lane.ahead_piped = t.piped - piped;
         }
         for i in 0..self.source_routes[source].len() {
             let (r, position) = self.source_routes[source][i];
@@ -556,7 +656,7 @@ impl Relay {
         self.source_routes[source].iter().all(|&(r, _)| {
             self.routes[r].lanes.iter().all(|&l| {
                 let lane = &self.lanes[l];
-                lane.policy != WhenFull::Block || lane.held.is_empty()
+                lane.policy != WhenFull::Block || lane.held() == 0
             })
         })
     }
@@ -585,22 +685,31 @@ impl Relay {
     }
 
     /// The next bytes to write to `sink`, and the lane they come from.
-    pub fn pending(&self, sink: SinkId) -> Option<(LaneId, &[u8])> {
+    pub fn pending(&self, sink: SinkId) -> Option<(LaneId, Out<'_>)> {
         if let Some(owner) = self.sink_owner[sink] {
-            let bytes = self.lanes[owner].writable();
-            return (!bytes.is_empty()).then_some((owner, bytes));
+            return self.lanes[owner].writable().map(|out| (owner, out));
         }
         let lanes = &self.sink_lanes[sink];
         let n = lanes.len();
         (0..n)
             .map(|k| lanes[(self.sink_turn[sink] + k) % n])
-            .map(|l| (l, self.lanes[l].writable()))
-            .find(|(_, bytes)| !bytes.is_empty())
+            .find_map(|l| self.lanes[l].writable().map(|out| (l, out)))
     }
 
-    /// Records that `n` bytes from the front of `lane` were written.
+    /// Records that `n` bytes from the front of `lane` were written: its
+    /// piped bytes first, as `pending` offers them.
     pub fn delivered(&mut self, lane: LaneId, n: usize) {
         let lane_ref = &mut self.lanes[lane];
+        if lane_ref.piped > 0 {
+            let n = n.min(lane_ref.piped);
+            lane_ref.piped -= n;
+            lane_ref.front += n as u64;
+            lane_ref.stats.delivered += n as u64;
+            let sink = lane_ref.sink;
+            let turn = &mut self.sink_turn[sink];
+            *turn = (*turn + 1) % self.sink_lanes[sink].len().max(1);
+            return;
+        }
         let n = n.min(lane_ref.held.len());
         if n == 0 {
             return;
@@ -632,8 +741,11 @@ impl Relay {
         let mut total = 0;
         for &l in &self.sink_lanes[sink] {
             let lane = &mut self.lanes[l];
+            let piped = std::mem::take(&mut lane.piped);
+            lane.front += piped as u64;
+            lane.stats.dropped += piped as u64;
             let n = lane.held.len();
-            total += n;
+            total += piped + n;
             lane.drop_held(0, n);
             lane.ends.clear();
             lane.mid_line = false;
@@ -657,7 +769,7 @@ impl Relay {
                 route.ended.iter_mut().for_each(|e| *e = false);
                 for &l in &route.lanes {
                     let lane = &mut self.lanes[l];
-                    let end = lane.front + lane.held.len() as u64;
+                    let end = lane.front + lane.held() as u64;
                     if lane.ends.back() != Some(&end) {
                         lane.ends.push_back(end);
                     }
@@ -713,15 +825,42 @@ impl Relay {
         &self.sink_lanes[sink]
     }
 
-    /// The most bytes a `tee` put into one of `source`'s sinks ahead of
-    /// consuming them from the source.
+    /// The most bytes a `tee` put into one of `source`'s sinks or lane
+    /// pipes ahead of consuming them from the source.
     pub fn ahead_of(&self, source: SourceId) -> usize {
         self.source_routes[source]
             .iter()
             .flat_map(|&(r, _)| self.routes[r].lanes.iter())
-            .map(|&l| self.lanes[l].ahead)
+            .map(|&l| self.lanes[l].ahead())
             .max()
             .unwrap_or(0)
+    }
+
+    /// Records that the bytes `lane` held in its pipe were read out of it
+    /// (`bytes`): they are held in memory now, first in line. A lane must
+    /// not be ahead of its source when this is done. Bytes the pipe did not
+    /// give back are counted as dropped.
+    pub fn unpiped(&mut self, lane: LaneId, bytes: &[u8]) {
+        let lane = &mut self.lanes[lane];
+        debug_assert_eq!(lane.ahead_piped, 0, "settle before unpiping");
+        let n = bytes.len().min(lane.piped);
+        let lost = lane.piped - n;
+        lane.piped = 0;
+        for &b in bytes[..n].iter().rev() {
+            lane.held.push_front(b);
+        }
+        lane.forget(n, lost);
+    }
+
+    /// Records that `lane`'s pipe went away with what it held: those bytes
+    /// are counted as dropped, and returned. Bytes it held ahead of the
+    /// source are still in the source and come again.
+    pub fn pipe_lost(&mut self, lane: LaneId) -> usize {
+        let lane = &mut self.lanes[lane];
+        lane.ahead_piped = 0;
+        let lost = std::mem::take(&mut lane.piped);
+        lane.forget(0, lost);
+        lost
     }
 
     /// Takes back bytes that were written into `sink` but never read (its
@@ -755,7 +894,8 @@ impl Relay {
     }
 
     /// Carries what a running relay holds into this one, built for a new
-    /// config (a reload). `old` must be settled: no lane ahead of its source.
+    /// config (a reload). `old` must be settled (no lane ahead of its
+    /// source) and hold nothing in pipes (`unpiped`).
     ///
     /// - A route in both configs (`map.routes`) keeps its lanes whole: held
     ///   bytes, end markers, counters, and each source's line in progress.
@@ -829,7 +969,8 @@ impl Relay {
                 into.stats.lines_accepted += s.lines_accepted;
                 into.stats.lines_delivered += s.lines_delivered;
                 into.stats.lines_dropped += s.lines_dropped;
-                into.ahead = lane.ahead;
+                into.ahead_sent = lane.ahead_sent;
+                into.ahead_piped = lane.ahead_piped;
             } else {
                 into.stats.accepted += from.len() as u64;
                 if into.lines {
@@ -874,6 +1015,16 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Relay {
+        /// `pending`, for lanes that hold everything in memory.
+        fn pending_bytes(&self, sink: SinkId) -> Option<(LaneId, &[u8])> {
+            self.pending(sink).map(|(lane, out)| match out {
+                Out::Bytes(bytes) => (lane, bytes),
+                Out::Piped(n) => panic!("lane {lane} has {n} bytes in a pipe"),
+            })
+        }
+    }
 
     fn route(sources: &[usize], sinks: &[usize], buffer: usize, when_full: WhenFull) -> RouteSpec {
         RouteSpec {
@@ -1031,12 +1182,12 @@ mod tests {
         let mut relay = Relay::new(&routes, 2, 1);
         relay.ingest(0, b"first line\n", |_, _| 3);
         relay.ingest(1, b"other\n", |_, _| panic!("the sink is mid-line"));
-        let (lane, bytes) = relay.pending(0).unwrap();
+        let (lane, bytes) = relay.pending_bytes(0).unwrap();
         assert_eq!((lane, bytes), (0, &b"st line\n"[..]));
         relay.delivered(0, 2);
-        assert_eq!(relay.pending(0).unwrap().0, 0, "still mid-line");
+        assert_eq!(relay.pending_bytes(0).unwrap().0, 0, "still mid-line");
         relay.delivered(0, 6);
-        assert_eq!(relay.pending(0).unwrap(), (1, &b"other\n"[..]));
+        assert_eq!(relay.pending_bytes(0).unwrap(), (1, &b"other\n"[..]));
     }
 
     #[test]
@@ -1107,7 +1258,7 @@ mod tests {
 
     /// Writes everything pending for `sink` into `out`, `chunk` bytes at a time.
     fn drain(relay: &mut Relay, sink: SinkId, out: &mut Vec<u8>, chunk: usize) {
-        while let Some((lane, bytes)) = relay.pending(sink) {
+        while let Some((lane, bytes)) = relay.pending_bytes(sink) {
             let n = bytes.len().min(chunk);
             out.extend_from_slice(&bytes[..n]);
             relay.delivered(lane, n);
@@ -1127,6 +1278,163 @@ mod tests {
                 assert_eq!(lane.held_lines(), held, "{lane:?}");
             }
         }
+    }
+
+    /// A model of the daemon's lane pipes: what `spliced` says went into a
+    /// pipe is appended here, what `pending` says is piped is taken here.
+    struct Pipes(Vec<Vec<u8>>);
+
+    impl Pipes {
+        /// Everything pending for `sink`, piped bytes included, in write order.
+        fn drain(&mut self, relay: &mut Relay, sink: SinkId, out: &mut Vec<u8>, chunk: usize) {
+            while let Some((lane, pending)) = relay.pending(sink) {
+                let n = match pending {
+                    Out::Bytes(bytes) => {
+                        let n = bytes.len().min(chunk);
+                        out.extend_from_slice(&bytes[..n]);
+                        n
+                    }
+                    Out::Piped(n) => {
+                        let n = n.min(chunk);
+                        out.extend(self.0[lane].drain(..n));
+                        n
+                    }
+                };
+                relay.delivered(lane, n);
+            }
+        }
+    }
+
+    #[test]
+    fn piped_bytes_go_first_and_copied_ones_after_them() {
+        let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block)], 1, 1);
+        let mut pipes = Pipes(vec![Vec::new()]);
+        assert_eq!(
+            relay.zero_copy_lanes(0),
+            Some(vec![(0, 0, Target::Sink)]),
+            "an idle sink takes bytes directly"
+        );
+        // The sink took 2 bytes, the pipe the next 3.
+        relay.spliced(0, &[0], &[Took { sent: 2, piped: 3 }], 5);
+        pipes.0[0].extend(b"cde");
+        assert_eq!(relay.lanes()[0].held(), 3);
+        assert_eq!(relay.read_budget(0, 1000), 97, "piped bytes use the buffer");
+        assert_eq!(relay.zero_copy_lanes(0), Some(vec![(0, 0, Target::Pipe)]));
+        // A copy (a source that cannot be spliced) lands behind the pipe.
+        relay.ingest(0, b"fg", |_, _| panic!("the lane is not idle"));
+        assert_eq!(
+            relay.zero_copy_lanes(0),
+            None,
+            "memory bytes wait for no pipe"
+        );
+        assert!(!relay.may_pipe(0));
+        let mut out = b"ab".to_vec();
+        pipes.drain(&mut relay, 0, &mut out, 2);
+        assert_eq!(out, b"abcdefg");
+        check_identity(&relay);
+        assert_eq!(relay.lanes()[0].stats().delivered, 7);
+        assert_eq!(relay.zero_copy_lanes(0), Some(vec![(0, 0, Target::Sink)]));
+    }
+
+    #[test]
+    fn bytes_piped_ahead_of_the_source_are_counted_once_consumed() {
+        let mut relay = Relay::new(&[route(&[0], &[0, 1], 100, WhenFull::Block)], 1, 2);
+        let mut pipes = Pipes(vec![Vec::new(), Vec::new()]);
+        // Sink 0 took 4 directly; sink 1 was full and its pipe took 6; only
+        // 4 were consumed from the source.
+        relay.spliced(
+            0,
+            &[0, 1],
+            &[Took { sent: 4, piped: 0 }, Took { sent: 0, piped: 6 }],
+            4,
+        );
+        pipes.0[1].extend(b"abcdef");
+        assert_eq!(relay.ahead_of(0), 2);
+        assert_eq!(relay.zero_copy_lanes(0), None, "a lane ahead needs a copy");
+        assert_eq!(relay.lanes()[1].in_pipe(), 6);
+        check_identity(&relay);
+        // The copying path reads on: lane 1 skips what its pipe has.
+        let mut outs = [b"abcd".to_vec(), Vec::new()];
+        relay.ingest(0, b"efgh", |sink, bytes| {
+            outs[sink].extend_from_slice(bytes);
+            bytes.len()
+        });
+        assert_eq!(relay.ahead_of(0), 0);
+        pipes.drain(&mut relay, 1, &mut outs[1], 100);
+        assert_eq!(outs[0], b"abcdefgh");
+        assert_eq!(outs[1], b"abcdefgh");
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn piped_bytes_are_dropped_counted_moved_to_memory_or_lost() {
+        let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block)], 1, 1);
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 5 }], 5);
+        relay.ingest(0, b"fg", |_, _| 0);
+        assert_eq!(relay.discard(0), 7);
+        assert_eq!(relay.lanes()[0].stats().dropped, 7);
+        check_identity(&relay);
+        // A reload reads the pipe back: its bytes come first, in memory.
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 3 }], 3);
+        relay.ingest(0, b"de", |_, _| 0);
+        relay.unpiped(0, b"abc");
+        assert!(!relay.may_pipe(0));
+        check_identity(&relay);
+        let mut out = Vec::new();
+        drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"abcde");
+        // A pipe that gave back only part: the rest is counted as dropped.
+        let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block)], 1, 1);
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 4 }], 4);
+        relay.unpiped(0, b"ab");
+        assert_eq!(relay.lanes()[0].stats().dropped, 2);
+        check_identity(&relay);
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 0 }], 0);
+        assert_eq!(relay.pipe_lost(0), 0);
+    }
+
+    #[test]
+    fn ends_wait_behind_piped_bytes() {
+        let spec = RouteSpec {
+            forward_eof: true,
+            ..route(&[0], &[0], 100, WhenFull::Block)
+        };
+        let mut relay = Relay::new(&[spec], 1, 1);
+        let mut pipes = Pipes(vec![b"abc".to_vec()]);
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 3 }], 3);
+        assert!(relay.source_ended(0));
+        assert!(!relay.end_due(0), "three bytes come first");
+        assert_eq!(relay.pending(0), Some((0, Out::Piped(3))));
+        // The next session's bytes may go into the pipe, behind the end.
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 2 }], 2);
+        pipes.0[0].extend(b"de");
+        assert_eq!(
+            relay.pending(0),
+            Some((0, Out::Piped(3))),
+            "not past the end"
+        );
+        let mut out = Vec::new();
+        pipes.drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"abc");
+        assert!(relay.end_due(0));
+        relay.end_delivered(0);
+        pipes.drain(&mut relay, 0, &mut out, 100);
+        assert_eq!(out, b"abcde");
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn only_blocking_byte_routes_use_pipes() {
+        let routes = [
+            route(&[0], &[0], 100, WhenFull::DropNewest),
+            lines(&[1], &[1], 100, WhenFull::Block, 50),
+            route(&[2], &[2], 100, WhenFull::Block),
+        ];
+        let relay = Relay::new(&routes, 3, 3);
+        assert!(!relay.may_pipe(0));
+        assert!(!relay.may_pipe(1));
+        assert!(relay.may_pipe(2));
+        assert_eq!(relay.zero_copy_lanes(1), None, "line routes are read");
     }
 
     #[test]
@@ -1245,7 +1553,7 @@ mod tests {
     /// `chunk` bytes at a time; stops at an end that is due.
     fn drain_by_lane(relay: &mut Relay, sink: SinkId, chunk: usize) -> Vec<(LaneId, Vec<u8>)> {
         let mut pieces: Vec<(LaneId, Vec<u8>)> = Vec::new();
-        while let Some((lane, bytes)) = relay.pending(sink) {
+        while let Some((lane, bytes)) = relay.pending_bytes(sink) {
             let n = bytes.len().min(chunk);
             match pieces.last_mut() {
                 Some((l, v)) if *l == lane => v.extend_from_slice(&bytes[..n]),
@@ -1268,7 +1576,7 @@ mod tests {
         assert!(old.source_ended(0));
         old.ingest(0, b"two\nthr", |_, _| 0);
         // Two bytes of "one\n" went out: the lane is mid-line, owning sink 0.
-        assert_eq!(old.pending(0), Some((0, &b"one\n"[..])));
+        assert_eq!(old.pending_bytes(0), Some((0, &b"one\n"[..])));
         old.delivered(0, 2);
         let old_stats = old.lanes()[0].stats();
         assert_eq!((old_stats.accepted, old_stats.delivered), (8, 2));
@@ -1297,9 +1605,9 @@ mod tests {
         check_identity(&relay);
         // The rest of the half-written line first, then the end, then the
         // next session; the source's line in progress goes on where it was.
-        assert_eq!(relay.pending(1), Some((1, &b"e\n"[..])));
+        assert_eq!(relay.pending_bytes(1), Some((1, &b"e\n"[..])));
         relay.delivered(1, 2);
-        assert!(relay.pending(1).is_none(), "nothing before the end");
+        assert!(relay.pending_bytes(1).is_none(), "nothing before the end");
         assert!(relay.end_due(1));
         relay.end_delivered(1);
         relay.ingest(1, b"ee\n", |_, _| 0);
@@ -1412,7 +1720,7 @@ mod tests {
             2
         });
         old.ingest(0, b"aaa\n", |_, _| panic!("the sink is mid-line"));
-        assert_eq!(old.pending(0), Some((1, &b"BB\n"[..])));
+        assert_eq!(old.pending_bytes(0), Some((1, &b"BB\n"[..])));
         // New: both sources on one line route (changed), with a second sink.
         let mut relay = Relay::new(&[lines(&[0, 1], &[0, 1], 100, WhenFull::Block, 100)], 2, 2);
         let leftovers = relay.inherit(
@@ -1426,7 +1734,7 @@ mod tests {
         assert!(leftovers.is_empty(), "{leftovers:?}");
         // The rest of the half-written line comes before anything else, and
         // the sink stays its lane's until that line is complete.
-        assert_eq!(relay.pending(0), Some((0, &b"BB\naaa\n"[..])));
+        assert_eq!(relay.pending_bytes(0), Some((0, &b"BB\naaa\n"[..])));
         relay.delivered(0, 1);
         relay.ingest(0, b"ccc\n", |sink, _| {
             assert_eq!(sink, 1, "sink 0 is mid-line");

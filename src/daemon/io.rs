@@ -1,7 +1,14 @@
 //! Moving bytes: watching fds, reading sources, writing sinks, zero-copy
 //! transfers and the ends of sessions.
 
+use nix::fcntl::{SpliceFFlags, splice, tee};
+
 use super::*;
+use crate::relay::{Out, Target, Took};
+
+/// Splices never block, and move pages rather than copy them when they can.
+const SPLICE_FLAGS: SpliceFFlags =
+    SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
 
 impl Daemon {
     pub(super) fn watch_source(&mut self, s: SourceId) {
@@ -160,57 +167,150 @@ impl Daemon {
 
     /// Moves bytes from `s` to its sinks without copying them through fifod:
     /// `splice` for one sink, `tee` into each then one `splice` to consume
-    /// for several. Returns how many bytes were taken from the source, or
-    /// `None` when the copying path must run instead (a sink holds bytes or
-    /// is full, the route frames lines, the source is empty or ended).
+    /// for several. A sink that is idle gets them directly; one that is
+    /// behind (or full now) gets them in its lane's private pipe, from which
+    /// `flush` splices them on when it can take them. Returns how many bytes
+    /// were taken from the source, or `None` when the copying path must run
+    /// instead (a route frames lines, a lane holds bytes in memory or cannot
+    /// have a pipe, the source is empty or ended).
     pub(super) fn splice_source(&mut self, s: SourceId) -> Option<usize> {
-        use nix::fcntl::{SpliceFFlags, splice, tee};
         if matches!(self.sources[s].kind, SourceKind::Log(_)) {
             return None;
         }
-        let lanes = self.relay.zero_copy_lanes(s)?;
-        let source_fd = self.sources[s].fd.as_ref()?;
-        let mut sink_fds = Vec::with_capacity(lanes.len());
-        for &(_, k) in &lanes {
-            match &self.sinks[k] {
-                Sink {
-                    fd: Some(fd),
-                    intake: Intake::Open,
-                    ..
-                } => sink_fds.push(fd.as_fd()),
+        let mut plan = self.relay.zero_copy_lanes(s)?;
+        let quota = self.sources[s].quota.unwrap_or(usize::MAX);
+        let budget = self.relay.read_budget(s, quota.min(SPLICE_CHUNK));
+        if budget == 0 {
+            return None;
+        }
+        for (l, k, target) in &mut plan {
+            let sink = &self.sinks[*k];
+            if sink.intake != Intake::Open {
+                return None;
+            }
+            // An output between sessions, or a process restarting: its
+            // bytes wait in the lane.
+            if sink.fd.is_none() {
+                *target = Target::Pipe;
+            }
+            if *target == Target::Pipe {
+                self.lane_pipe(*l)?;
+            }
+        }
+        let source_fd = self.sources[s].fd.as_ref()?.as_fd();
+        let lanes: Vec<LaneId> = plan.iter().map(|&(l, _, _)| l).collect();
+        let (took, consumed) = if let [(l, k, target)] = plan[..] {
+            let took = self.splice_one(source_fd, l, k, target, budget)?;
+            (vec![took], took.total())
+        } else {
+            // tee needs to know how much there is: it cannot start a later
+            // copy where an earlier one stopped.
+            let n = budget.min(pipe::queued_bytes(source_fd));
+            if n == 0 {
+                return None;
+            }
+            let took: Vec<Took> = plan
+                .iter()
+                .map(|&(l, k, target)| self.tee_one(source_fd, l, k, target, n))
+                .collect();
+            let every_lane_has = took.iter().map(|t| t.total()).min().unwrap_or(0);
+            let consumed = match (&self.dev_null, every_lane_has) {
+                (_, 0) | (None, _) => 0,
+                (Some(null), n) => {
+                    splice(source_fd, None, null, None, n, SPLICE_FLAGS).unwrap_or(0)
+                }
+            };
+            (took, consumed)
+        };
+        self.relay.spliced(s, &lanes, &took, consumed);
+        for (&(l, k, _), t) in plan.iter().zip(&took) {
+            if t.piped > 0 {
+                self.start_flush(k);
+            } else {
+                self.release_lane_pipe(l);
+            }
+        }
+        // Bytes some lanes took and others did not are read and held for
+        // the others (and skipped for the rest) by the copying path.
+        (consumed > 0).then_some(consumed)
+    }
+
+    /// One lane's splice of up to `len` bytes: into its sink, or into its
+    /// pipe if the sink is full or behind. `None` if nothing moved.
+    fn splice_one(
+        &self,
+        source: BorrowedFd<'_>,
+        l: LaneId,
+        k: SinkId,
+        target: Target,
+        len: usize,
+    ) -> Option<Took> {
+        if target == Target::Sink {
+            let sink = self.sinks[k].fd.as_ref()?.as_fd();
+            // EAGAIN does not say which side was not ready, and 0 may be
+            // an end: the copying path reads and tells them apart.
+            match splice(source, None, sink, None, len, SPLICE_FLAGS) {
+                Ok(n) if n > 0 => return Some(Took { sent: n, piped: 0 }),
+                Err(Errno::EAGAIN) if pipe::queued_bytes(source) > 0 => {}
                 _ => return None,
             }
         }
-        let quota = self.sources[s].quota.unwrap_or(usize::MAX);
-        // Nothing is held on this path, so the lanes' buffers do not limit it.
-        let len = quota.min(SPLICE_CHUNK);
-        if len == 0 {
-            return None;
+        // The sink is full, or holds bytes already: the lane's pipe takes them.
+        let lane_pipe = self.lane_pipes.get(l)?;
+        match splice(source, None, &lane_pipe.write, None, len, SPLICE_FLAGS) {
+            Ok(n) if n > 0 => Some(Took { sent: 0, piped: n }),
+            _ => None,
         }
-        let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-        if let [sink_fd] = sink_fds[..] {
-            // EAGAIN does not say which side was not ready, and 0 may be an
-            // end: the copying path reads and tells them apart.
-            let moved = match splice(source_fd, None, sink_fd, None, len, flags) {
-                Ok(n) if n > 0 => n,
-                _ => return None,
-            };
-            self.relay.spliced(s, &lanes, &[moved], moved);
-            return Some(moved);
-        }
-        let teed: Vec<usize> = sink_fds
-            .iter()
-            .map(|&fd| tee(source_fd, fd, len, SpliceFFlags::SPLICE_F_NONBLOCK).unwrap_or(0))
-            .collect();
-        let every_sink_has = teed.iter().copied().min().unwrap_or(0);
-        let consumed = match (&self.dev_null, every_sink_has) {
-            (_, 0) | (None, _) => 0,
-            (Some(null), n) => splice(source_fd, None, null, None, n, flags).unwrap_or(0),
+    }
+
+    /// One lane's `tee` of `n` bytes (all the source has) for fan-out: into
+    /// its sink, and what the sink did not take into its pipe.
+    fn tee_one(
+        &self,
+        source: BorrowedFd<'_>,
+        l: LaneId,
+        k: SinkId,
+        target: Target,
+        n: usize,
+    ) -> Took {
+        let tee =
+            |to: BorrowedFd<'_>| tee(source, to, n, SpliceFFlags::SPLICE_F_NONBLOCK).unwrap_or(0);
+        let sent = match (target, &self.sinks[k].fd) {
+            (Target::Sink, Some(fd)) => tee(fd.as_fd()),
+            _ => 0,
         };
-        self.relay.spliced(s, &lanes, &teed, consumed);
-        // Bytes some sinks took and others did not are read and held for
-        // the others (and skipped for the rest) by the copying path.
-        (consumed > 0).then_some(consumed)
+        if sent == n {
+            return Took { sent, piped: 0 };
+        }
+        let Some(lane_pipe) = self.lane_pipes.get(l) else {
+            return Took { sent, piped: 0 };
+        };
+        // tee copies from the source's front only: the pipe gets the bytes
+        // the sink already has too, and lets them go at once.
+        let teed = tee(lane_pipe.write.as_fd());
+        let again = teed.min(sent);
+        let let_go = |n| match &self.dev_null {
+            Some(null) => splice(&lane_pipe.read, None, null, None, n, SPLICE_FLAGS).unwrap_or(0),
+            None => 0,
+        };
+        if again > 0 && let_go(again) != again {
+            error!(
+                "{}: a lane's pipe lost track of its bytes",
+                self.sinks[k].name
+            );
+            return Took { sent, piped: 0 };
+        }
+        Took {
+            sent,
+            piped: teed - again,
+        }
+    }
+
+    /// Flushes `k` now if it is not already waiting to be writable.
+    fn start_flush(&mut self, k: SinkId) {
+        if !self.sinks[k].watched {
+            self.flush(k);
+        }
     }
 
     /// A source's session ended: its writers all left, its process closed
@@ -267,6 +367,7 @@ impl Daemon {
                 Intake::Open => {}
                 Intake::Refusing => {
                     self.relay.discard(k);
+                    self.close_lane_pipes_of(k);
                     break;
                 }
                 Intake::Closed => break,
@@ -278,28 +379,60 @@ impl Daemon {
                 self.relay.end_delivered(k);
                 continue;
             }
-            let Some((lane, bytes)) = self.relay.pending(k) else {
+            let Some((lane, out)) = self.relay.pending(k) else {
                 break;
             };
-            let len = bytes.len();
             let Some(fd) = &self.sinks[k].fd else {
                 if self.reopen_sink(k) {
                     continue;
                 }
                 break;
             };
-            match nix::unistd::write(fd.as_fd(), bytes) {
+            let piped = matches!(out, Out::Piped(_));
+            let (result, len) = match out {
+                Out::Bytes(bytes) => (nix::unistd::write(fd.as_fd(), bytes), bytes.len()),
+                Out::Piped(len) => match self.lane_pipes.get(lane) {
+                    Some(lane_pipe) => (
+                        splice(&lane_pipe.read, None, fd, None, len, SPLICE_FLAGS),
+                        len,
+                    ),
+                    None => (Ok(0), len),
+                },
+            };
+            match result {
+                Ok(0) if piped => {
+                    // The relay counts bytes in a pipe that has none.
+                    let lost = self.relay.pipe_lost(lane);
+                    self.lane_pipes.close(lane);
+                    error!(
+                        "{}: a lane's pipe lost {lost} bytes; they are counted as dropped",
+                        self.sinks[k].name
+                    );
+                }
                 Ok(n) => {
                     self.relay.delivered(lane, n);
+                    if piped {
+                        self.release_lane_pipe(lane);
+                    }
                     if n < len {
                         break;
                     }
+                }
+                Err(Errno::EAGAIN) if piped && self.lane_pipe_is_empty(lane) => {
+                    // Not the sink: the pipe has none of the bytes counted.
+                    let lost = self.relay.pipe_lost(lane);
+                    self.lane_pipes.close(lane);
+                    error!(
+                        "{}: a lane's pipe lost {lost} bytes; they are counted as dropped",
+                        self.sinks[k].name
+                    );
                 }
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EPIPE) => self.sink_closed(k),
                 Err(e) => {
                     let lost = self.relay.discard(k);
+                    self.close_lane_pipes_of(k);
                     error!(
                         "{}: write failed: {}; {lost} held bytes dropped",
                         self.sinks[k].name,

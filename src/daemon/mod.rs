@@ -33,6 +33,7 @@ use crate::watch::DirWatch;
 
 mod drops;
 mod io;
+mod lanes;
 mod processes;
 mod reload;
 mod shutdown;
@@ -214,6 +215,8 @@ pub struct Daemon {
     footprint: Footprint,
     events: EventLoop,
     relay: Relay,
+    /// The pipes in which byte routes' lanes hold their bytes.
+    lane_pipes: lanes::LanePipes,
     sources: Vec<Source>,
     sinks: Vec<Sink>,
     children: Vec<Supervised>,
@@ -559,6 +562,7 @@ impl Daemon {
             config,
             footprint,
             events,
+            lane_pipes: lanes::LanePipes::new(relay.lanes().len()),
             relay,
             sources,
             sinks,

@@ -260,6 +260,8 @@ impl Daemon {
         for s in 0..self.sources.len() {
             self.settle(s);
         }
+        // Lanes are numbered anew: what their pipes hold moves to memory.
+        self.unpipe_lanes();
         for s in 0..self.sources.len() {
             if !self.source_stays(s, &next) {
                 self.read_what_is_queued(s);
@@ -304,6 +306,7 @@ impl Daemon {
                 ..DropLog::default()
             })
             .collect();
+        self.lane_pipes.renumber(relay.lanes().len());
         self.relay = relay;
         self.sources = next.tables.sources;
         self.sinks = next.tables.sinks;

@@ -1,0 +1,210 @@
+//! The private pipes in which byte routes hold what a slow sink cannot take
+//! yet, so that those bytes move by `splice`/`tee` and never through fifod's
+//! memory. A lane gets a pipe when it first has to hold bytes and gives it
+//! back once they are delivered; a few empty ones are kept for the next.
+
+use super::*;
+use crate::pipe::PrivatePipe;
+
+/// Empty pipes kept for the next lane that needs one.
+const SPARE_MAX: usize = 8;
+/// The kernel's page, the unit of its pipe accounting.
+const PAGE: usize = 4096;
+/// What a new pipe has unless asked for more (16 pages).
+const DEFAULT_PIPE: usize = 16 * PAGE;
+
+#[derive(Debug)]
+pub(super) struct LanePipes {
+    by_lane: Vec<Option<PrivatePipe>>,
+    spare: Vec<PrivatePipe>,
+    /// Capacity of every pipe here, in use or spare.
+    total: usize,
+    /// How much capacity they may have in all. The kernel counts every
+    /// pipe's capacity against its user (`fs.pipe-user-pages-soft`) and,
+    /// past that, gives the user's new pipes two pages only: without the
+    /// privilege to ignore that budget, lanes take at most a quarter of it,
+    /// and hold the rest of their bytes in memory.
+    budget: usize,
+    /// The largest pipe to ask for (`fs.pipe-max-size`).
+    max_size: usize,
+    /// The budget ran out at least once (logged once).
+    warned: bool,
+}
+
+impl LanePipes {
+    pub(super) fn new(lanes: usize) -> LanePipes {
+        let soft_pages = pipe::fs_limit("pipe-user-pages-soft").unwrap_or(0);
+        let budget = if soft_pages == 0 || pipe::unlimited() {
+            usize::MAX
+        } else {
+            soft_pages.saturating_mul(PAGE) / 4
+        };
+        LanePipes {
+            by_lane: (0..lanes).map(|_| None).collect(),
+            spare: Vec::new(),
+            total: 0,
+            budget,
+            max_size: pipe::fs_limit("pipe-max-size").unwrap_or(1 << 20),
+            warned: false,
+        }
+    }
+
+    pub(super) fn get(&self, lane: LaneId) -> Option<&PrivatePipe> {
+        self.by_lane.get(lane)?.as_ref()
+    }
+
+    /// Gives `lane` a pipe if it has none, of `want` bytes where the limits
+    /// allow. False when it cannot have one: its bytes are held in memory.
+    pub(super) fn ensure(&mut self, lane: LaneId, want: usize) -> bool {
+        match self.by_lane.get(lane) {
+            Some(Some(_)) => return true,
+            Some(None) => {}
+            None => return false,
+        }
+        let want = want.min(self.max_size);
+        let pipe = match self.spare.iter().position(|p| p.capacity >= want) {
+            Some(i) => self.spare.swap_remove(i),
+            None => match self.make(want) {
+                Some(pipe) => pipe,
+                None => match self.spare.pop() {
+                    Some(smaller) => smaller,
+                    None => return false,
+                },
+            },
+        };
+        self.by_lane[lane] = Some(pipe);
+        true
+    }
+
+    /// A new pipe of `want` bytes, or of the default size if the budget
+    /// only has room for that.
+    fn make(&mut self, want: usize) -> Option<PrivatePipe> {
+        let room = self.budget.saturating_sub(self.total);
+        let want = if want <= room { want } else { DEFAULT_PIPE };
+        if want > room {
+            if !std::mem::replace(&mut self.warned, true) {
+                warn!(
+                    "the pipes that hold slow sinks' bytes reached {} KiB, a quarter of this user's \
+                     pipe budget (fs.pipe-user-pages-soft): further bytes are held in memory",
+                    self.total / 1024
+                );
+            }
+            return None;
+        }
+        match PrivatePipe::new(want) {
+            Ok(pipe) => {
+                self.total += pipe.capacity;
+                Some(pipe)
+            }
+            Err(e) => {
+                debug!(
+                    "no pipe for a lane ({}): its bytes are held in memory",
+                    e.desc()
+                );
+                None
+            }
+        }
+    }
+
+    /// Takes back `lane`'s pipe, which holds nothing.
+    pub(super) fn release(&mut self, lane: LaneId) {
+        let Some(pipe) = self.by_lane.get_mut(lane).and_then(Option::take) else {
+            return;
+        };
+        if self.spare.len() < SPARE_MAX {
+            self.spare.push(pipe);
+        } else {
+            self.total -= pipe.capacity;
+        }
+    }
+
+    /// Closes `lane`'s pipe with whatever is in it.
+    pub(super) fn close(&mut self, lane: LaneId) {
+        if let Some(pipe) = self.by_lane.get_mut(lane).and_then(Option::take) {
+            self.total -= pipe.capacity;
+        }
+    }
+
+    /// For a relay with `lanes` lanes: every pipe must be empty by now.
+    pub(super) fn renumber(&mut self, lanes: usize) {
+        for lane in 0..self.by_lane.len() {
+            self.release(lane);
+        }
+        self.by_lane = (0..lanes).map(|_| None).collect();
+    }
+}
+
+impl Daemon {
+    /// Gives `lane` a pipe to hold its bytes in, if the relay allows it one
+    /// now and the limits do.
+    pub(super) fn lane_pipe(&mut self, lane: LaneId) -> Option<BorrowedFd<'_>> {
+        if !self.relay.may_pipe(lane) {
+            return None;
+        }
+        let want = self.relay.lanes()[lane].capacity();
+        if !self.lane_pipes.ensure(lane, want) {
+            return None;
+        }
+        self.lane_pipes.get(lane).map(|p| p.write.as_fd())
+    }
+
+    pub(super) fn lane_pipe_is_empty(&self, lane: LaneId) -> bool {
+        self.lane_pipes
+            .get(lane)
+            .is_none_or(|p| pipe::queued_bytes(p.read.as_fd()) == 0)
+    }
+
+    /// Gives back `lane`'s pipe once nothing is in it.
+    pub(super) fn release_lane_pipe(&mut self, lane: LaneId) {
+        if self.relay.lanes()[lane].in_pipe() == 0 {
+            self.lane_pipes.release(lane);
+        }
+    }
+
+    /// Closes the pipes of `sink`'s lanes after what they held was counted
+    /// as dropped (`Relay::discard`). Bytes a pipe held ahead of the source
+    /// come again from the source.
+    pub(super) fn close_lane_pipes_of(&mut self, k: SinkId) {
+        for i in 0..self.relay.lanes_of_sink(k).len() {
+            let l = self.relay.lanes_of_sink(k)[i];
+            if self.lane_pipes.get(l).is_some() {
+                self.relay.pipe_lost(l);
+                self.lane_pipes.close(l);
+            }
+        }
+    }
+
+    /// Moves what every lane holds in a pipe into fifod's memory (a reload
+    /// renumbers the lanes). Sources must be settled first.
+    pub(super) fn unpipe_lanes(&mut self) {
+        for l in 0..self.relay.lanes().len() {
+            let piped = self.relay.lanes()[l].in_pipe();
+            if piped == 0 {
+                self.lane_pipes.release(l);
+                continue;
+            }
+            let mut bytes = vec![0; piped];
+            let mut got = 0;
+            if let Some(pipe) = self.lane_pipes.get(l) {
+                while got < piped {
+                    match nix::unistd::read(pipe.read.as_fd(), &mut bytes[got..]) {
+                        Ok(0) | Err(Errno::EAGAIN) => break,
+                        Ok(n) => got += n,
+                        Err(Errno::EINTR) => {}
+                        Err(e) => {
+                            error!("a lane's pipe cannot be read: {}", e.desc());
+                            break;
+                        }
+                    }
+                }
+            }
+            if got < piped {
+                error!(
+                    "a lane's pipe gave {got} of its {piped} bytes: the rest is counted as dropped"
+                );
+            }
+            self.relay.unpiped(l, &bytes[..got]);
+            self.lane_pipes.close(l);
+        }
+    }
+}
