@@ -197,31 +197,12 @@ impl Daemon {
                 self.lane_pipe(*l)?;
             }
         }
-        let source_fd = self.sources[s].fd.as_ref()?.as_fd();
+        // Out of its slot while lanes get pipes (which needs `&mut self`).
+        let source = self.sources[s].fd.take()?;
+        let moved = self.splice_plan(source.as_fd(), &plan, budget);
+        self.sources[s].fd = Some(source);
+        let (took, consumed) = moved?;
         let lanes: Vec<LaneId> = plan.iter().map(|&(l, _, _)| l).collect();
-        let (took, consumed) = if let [(l, k, target)] = plan[..] {
-            let took = self.splice_one(source_fd, l, k, target, budget)?;
-            (vec![took], took.total())
-        } else {
-            // tee needs to know how much there is: it cannot start a later
-            // copy where an earlier one stopped.
-            let n = budget.min(pipe::queued_bytes(source_fd));
-            if n == 0 {
-                return None;
-            }
-            let took: Vec<Took> = plan
-                .iter()
-                .map(|&(l, k, target)| self.tee_one(source_fd, l, k, target, n))
-                .collect();
-            let every_lane_has = took.iter().map(|t| t.total()).min().unwrap_or(0);
-            let consumed = match (&self.dev_null, every_lane_has) {
-                (_, 0) | (None, _) => 0,
-                (Some(null), n) => {
-                    splice(source_fd, None, null, None, n, SPLICE_FLAGS).unwrap_or(0)
-                }
-            };
-            (took, consumed)
-        };
         self.relay.spliced(s, &lanes, &took, consumed);
         for (&(l, k, _), t) in plan.iter().zip(&took) {
             if t.piped > 0 {
@@ -235,10 +216,41 @@ impl Daemon {
         (consumed > 0).then_some(consumed)
     }
 
+    /// Carries out a zero-copy transfer from `source` to the lanes of
+    /// `plan`, of up to `budget` bytes: what each lane took, and how many
+    /// bytes were consumed from the source. `None` if nothing moved.
+    fn splice_plan(
+        &mut self,
+        source: BorrowedFd<'_>,
+        plan: &[(LaneId, SinkId, Target)],
+        budget: usize,
+    ) -> Option<(Vec<Took>, usize)> {
+        if let [(l, k, target)] = plan[..] {
+            let took = self.splice_one(source, l, k, target, budget)?;
+            return Some((vec![took], took.total()));
+        }
+        // tee needs to know how much there is: it cannot start a later copy
+        // where an earlier one stopped.
+        let n = budget.min(pipe::queued_bytes(source));
+        if n == 0 {
+            return None;
+        }
+        let took: Vec<Took> = plan
+            .iter()
+            .map(|&(l, k, target)| self.tee_one(source, l, k, target, n))
+            .collect();
+        let every_lane_has = took.iter().map(|t| t.total()).min().unwrap_or(0);
+        let consumed = match (&self.dev_null, every_lane_has) {
+            (_, 0) | (None, _) => 0,
+            (Some(null), n) => splice(source, None, null, None, n, SPLICE_FLAGS).unwrap_or(0),
+        };
+        Some((took, consumed))
+    }
+
     /// One lane's splice of up to `len` bytes: into its sink, or into its
     /// pipe if the sink is full or behind. `None` if nothing moved.
     fn splice_one(
-        &self,
+        &mut self,
         source: BorrowedFd<'_>,
         l: LaneId,
         k: SinkId,
@@ -256,8 +268,8 @@ impl Daemon {
             }
         }
         // The sink is full, or holds bytes already: the lane's pipe takes them.
-        let lane_pipe = self.lane_pipes.get(l)?;
-        match splice(source, None, &lane_pipe.write, None, len, SPLICE_FLAGS) {
+        let lane_pipe = self.lane_pipe(l)?;
+        match splice(source, None, lane_pipe, None, len, SPLICE_FLAGS) {
             Ok(n) if n > 0 => Some(Took { sent: 0, piped: n }),
             _ => None,
         }
@@ -266,7 +278,7 @@ impl Daemon {
     /// One lane's `tee` of `n` bytes (all the source has) for fan-out: into
     /// its sink, and what the sink did not take into its pipe.
     fn tee_one(
-        &self,
+        &mut self,
         source: BorrowedFd<'_>,
         l: LaneId,
         k: SinkId,
@@ -279,7 +291,7 @@ impl Daemon {
             (Target::Sink, Some(fd)) => tee(fd.as_fd()),
             _ => 0,
         };
-        if sent == n {
+        if sent == n || self.lane_pipe(l).is_none() {
             return Took { sent, piped: 0 };
         }
         let Some(lane_pipe) = self.lane_pipes.get(l) else {
@@ -294,10 +306,10 @@ impl Daemon {
             None => 0,
         };
         if again > 0 && let_go(again) != again {
-            error!(
-                "{}: a lane's pipe lost track of its bytes",
-                self.sinks[k].name
-            );
+            // What is left in it is not known: it goes, with its bytes.
+            error!("{}: a lane's pipe lost track of its bytes", self.sinks[k].name);
+            self.relay.pipe_lost(l);
+            self.lane_pipes.close(l);
             return Took { sent, piped: 0 };
         }
         Took {
