@@ -4,67 +4,12 @@
 //! started and stopped as in every other test.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use crate::common::{
-    Daemon, KIB, Launch, Sandbox, TIMEOUT, Verifier, open_reader, open_writer, read_exact, spawn,
-    wait_child, write_pattern,
+    Daemon, KIB, Launch, Sandbox, TIMEOUT, Verifier, attach_strace, detach_strace, have_strace,
+    open_reader, open_writer, read_exact, spawn, write_pattern,
 };
-
-/// Whether strace can run here (CI installs it).
-fn have_strace() -> bool {
-    Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// strace attached to `pid` with `injections`, tracing into `trace`; returns
-/// once it says it is attached.
-fn attach(pid: u32, trace: &std::path::Path, injections: &[&str]) -> Child {
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-o"]).arg(trace);
-    for spec in injections {
-        cmd.args(["-e", spec]);
-    }
-    cmd.args(["-p", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn strace");
-    let stderr = child.stderr.take().expect("strace's stderr");
-    let attached = spawn(move || {
-        let mut said = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            said.push_str(&line);
-            said.push('\n');
-            if line.contains("attached") {
-                return Ok(());
-            }
-        }
-        Err(said)
-    });
-    if let Err(said) = attached.join(TIMEOUT) {
-        let _ = child.kill();
-        panic!("strace did not attach:\n{said}");
-    }
-    child
-}
-
-/// Detaches strace (SIGTERM makes it let go of the tracee) and waits.
-fn detach(mut strace: Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(strace.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    assert!(
-        wait_child(&mut strace, TIMEOUT).is_some(),
-        "strace did not detach"
-    );
-}
 
 #[test]
 fn interrupted_and_would_block_io_loses_nothing() {
@@ -96,7 +41,7 @@ to = ["c"]
     let trace = d.sb.path("strace.out");
     // Every 3rd call from the 2nd fails: reads, writes, splices and tees
     // with EINTR, waits with EINTR too, and every 5th write with EAGAIN.
-    let strace = attach(
+    let strace = attach_strace(
         d.pid(),
         &trace,
         &[
@@ -131,7 +76,7 @@ to = ["c"]
             panic!("{e}\n--- log ---\n{}", d.log());
         }
     }
-    detach(strace);
+    detach_strace(strace);
     let traced = std::fs::read_to_string(&trace).unwrap_or_default();
     for call in ["read(", "write(", "epoll_wait("] {
         assert!(

@@ -20,3 +20,4 @@ mod shutdown;
 mod shutdown_order;
 mod status;
 mod systemd;
+mod zero_copy;

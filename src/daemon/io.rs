@@ -93,7 +93,7 @@ impl Daemon {
             if let Some(q) = &mut self.sources[s].quota {
                 *q = q.saturating_sub(moved);
             }
-            if self.sources[s].quota == Some(0) {
+            if self.sources[s].quota == Some(0) || self.relay.read_budget(s, 1) == 0 {
                 self.pause(s);
             }
             return;
@@ -307,7 +307,10 @@ impl Daemon {
         };
         if again > 0 && let_go(again) != again {
             // What is left in it is not known: it goes, with its bytes.
-            error!("{}: a lane's pipe lost track of its bytes", self.sinks[k].name);
+            error!(
+                "{}: a lane's pipe lost track of its bytes",
+                self.sinks[k].name
+            );
             self.relay.pipe_lost(l);
             self.lane_pipes.close(l);
             return Took { sent, piped: 0 };

@@ -3,7 +3,8 @@
 //! in submodules (all re-exported): `files` (nodes, modes, snapshots),
 //! `log` (parsers for the daemon's log, stats), `pattern` (the deterministic
 //! byte stream, a seeded generator), `procs` (/proc, a guarded daemon, gzip)
-//! and `status` (`fifod status` and its JSON document).
+//! `status` (`fifod status` and its JSON document) and `strace` (attached
+//! to the daemon).
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -26,11 +27,13 @@ mod log;
 mod pattern;
 mod procs;
 mod status;
+mod strace;
 pub use files::*;
 pub use log::*;
 pub use pattern::*;
 pub use procs::*;
 pub use status::*;
+pub use strace::*;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_fifod");
