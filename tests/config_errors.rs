@@ -1197,7 +1197,7 @@ fn rows() -> Vec<Row> {
             "a file of exactly 1 MiB",
             Input::Bytes(padded("[fifo.in]\n", MAX_CONFIG_BYTES)),
             &[
-                "daemon: dir {RUN} (mode 0755), shutdown_timeout 5s, pipe_size default",
+                "daemon: dir {RUN} (mode 0755), shutdown_timeout 5s, pipe_size auto",
                 "fifo in: {RUN}/in (unrouted, mode 0600)",
             ],
         ),
@@ -1206,12 +1206,12 @@ fn rows() -> Vec<Row> {
         valid(
             "an empty file",
             Input::Text(String::new()),
-            &["daemon: dir {RUN} (mode 0755), shutdown_timeout 5s, pipe_size default"],
+            &["daemon: dir {RUN} (mode 0755), shutdown_timeout 5s, pipe_size auto"],
         ),
         valid(
             "only comments and blank lines",
             Input::Text("# nothing yet\n\n   \n".to_string()),
-            &["daemon: dir {RUN} (mode 0755), shutdown_timeout 5s, pipe_size default"],
+            &["daemon: dir {RUN} (mode 0755), shutdown_timeout 5s, pipe_size auto"],
         ),
     ];
 

@@ -317,7 +317,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// a whole prefix of what they wrote, and a later writer's bytes follow.
 #[test]
 fn writers_killed_mid_write_leave_fifod_serving_later_writers() {
-    let mut d = Daemon::start(BLOCKING_IN_OUT);
+    // 1 MiB writes are bigger than these pipes.
+    let mut d = Daemon::start(&format!(
+        "[daemon]\npipe_size = \"64KiB\"\n{BLOCKING_IN_OUT}"
+    ));
     let r = open_reader(&d.fifo("out"));
     // The later writer, and a way to tell how full `in` is.
     let later = open_writer(&d.fifo("in"));
@@ -1468,6 +1471,73 @@ fn pipe_size_refused_by_the_user_budget_warns_and_continues() {
         eprintln!(
             "note: {lines} `cannot set pipe_size` warnings for {} FIFOs",
             named.len()
+        );
+    }
+    assert_pairs_relay(&dir, pairs);
+    d.stop_ok();
+}
+
+/// Without `pipe_size`, an unprivileged fifod gives its FIFOs 1 MiB (at
+/// most pipe-max-size) while they take at most a quarter of the user's
+/// pipe budget, and relays through them.
+#[test]
+fn pipe_size_unset_gives_a_few_fifos_a_mebibyte() {
+    let max = read_proc_number("/proc/sys/fs/pipe-max-size");
+    let soft_pages = read_proc_number("/proc/sys/fs/pipe-user-pages-soft");
+    let size = max.min(MIB as u64);
+    if soft_pages != 0 && 2 * size > soft_pages * 4096 / 4 {
+        eprintln!("skipped: two FIFOs of {size} bytes exceed a quarter of the pipe budget");
+        return;
+    }
+    let sb = Sandbox::new();
+    let (launch, dir) = unprivileged(&sb, 47_103);
+    let cfg = sb.write_config(&pairs_config(1, &format!("dir = \"{}\"", dir.display())));
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut d = Daemon::start_with(sb, &launch);
+    for name in ["in0", "out0"] {
+        let f = open_reader(&dir.join(name));
+        assert_eq!(pipe_capacity(&f) as u64, size, "{name}\n{}", d.log());
+    }
+    assert!(!d.log().contains(" WARN "), "{}", d.log());
+    assert_pairs_relay(&dir, 1);
+    d.stop_ok();
+}
+
+/// Without `pipe_size`, more FIFOs × 1 MiB than a quarter of an
+/// unprivileged user's pipe budget: every FIFO keeps the kernel's size,
+/// fifod says why (not as a warning: nothing was asked), and relays.
+#[test]
+fn pipe_size_unset_keeps_the_kernels_size_past_a_quarter_of_the_budget() {
+    let soft_pages = read_proc_number("/proc/sys/fs/pipe-user-pages-soft");
+    if soft_pages == 0 {
+        eprintln!("skipped: fs.pipe-user-pages-soft is 0 (no budget)");
+        return;
+    }
+    let size = read_proc_number("/proc/sys/fs/pipe-max-size").min(MIB as u64);
+    let fifos = (soft_pages * 4096 / 4).div_ceil(size) as usize + 2;
+    let pairs = fifos.div_ceil(2);
+    let sb = Sandbox::new();
+    let (launch, dir) = unprivileged(&sb, 47_104);
+    let cfg = sb.write_config(&pairs_config(
+        pairs,
+        &format!("dir = \"{}\"", dir.display()),
+    ));
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut d = Daemon::start_with(sb, &launch);
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ")
+            && l.contains("FIFOs keep the kernel's pipe size")
+            && l.contains("fs.pipe-user-pages-soft")),
+        "{log}"
+    );
+    assert!(!log.contains(" WARN "), "{log}");
+    for i in [0, pairs - 1] {
+        let f = open_reader(&dir.join(format!("out{i}")));
+        assert!(
+            (pipe_capacity(&f) as u64) < size,
+            "out{i} got {} bytes\n{log}",
+            pipe_capacity(&f)
         );
     }
     assert_pairs_relay(&dir, pairs);

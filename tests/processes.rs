@@ -759,6 +759,8 @@ fn sleeper_config(when_full: &str) -> String {
         r#"
 [daemon]
 shutdown_timeout = "1s"
+# the sizes below count on 64 KiB pipes
+pipe_size = "64KiB"
 
 [fifo.in]
 

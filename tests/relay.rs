@@ -391,6 +391,8 @@ fn overflow(policy: &str, seed: u64) -> (Vec<u8>, crate::common::Stats, String) 
         r#"
 [daemon]
 shutdown_timeout = "30s"
+# 1 MiB is more than a 64 KiB pipe and the buffer hold
+pipe_size = "64KiB"
 
 [fifo.in]
 [fifo.out]

@@ -429,6 +429,10 @@ fn sixty_four_mib_stay_byte_exact_through_reloads_around_their_route() {
 // ---------------------------------------------------------------------------
 
 const HELD: &str = r#"
+[daemon]
+# 100 KiB is more than a 64 KiB pipe holds: fifod holds the rest
+pipe_size = "64KiB"
+
 [fifo.in]
 [fifo.out]
 
@@ -461,6 +465,9 @@ fn bytes_held_by_a_route_that_changed_go_to_the_same_output() {
     // The route gets a second source: a route of its own, new.
     d.reload_ok(
         r#"
+[daemon]
+pipe_size = "64KiB"
+
 [fifo.in]
 [fifo.in2]
 [fifo.out]
@@ -489,6 +496,8 @@ fn a_removed_output_keeps_its_path_until_its_reader_has_the_held_bytes() {
     let config = r#"
 [daemon]
 shutdown_timeout = "60s"
+# 100 KiB is more than a 64 KiB pipe holds: fifod holds the rest
+pipe_size = "64KiB"
 
 [fifo.in]
 [fifo.in2]
@@ -506,7 +515,9 @@ to = ["idle"]
     let mut d = Daemon::start(config);
     hold(&d, "in", "out", 0, SEED, 0, 100 * KIB);
     // Both outputs go; the inputs stay, in no route.
-    d.reload_ok("[daemon]\nshutdown_timeout = \"60s\"\n\n[fifo.in]\n[fifo.in2]\n");
+    d.reload_ok(
+        "[daemon]\nshutdown_timeout = \"60s\"\npipe_size = \"64KiB\"\n\n[fifo.in]\n[fifo.in2]\n",
+    );
     assert!(
         lstat(&d.fifo("idle")).is_none(),
         "idle held nothing: it goes at once"
@@ -537,6 +548,8 @@ fn an_output_added_back_while_it_retires_keeps_its_order_and_its_path() {
     let config = r#"
 [daemon]
 shutdown_timeout = "60s"
+# 100 KiB is more than a 64 KiB pipe holds: fifod holds the rest
+pipe_size = "64KiB"
 
 [fifo.in]
 [fifo.out]
@@ -549,7 +562,7 @@ to = ["out"]
     hold(&d, "in", "out", 0, SEED, 0, 100 * KIB);
     let (ino, _) = node(&d.fifo("out"));
     // `out` goes, with bytes held for it, and comes back before a reader.
-    d.reload_ok("[daemon]\nshutdown_timeout = \"60s\"\n\n[fifo.in]\n");
+    d.reload_ok("[daemon]\nshutdown_timeout = \"60s\"\npipe_size = \"64KiB\"\n\n[fifo.in]\n");
     d.reload_ok(config);
     let r = open_reader(&d.fifo("out"));
     let w = open_writer(&d.fifo("in"));
@@ -569,6 +582,10 @@ fn a_removed_input_is_read_one_last_time() {
     const B: u64 = 0xb;
     let d = Daemon::start(
         r#"
+[daemon]
+# the sizes below count on 64 KiB pipes
+pipe_size = "64KiB"
+
 [fifo.in]
 [fifo.in2]
 [fifo.out]
@@ -591,7 +608,9 @@ buffer = "4KiB"
         waiting > 0 && held + queued + waiting == 76 * KIB as u64
     });
     // `in2` goes, and the route changes with it.
-    d.reload_ok("[fifo.in]\n[fifo.out]\n\n[[route]]\nfrom = [\"in\"]\nto = [\"out\"]\n");
+    d.reload_ok(
+        "[daemon]\npipe_size = \"64KiB\"\n\n[fifo.in]\n[fifo.out]\n\n[[route]]\nfrom = [\"in\"]\nto = [\"out\"]\n",
+    );
     assert!(lstat(&d.fifo("in2")).is_none(), "in2 is still there");
     drop(w2);
     let r = open_reader(&d.fifo("out"));

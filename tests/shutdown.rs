@@ -40,6 +40,8 @@ fn config(timeout: &str) -> String {
         r#"
 [daemon]
 shutdown_timeout = "{timeout}"
+# 200 KiB is more than a 64 KiB pipe holds: fifod holds the rest
+pipe_size = "64KiB"
 
 [fifo.in]
 [fifo.out]

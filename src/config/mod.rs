@@ -686,7 +686,7 @@ impl Config {
             d.dir.display(),
             d.dir_mode,
             crate::units::format_duration(d.shutdown_timeout),
-            d.pipe_size.map_or("default".to_string(), |s| s.to_string()),
+            d.pipe_size.map_or("auto".to_string(), |s| s.to_string()),
         )];
         for fifo in &self.fifos {
             let role = match fifo.role {

@@ -47,6 +47,9 @@ const SPLICE_CHUNK: usize = 1024 * 1024;
 /// A paused source is read again once every blocking lane it feeds has this
 /// much room, so that backpressure does not degrade into tiny reads.
 const RESUME_AT: usize = 4096;
+/// FIFOs' pipe size when the config sets none and the limits allow it:
+/// fewer wake-ups per byte make relaying several times faster (BENCHMARKS.md).
+const AUTO_PIPE_SIZE: usize = 1024 * 1024;
 /// How often drop counts may be logged, per lane.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// While draining, how often to look whether readers emptied the outputs
@@ -593,10 +596,14 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Gives every FIFO the configured `pipe_size`.
+    /// Gives every FIFO the configured `pipe_size`, or the automatic one.
     fn resize_pipes(&self) {
-        let Some(size) = self.config.daemon.pipe_size else {
-            return;
+        let (size, asked) = match self.config.daemon.pipe_size {
+            Some(size) => (size, true),
+            None => match self.auto_pipe_size() {
+                Some(size) => (size, false),
+                None => return,
+            },
         };
         let source_fds = self
             .sources
@@ -610,14 +617,37 @@ impl Daemon {
             .map(|k| (&k.name, k.fd.as_ref()));
         for (name, fd) in source_fds.chain(sink_fds) {
             if let Some(fd) = fd {
-                resize_pipe(name, fd.as_fd(), size);
+                resize_pipe(name, fd.as_fd(), size, asked);
             }
         }
         for fifo in &self.footprint.fifos {
             if let Some(fd) = fifo.fd() {
-                resize_pipe(&fifo.name, fd, size);
+                resize_pipe(&fifo.name, fd, size, asked);
             }
         }
+    }
+
+    /// Without `pipe_size`: `AUTO_PIPE_SIZE` (at most `fs.pipe-max-size`)
+    /// where the user's pipe budget has room for it. The kernel counts every
+    /// pipe's capacity against its user and, past `fs.pipe-user-pages-soft`,
+    /// gives that user's new pipes two pages only; without the privilege to
+    /// ignore that, the FIFOs may take a quarter of it in all (the lanes'
+    /// pipes another quarter), else they keep the kernel's size.
+    fn auto_pipe_size(&self) -> Option<Size> {
+        let size =
+            pipe::fs_limit("pipe-max-size").map_or(AUTO_PIPE_SIZE, |max| max.min(AUTO_PIPE_SIZE));
+        let fifos = self.footprint.fifos.len();
+        let soft_pages = pipe::fs_limit("pipe-user-pages-soft").unwrap_or(0);
+        let share = soft_pages.saturating_mul(4096) / 4;
+        if soft_pages > 0 && fifos.saturating_mul(size) > share && !pipe::unlimited() {
+            info!(
+                "FIFOs keep the kernel's pipe size: {fifos} at {} KiB would take more than a \
+                 quarter of this user's pipe budget (fs.pipe-user-pages-soft); pipe_size sets it",
+                size / 1024
+            );
+            return None;
+        }
+        Some(Size(size as u64))
     }
 
     fn start_all(&mut self) {
@@ -720,8 +750,22 @@ fn write_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> usize {
     }
 }
 
-fn resize_pipe(name: &str, fd: BorrowedFd<'_>, size: Size) {
+/// Gives `fd`'s pipe `size` bytes; `asked`: the config says so, and what
+/// the kernel does not allow is worth a warning.
+fn resize_pipe(name: &str, fd: BorrowedFd<'_>, size: Size, asked: bool) {
     let want = usize::try_from(size.bytes()).unwrap_or(usize::MAX);
+    if !asked {
+        match pipe::capacity(fd) {
+            Ok(got) if got >= want => {}
+            _ => match pipe::set_capacity(fd, want) {
+                Resized::Done(got) => debug!("fifo {name}: pipe size {got} bytes"),
+                Resized::Capped { got, .. } | Resized::Refused { got, .. } => {
+                    debug!("fifo {name}: pipe size {got} bytes (the kernel's limit)")
+                }
+            },
+        }
+        return;
+    }
     match pipe::set_capacity(fd, want) {
         Resized::Done(got) => debug!("fifo {name}: pipe size {got} bytes"),
         Resized::Capped { limit, got } => warn!(
