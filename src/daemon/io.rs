@@ -307,12 +307,7 @@ impl Daemon {
         };
         if again > 0 && let_go(again) != again {
             // What is left in it is not known: it goes, with its bytes.
-            error!(
-                "{}: a lane's pipe lost track of its bytes",
-                self.sinks[k].name
-            );
-            self.relay.pipe_lost(l);
-            self.lane_pipes.close(l);
+            self.lane_pipe_failed(k, l);
             return Took { sent, piped: 0 };
         }
         Took {
@@ -415,15 +410,8 @@ impl Daemon {
                 },
             };
             match result {
-                Ok(0) if piped => {
-                    // The relay counts bytes in a pipe that has none.
-                    let lost = self.relay.pipe_lost(lane);
-                    self.lane_pipes.close(lane);
-                    error!(
-                        "{}: a lane's pipe lost {lost} bytes; they are counted as dropped",
-                        self.sinks[k].name
-                    );
-                }
+                // The relay counts bytes in a pipe that has none.
+                Ok(0) if piped => self.lane_pipe_failed(k, lane),
                 Ok(n) => {
                     self.relay.delivered(lane, n);
                     if piped {
@@ -433,14 +421,9 @@ impl Daemon {
                         break;
                     }
                 }
+                // Not the sink: the pipe has none of the bytes counted.
                 Err(Errno::EAGAIN) if piped && self.lane_pipe_is_empty(lane) => {
-                    // Not the sink: the pipe has none of the bytes counted.
-                    let lost = self.relay.pipe_lost(lane);
-                    self.lane_pipes.close(lane);
-                    error!(
-                        "{}: a lane's pipe lost {lost} bytes; they are counted as dropped",
-                        self.sinks[k].name
-                    );
+                    self.lane_pipe_failed(k, lane)
                 }
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => continue,

@@ -154,6 +154,17 @@ impl Daemon {
             .is_none_or(|p| pipe::queued_bytes(p.read.as_fd()) == 0)
     }
 
+    /// `lane`'s pipe does not hold what the relay counts in it (which no
+    /// path should allow): it is closed, and what it held counted as dropped.
+    pub(super) fn lane_pipe_failed(&mut self, k: SinkId, lane: LaneId) {
+        let lost = self.relay.pipe_lost(lane);
+        self.lane_pipes.close(lane);
+        error!(
+            "{}: a lane's pipe lost track of its bytes; {lost} are counted as dropped",
+            self.sinks[k].name
+        );
+    }
+
     /// Gives back `lane`'s pipe once nothing is in it.
     pub(super) fn release_lane_pipe(&mut self, lane: LaneId) {
         if self.relay.lanes()[lane].in_pipe() == 0 {
