@@ -78,7 +78,8 @@ pub struct Lane {
     lines: bool,
     /// The first held line has been partly written.
     mid_line: bool,
-    /// The lane may hold its bytes in a pipe (a byte route that blocks).
+    /// The lane may hold its bytes in a pipe (a byte route that blocks or
+    /// drops the newest bytes).
     pipe_ok: bool,
     /// Bytes of the source's coming stream that `tee` already put into the
     /// sink (`ahead_sent`) and, after those, into the lane's pipe
@@ -420,7 +421,9 @@ impl Relay {
                     policy: route.when_full,
                     lines: route.max_line.is_some(),
                     mid_line: false,
-                    pipe_ok: route.max_line.is_none() && route.when_full == WhenFull::Block,
+                    // Dropping the oldest bytes would mean taking them
+                    // from the front of the pipe: those lanes keep memory.
+                    pipe_ok: route.max_line.is_none() && route.when_full != WhenFull::DropOldest,
                     ahead_sent: 0,
                     ahead_piped: 0,
                     stats: LaneStats::default(),
@@ -623,6 +626,11 @@ impl Relay {
         (!lanes.is_empty()).then_some(lanes)
     }
 
+    /// How many more bytes `lane` may hold.
+    pub fn room(&self, lane: LaneId) -> usize {
+        self.lanes[lane].free()
+    }
+
     /// Whether `lane` may hold bytes in a pipe now, behind what it holds.
     pub fn may_pipe(&self, lane: LaneId) -> bool {
         let lane = &self.lanes[lane];
@@ -632,15 +640,22 @@ impl Relay {
     /// Records a zero-copy transfer: `took[i]` says where the coming bytes
     /// of the source went for `lanes[i]`, and `consumed` bytes were taken
     /// from the source. A lane that took more than was consumed is ahead of
-    /// the source by the difference.
+    /// the source by the difference; one that took less drops the rest,
+    /// which only a full `drop_newest` lane may (the caller consumes no more
+    /// than every other lane took).
     pub fn spliced(&mut self, source: SourceId, lanes: &[LaneId], took: &[Took], consumed: usize) {
         for (&l, &t) in lanes.iter().zip(took) {
             let lane = &mut self.lanes[l];
-            // The caller consumes no more than every lane took.
             let sent = t.sent.min(consumed);
             let piped = t.piped.min(consumed - sent);
-            lane.stats.accepted += (sent + piped) as u64;
+            let dropped = consumed - sent - piped;
+            debug_assert!(
+                dropped == 0 || lane.policy == WhenFull::DropNewest,
+                "a lane that may not drop took less than was consumed"
+            );
+            lane.stats.accepted += consumed as u64;
             lane.stats.delivered += sent as u64;
+            lane.stats.dropped += dropped as u64;
             lane.piped += piped;
             lane.ahead_sent = t.sent - sent;
             lane.ahead_piped = t.piped - piped;
@@ -1424,17 +1439,44 @@ mod tests {
     }
 
     #[test]
-    fn only_blocking_byte_routes_use_pipes() {
+    fn byte_routes_but_drop_oldest_use_pipes() {
         let routes = [
-            route(&[0], &[0], 100, WhenFull::DropNewest),
+            route(&[0], &[0], 100, WhenFull::DropOldest),
             lines(&[1], &[1], 100, WhenFull::Block, 50),
             route(&[2], &[2], 100, WhenFull::Block),
+            route(&[3], &[3], 100, WhenFull::DropNewest),
         ];
-        let relay = Relay::new(&routes, 3, 3);
+        let relay = Relay::new(&routes, 4, 4);
         assert!(!relay.may_pipe(0));
         assert!(!relay.may_pipe(1));
         assert!(relay.may_pipe(2));
+        assert!(relay.may_pipe(3));
         assert_eq!(relay.zero_copy_lanes(1), None, "line routes are read");
+    }
+
+    #[test]
+    fn a_full_drop_newest_lane_drops_what_it_did_not_take() {
+        let mut relay = Relay::new(&[route(&[0], &[0, 1], 10, WhenFull::DropNewest)], 1, 2);
+        let mut pipes = Pipes(vec![Vec::new(), Vec::new()]);
+        // Sink 0 took all 16 bytes; sink 1 was full: its pipe took 10 (its
+        // buffer), and the other 6 are dropped for it.
+        relay.spliced(
+            0,
+            &[0, 1],
+            &[Took { sent: 16, piped: 0 }, Took { sent: 0, piped: 10 }],
+            16,
+        );
+        pipes.0[1].extend(b"0123456789");
+        assert_eq!(relay.room(1), 0);
+        assert_eq!(relay.lanes()[1].stats().dropped, 6);
+        check_identity(&relay);
+        // A copy behind the pipe (the copying path) finds no room either.
+        relay.ingest(0, b"abc", |_, bytes| bytes.len());
+        assert_eq!(relay.lanes()[1].stats().dropped, 9);
+        let mut out = Vec::new();
+        pipes.drain(&mut relay, 1, &mut out, 4);
+        assert_eq!(out, b"0123456789");
+        check_identity(&relay);
     }
 
     #[test]

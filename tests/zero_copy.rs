@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use crate::common::{
-    Daemon, KIB, TIMEOUT, Verifier, attach_strace, detach_strace, have_strace, num, open_reader,
-    open_writer, read_exact, sink_entry, spawn, status_until, write_pattern,
+    Daemon, KIB, TIMEOUT, Verifier, attach_strace, checked_counts, detach_strace, have_strace, num,
+    open_reader, open_writer, pipe_pending, read_exact, sink_entry, spawn, status_until,
+    write_pattern,
 };
 
 /// Bytes that `read`/`write` calls in an strace log (`-y`, so every fd
@@ -36,8 +37,9 @@ fn byte_routes_move_held_bytes_without_copying_them() {
     const SEED: u64 = 0x5e1;
     const LEN: usize = 4 * 1024 * KIB;
     const HELD: u64 = 512 * KIB as u64;
-    // Fan-out (tee) and one to one (splice); the readers of b and c come
-    // late, so their bytes are held for them first.
+    // Fan-out (tee), one to one (splice), and one that drops the newest
+    // bytes; the readers of b, c and d come late, so their bytes are held
+    // for them first (and d's route, once full, drops the rest).
     let d = Daemon::start(
         r#"
 [daemon]
@@ -56,6 +58,15 @@ to = ["a", "b"]
 [[route]]
 from = ["in2"]
 to = ["c"]
+
+[fifo.in3]
+[fifo.d]
+
+[[route]]
+from = ["in3"]
+to = ["d"]
+buffer = "256KiB"
+when_full = "drop-newest"
 "#,
     );
     let trace = d.sb.path("strace.out");
@@ -65,7 +76,7 @@ to = ["c"]
         spawn(move || Verifier::new(seed, 0).check(&read_exact(&r, LEN, TIMEOUT * 3)))
     };
     let a = reader("a", SEED);
-    let writers: Vec<_> = [("in", SEED), ("in2", SEED + 1)]
+    let writers: Vec<_> = [("in", SEED), ("in2", SEED + 1), ("in3", SEED + 2)]
         .into_iter()
         .map(|(name, seed)| {
             let w = open_writer(&d.fifo(name));
@@ -79,6 +90,20 @@ to = ["c"]
     for w in writers {
         w.join(TIMEOUT * 4);
     }
+    // d holds its pipe's 64 KiB and its 256 KiB: the stream's first bytes.
+    status_until(&d, "everything written to in3 taken", |st| {
+        num(sink_entry(st, 2, "d"), "produced") == LEN as u64
+    });
+    let kept = 320 * KIB;
+    let r = open_reader(&d.fifo("d"));
+    if let Err(e) = Verifier::new(SEED + 2, 0).check(&read_exact(&r, kept, TIMEOUT)) {
+        panic!("d: {e}\n--- log ---\n{}", d.log());
+    }
+    let st = status_until(&d, "d read", |st| num(sink_entry(st, 2, "d"), "held") == 0);
+    let (sink_d, _) = checked_counts(sink_entry(&st, 2, "d"));
+    assert_eq!(sink_d.delivered, kept as u64, "{sink_d:?}");
+    assert_eq!(sink_d.dropped, (LEN - kept) as u64, "{sink_d:?}");
+    assert_eq!(pipe_pending(&r), 0, "d has more");
     for r in [a].into_iter().chain(late) {
         if let Err(e) = r.join(TIMEOUT * 4) {
             panic!("{e}\n--- log ---\n{}", d.log());
@@ -93,7 +118,7 @@ to = ["c"]
     assert!(
         copied < 64 * KIB,
         "{copied} of {} bytes went through fifod's read/write\n--- trace (head) ---\n{}",
-        3 * LEN,
+        4 * LEN,
         traced.lines().take(40).collect::<Vec<_>>().join("\n")
     );
 }

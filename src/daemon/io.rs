@@ -210,6 +210,9 @@ impl Daemon {
             } else {
                 self.release_lane_pipe(l);
             }
+            if consumed > t.total() {
+                self.note_drops_of_sink(k);
+            }
         }
         // Bytes some lanes took and others did not are read and held for
         // the others (and skipped for the rest) by the copying path.
@@ -226,8 +229,8 @@ impl Daemon {
         budget: usize,
     ) -> Option<(Vec<Took>, usize)> {
         if let [(l, k, target)] = plan[..] {
-            let took = self.splice_one(source, l, k, target, budget)?;
-            return Some((vec![took], took.total()));
+            let (took, consumed) = self.splice_one(source, l, k, target, budget)?;
+            return Some((vec![took], consumed));
         }
         // tee needs to know how much there is: it cannot start a later copy
         // where an earlier one stopped.
@@ -235,12 +238,14 @@ impl Daemon {
         if n == 0 {
             return None;
         }
-        let took: Vec<Took> = plan
-            .iter()
-            .map(|&(l, k, target)| self.tee_one(source, l, k, target, n))
-            .collect();
-        let every_lane_has = took.iter().map(|t| t.total()).min().unwrap_or(0);
-        let consumed = match (&self.dev_null, every_lane_has) {
+        let mut took = Vec::with_capacity(plan.len());
+        let mut covered = n;
+        for &(l, k, target) in plan {
+            let (t, lane_covered) = self.tee_one(source, l, k, target, n);
+            took.push(t);
+            covered = covered.min(lane_covered);
+        }
+        let consumed = match (&self.dev_null, covered) {
             (_, 0) | (None, _) => 0,
             (Some(null), n) => splice(source, None, null, None, n, SPLICE_FLAGS).unwrap_or(0),
         };
@@ -248,7 +253,9 @@ impl Daemon {
     }
 
     /// One lane's splice of up to `len` bytes: into its sink, or into its
-    /// pipe if the sink is full or behind. `None` if nothing moved.
+    /// pipe if the sink is full or behind; a full `drop_newest` lane lets
+    /// the rest go. Returns what the lane took and how many bytes were
+    /// consumed, or `None` if nothing moved.
     fn splice_one(
         &mut self,
         source: BorrowedFd<'_>,
@@ -256,27 +263,45 @@ impl Daemon {
         k: SinkId,
         target: Target,
         len: usize,
-    ) -> Option<Took> {
+    ) -> Option<(Took, usize)> {
         if target == Target::Sink {
             let sink = self.sinks[k].fd.as_ref()?.as_fd();
             // EAGAIN does not say which side was not ready, and 0 may be
             // an end: the copying path reads and tells them apart.
             match splice(source, None, sink, None, len, SPLICE_FLAGS) {
-                Ok(n) if n > 0 => return Some(Took { sent: n, piped: 0 }),
+                Ok(n) if n > 0 => return Some((Took { sent: n, piped: 0 }, n)),
                 Err(Errno::EAGAIN) if pipe::queued_bytes(source) > 0 => {}
                 _ => return None,
             }
         }
-        // The sink is full, or holds bytes already: the lane's pipe takes them.
-        let lane_pipe = self.lane_pipe(l)?;
-        match splice(source, None, lane_pipe, None, len, SPLICE_FLAGS) {
-            Ok(n) if n > 0 => Some(Took { sent: 0, piped: n }),
-            _ => None,
-        }
+        // The sink is full, or holds bytes already: the lane's pipe takes
+        // them, as many as the lane has room for.
+        let room = self.relay.room(l);
+        let piped = if room > 0 {
+            let lane_pipe = self.lane_pipe(l)?;
+            match splice(source, None, lane_pipe, None, len.min(room), SPLICE_FLAGS) {
+                Ok(n) if n > 0 => n,
+                _ => return None,
+            }
+        } else {
+            0
+        };
+        let drops = self.relay.lanes()[l].policy() == WhenFull::DropNewest;
+        let dropped = match &self.dev_null {
+            Some(null) if drops && piped == room && len > piped => {
+                splice(source, None, null, None, len - piped, SPLICE_FLAGS).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let took = Took { sent: 0, piped };
+        (took.total() + dropped > 0).then_some((took, piped + dropped))
     }
 
     /// One lane's `tee` of `n` bytes (all the source has) for fan-out: into
-    /// its sink, and what the sink did not take into its pipe.
+    /// its sink, and what the sink did not take into its pipe, as far as the
+    /// lane has room. Returns what it took, and how many of the `n` bytes
+    /// may be consumed for it: those it took, or all of them if it is a full
+    /// `drop_newest` lane (it drops the rest).
     fn tee_one(
         &mut self,
         source: BorrowedFd<'_>,
@@ -284,22 +309,29 @@ impl Daemon {
         k: SinkId,
         target: Target,
         n: usize,
-    ) -> Took {
-        let tee =
-            |to: BorrowedFd<'_>| tee(source, to, n, SpliceFFlags::SPLICE_F_NONBLOCK).unwrap_or(0);
+    ) -> (Took, usize) {
+        let tee = |to: BorrowedFd<'_>, len| {
+            tee(source, to, len, SpliceFFlags::SPLICE_F_NONBLOCK).unwrap_or(0)
+        };
         let sent = match (target, &self.sinks[k].fd) {
-            (Target::Sink, Some(fd)) => tee(fd.as_fd()),
+            (Target::Sink, Some(fd)) => tee(fd.as_fd(), n),
             _ => 0,
         };
-        if sent == n || self.lane_pipe(l).is_none() {
-            return Took { sent, piped: 0 };
+        let drops = self.relay.lanes()[l].policy() == WhenFull::DropNewest;
+        let want = n.min(sent + self.relay.room(l));
+        let full = |taken: usize| if drops && taken == want { n } else { taken };
+        if sent == want {
+            return (Took { sent, piped: 0 }, full(sent));
+        }
+        if self.lane_pipe(l).is_none() {
+            return (Took { sent, piped: 0 }, sent);
         }
         let Some(lane_pipe) = self.lane_pipes.get(l) else {
-            return Took { sent, piped: 0 };
+            return (Took { sent, piped: 0 }, sent);
         };
         // tee copies from the source's front only: the pipe gets the bytes
         // the sink already has too, and lets them go at once.
-        let teed = tee(lane_pipe.write.as_fd());
+        let teed = tee(lane_pipe.write.as_fd(), want);
         let again = teed.min(sent);
         let let_go = |n| match &self.dev_null {
             Some(null) => splice(&lane_pipe.read, None, null, None, n, SPLICE_FLAGS).unwrap_or(0),
@@ -308,12 +340,13 @@ impl Daemon {
         if again > 0 && let_go(again) != again {
             // What is left in it is not known: it goes, with its bytes.
             self.lane_pipe_failed(k, l);
-            return Took { sent, piped: 0 };
+            return (Took { sent, piped: 0 }, sent);
         }
-        Took {
+        let took = Took {
             sent,
             piped: teed - again,
-        }
+        };
+        (took, full(took.total()))
     }
 
     /// Flushes `k` now if it is not already waiting to be writable.
