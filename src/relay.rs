@@ -641,7 +641,7 @@ impl Relay {
     /// of the source went for `lanes[i]`, and `consumed` bytes were taken
     /// from the source. A lane that took more than was consumed is ahead of
     /// the source by the difference; one that took less drops the rest,
-    /// which only a full `drop_newest` lane may (the caller consumes no more
+    /// which only a full `drop-newest` lane may (the caller consumes no more
     /// than every other lane took).
     pub fn spliced(&mut self, source: SourceId, lanes: &[LaneId], took: &[Took], consumed: usize) {
         for (&l, &t) in lanes.iter().zip(took) {

@@ -253,7 +253,7 @@ impl Daemon {
     }
 
     /// One lane's splice of up to `len` bytes: into its sink, or into its
-    /// pipe if the sink is full or behind; a full `drop_newest` lane lets
+    /// pipe if the sink is full or behind; a full `drop-newest` lane lets
     /// the rest go. Returns what the lane took and how many bytes were
     /// consumed, or `None` if nothing moved.
     fn splice_one(
@@ -301,7 +301,7 @@ impl Daemon {
     /// its sink, and what the sink did not take into its pipe, as far as the
     /// lane has room. Returns what it took, and how many of the `n` bytes
     /// may be consumed for it: those it took, or all of them if it is a full
-    /// `drop_newest` lane (it drops the rest).
+    /// `drop-newest` lane (it drops the rest).
     fn tee_one(
         &mut self,
         source: BorrowedFd<'_>,
