@@ -87,6 +87,9 @@ pub struct Lane {
     /// skips them, counting them as delivered and as piped.
     ahead_sent: usize,
     ahead_piped: usize,
+    /// The source those bytes are ahead of (one at a time: a source is
+    /// not spliced while any lane it feeds is ahead).
+    ahead_from: SourceId,
     stats: LaneStats,
 }
 
@@ -426,6 +429,7 @@ impl Relay {
                     pipe_ok: route.max_line.is_none() && route.when_full != WhenFull::DropOldest,
                     ahead_sent: 0,
                     ahead_piped: 0,
+                    ahead_from: 0,
                     stats: LaneStats::default(),
                 });
             }
@@ -492,18 +496,25 @@ impl Relay {
             let (r, position) = self.source_routes[source][i];
             self.routes[r].ended[position] = false;
             let Some(max_line) = self.routes[r].max_line else {
-                self.push(r, data, &mut write_now);
+                self.push(r, source, data, &mut write_now);
                 continue;
             };
             let complete = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
             if complete > 0 {
                 let counted = std::mem::take(&mut self.routes[r].in_long_line[position]);
                 if self.routes[r].partial[position].is_empty() {
-                    self.push_lines(r, &data[..complete], max_line, counted, &mut write_now);
+                    self.push_lines(
+                        r,
+                        source,
+                        &data[..complete],
+                        max_line,
+                        counted,
+                        &mut write_now,
+                    );
                 } else {
                     let mut lines = std::mem::take(&mut self.routes[r].partial[position]);
                     lines.extend_from_slice(&data[..complete]);
-                    self.push_lines(r, &lines, max_line, counted, &mut write_now);
+                    self.push_lines(r, source, &lines, max_line, counted, &mut write_now);
                     lines.clear();
                     self.routes[r].partial[position] = lines;
                 }
@@ -515,7 +526,7 @@ impl Relay {
                 if !std::mem::replace(&mut self.routes[r].in_long_line[position], true) {
                     self.routes[r].long_lines += 1;
                 }
-                self.push(r, &piece, &mut write_now);
+                self.push(r, source, &piece, &mut write_now);
             }
         }
     }
@@ -525,6 +536,7 @@ impl Relay {
     fn push_lines(
         &mut self,
         r: usize,
+        source: SourceId,
         lines: &[u8],
         max_line: usize,
         mut first_counted: bool,
@@ -536,35 +548,46 @@ impl Relay {
             let end = newline + 1;
             if end - line_start > max_line {
                 if run_start < line_start {
-                    self.push(r, &lines[run_start..line_start], write_now);
+                    self.push(r, source, &lines[run_start..line_start], write_now);
                 }
                 if !first_counted {
                     self.routes[r].long_lines += 1;
                 }
                 let mut piece = line_start;
                 while end - piece > max_line {
-                    self.push(r, &lines[piece..piece + max_line], write_now);
+                    self.push(r, source, &lines[piece..piece + max_line], write_now);
                     piece += max_line;
                 }
-                self.push(r, &lines[piece..end], write_now);
+                self.push(r, source, &lines[piece..end], write_now);
                 run_start = end;
             }
             line_start = end;
             first_counted = false;
         }
         if run_start < lines.len() {
-            self.push(r, &lines[run_start..], write_now);
+            self.push(r, source, &lines[run_start..], write_now);
         }
     }
 
-    /// Gives whole records to every lane of route `r`.
-    fn push(&mut self, r: usize, data: &[u8], write_now: &mut impl FnMut(SinkId, &[u8]) -> usize) {
+    /// Gives whole records from `source` to every lane of route `r`.
+    fn push(
+        &mut self,
+        r: usize,
+        source: SourceId,
+        data: &[u8],
+        write_now: &mut impl FnMut(SinkId, &[u8]) -> usize,
+    ) {
         for i in 0..self.routes[r].lanes.len() {
             let lane_id = self.routes[r].lanes[i];
             let lane = &mut self.lanes[lane_id];
-            // What `tee` already delivered or piped is not given again.
-            let sent = lane.ahead_sent.min(data.len());
-            let piped = lane.ahead_piped.min(data.len() - sent);
+            // What `tee` already delivered or piped from this source is not
+            // given again (bytes of the route's other sources are new).
+            let (sent, piped) = if lane.ahead_from == source {
+                let sent = lane.ahead_sent.min(data.len());
+                (sent, lane.ahead_piped.min(data.len() - sent))
+            } else {
+                (0, 0)
+            };
             lane.ahead_sent -= sent;
             lane.ahead_piped -= piped;
             lane.piped += piped;
@@ -659,6 +682,7 @@ impl Relay {
             lane.piped += piped;
             lane.ahead_sent = t.sent - sent;
             lane.ahead_piped = t.piped - piped;
+            lane.ahead_from = source;
         }
         for i in 0..self.source_routes[source].len() {
             let (r, position) = self.source_routes[source][i];
@@ -695,7 +719,8 @@ impl Relay {
         self.routes[r].in_long_line[position] = false;
         let piece = std::mem::take(&mut self.routes[r].partial[position]);
         if !piece.is_empty() {
-            self.push(r, &piece, &mut |_, _| 0);
+            let source = self.routes[r].sources[position];
+            self.push(r, source, &piece, &mut |_, _| 0);
         }
     }
 
@@ -846,9 +871,32 @@ impl Relay {
         self.source_routes[source]
             .iter()
             .flat_map(|&(r, _)| self.routes[r].lanes.iter())
-            .map(|&l| self.lanes[l].ahead())
+            .map(|&l| &self.lanes[l])
+            .filter(|lane| lane.ahead_from == source)
+            .map(Lane::ahead)
             .max()
             .unwrap_or(0)
+    }
+
+    /// Counts what lanes got ahead of `source` as taken from it: its stream
+    /// will not be read for them (it was replaced or closed, or someone else
+    /// read those bytes), but they reached the sink or the lane's pipe.
+    pub fn commit_ahead(&mut self, source: SourceId) {
+        for i in 0..self.source_routes[source].len() {
+            let (r, _) = self.source_routes[source][i];
+            for &l in &self.routes[r].lanes {
+                let lane = &mut self.lanes[l];
+                if lane.ahead_from != source {
+                    continue;
+                }
+                let (sent, piped) = (lane.ahead_sent, lane.ahead_piped);
+                lane.stats.accepted += (sent + piped) as u64;
+                lane.stats.delivered += sent as u64;
+                lane.piped += piped;
+                lane.ahead_sent = 0;
+                lane.ahead_piped = 0;
+            }
+        }
     }
 
     /// Records that the bytes `lane` held in its pipe were read out of it
@@ -986,6 +1034,7 @@ impl Relay {
                 into.stats.lines_dropped += s.lines_dropped;
                 into.ahead_sent = lane.ahead_sent;
                 into.ahead_piped = lane.ahead_piped;
+                into.ahead_from = map.sources[lane.ahead_from].unwrap_or(0);
             } else {
                 into.stats.accepted += from.len() as u64;
                 if into.lines {
@@ -1378,6 +1427,96 @@ mod tests {
         pipes.drain(&mut relay, 1, &mut outs[1], 100);
         assert_eq!(outs[0], b"abcdefgh");
         assert_eq!(outs[1], b"abcdefgh");
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn bytes_ahead_of_one_source_are_not_skipped_in_another() {
+        // Sink 0 is fed by sources 0 and 1; source 0 also feeds sink 1.
+        let routes = [
+            route(&[0, 1], &[0], 100, WhenFull::Block),
+            route(&[0], &[1], 100, WhenFull::Block),
+        ];
+        let mut relay = Relay::new(&routes, 2, 2);
+        let mut outs = [b"abcdefghij".to_vec(), b"abcd".to_vec()];
+        relay.spliced(
+            0,
+            &[0, 1],
+            &[Took { sent: 10, piped: 0 }, Took { sent: 4, piped: 0 }],
+            4,
+        );
+        assert_eq!(relay.ahead_of(0), 6);
+        assert_eq!(relay.ahead_of(1), 0, "source 1 owes nothing");
+        let mut write = |sink: SinkId, bytes: &[u8]| {
+            outs[sink].extend_from_slice(bytes);
+            bytes.len()
+        };
+        relay.ingest(1, b"XYZ", &mut write);
+        relay.ingest(0, b"efghij", &mut write);
+        assert_eq!(outs[0], b"abcdefghijXYZ");
+        assert_eq!(outs[1], b"abcdefghij");
+        assert_eq!(relay.ahead_of(0), 0);
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn bytes_ahead_of_a_stream_that_ends_count_as_taken() {
+        let mut relay = Relay::new(&[route(&[0], &[0, 1], 100, WhenFull::Block)], 1, 2);
+        relay.spliced(
+            0,
+            &[0, 1],
+            &[Took { sent: 5, piped: 0 }, Took { sent: 1, piped: 3 }],
+            2,
+        );
+        relay.commit_ahead(0);
+        assert_eq!(relay.ahead_of(0), 0);
+        assert_eq!(relay.lanes()[0].stats().delivered, 5);
+        assert_eq!(relay.lanes()[1].stats().delivered, 1);
+        assert_eq!(relay.lanes()[1].held(), 3);
+        assert_eq!(relay.lanes()[1].in_pipe(), 3);
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn a_sink_takes_turns_between_a_piped_lane_and_a_copied_one() {
+        // Source 0's route blocks (a pipe); source 1's drops the oldest
+        // (memory); both feed sink 0.
+        let routes = [
+            route(&[0], &[0], 100, WhenFull::Block),
+            route(&[1], &[0], 100, WhenFull::DropOldest),
+        ];
+        let mut relay = Relay::new(&routes, 2, 1);
+        let mut pipes = Pipes(vec![Vec::new(), Vec::new()]);
+        relay.ingest(1, b"xyz", |_, _| 0);
+        assert_eq!(relay.zero_copy_lanes(0), Some(vec![(0, 0, Target::Pipe)]));
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 3 }], 3);
+        pipes.0[0].extend(b"abc");
+        relay.ingest(1, b"XYZ", |_, _| panic!("the sink is busy"));
+        let mut out = Vec::new();
+        pipes.drain(&mut relay, 0, &mut out, 2);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.len(), 9);
+        assert_eq!(text.replace(['x', 'y', 'z', 'X', 'Y', 'Z'], ""), "abc");
+        assert_eq!(text.replace(['a', 'b', 'c'], ""), "xyzXYZ");
+        assert!(!text.starts_with("abc"), "no turns taken: {text}");
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn an_end_behind_lost_piped_bytes_moves_back() {
+        let spec = RouteSpec {
+            forward_eof: true,
+            ..route(&[0], &[0], 100, WhenFull::Block)
+        };
+        let mut relay = Relay::new(&[spec], 1, 1);
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 4 }], 4);
+        assert!(relay.source_ended(0));
+        assert!(!relay.end_due(0));
+        assert_eq!(relay.pipe_lost(0), 4);
+        assert!(
+            relay.end_due(0),
+            "the end is due once the lost bytes are gone"
+        );
         check_identity(&relay);
     }
 

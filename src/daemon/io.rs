@@ -37,6 +37,8 @@ impl Daemon {
 
     pub(super) fn set_source_fd(&mut self, s: SourceId, fd: Option<OwnedFd>) {
         self.unwatch_source(s);
+        // Bytes a `tee` gave lanes ahead of the old stream stay given.
+        self.relay.commit_ahead(s);
         self.sources[s].fd = fd;
         self.watch_source(s);
     }
@@ -178,12 +180,28 @@ impl Daemon {
             return None;
         }
         let mut plan = self.relay.zero_copy_lanes(s)?;
+        let moved = self.splice_lanes(s, &mut plan);
+        if moved.is_none() {
+            // Pipes given out for this transfer and not used go back.
+            for &(l, _, _) in &plan {
+                self.release_lane_pipe(l);
+            }
+        }
+        moved
+    }
+
+    /// `splice_source` once the relay said which lanes may take bytes how.
+    fn splice_lanes(
+        &mut self,
+        s: SourceId,
+        plan: &mut [(LaneId, SinkId, Target)],
+    ) -> Option<usize> {
         let quota = self.sources[s].quota.unwrap_or(usize::MAX);
         let budget = self.relay.read_budget(s, quota.min(SPLICE_CHUNK));
         if budget == 0 {
             return None;
         }
-        for (l, k, target) in &mut plan {
+        for (l, k, target) in plan.iter_mut() {
             let sink = &self.sinks[*k];
             if sink.intake != Intake::Open {
                 return None;
@@ -199,7 +217,7 @@ impl Daemon {
         }
         // Out of its slot while lanes get pipes (which needs `&mut self`).
         let source = self.sources[s].fd.take()?;
-        let moved = self.splice_plan(source.as_fd(), &plan, budget);
+        let moved = self.splice_plan(source.as_fd(), plan, budget);
         self.sources[s].fd = Some(source);
         let (took, consumed) = moved?;
         let lanes: Vec<LaneId> = plan.iter().map(|&(l, _, _)| l).collect();

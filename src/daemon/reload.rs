@@ -917,7 +917,8 @@ impl Daemon {
     }
 
     /// Reads from `s` what its sinks already have through `tee`, so that
-    /// no lane is ahead of it.
+    /// no lane is ahead of it. Bytes the stream no longer has (someone else
+    /// read them) count as taken.
     fn settle(&mut self, s: SourceId) {
         let mut need = self.relay.ahead_of(s);
         while need > 0 {
@@ -927,6 +928,7 @@ impl Daemon {
             }
             need = self.relay.ahead_of(s);
         }
+        self.relay.commit_ahead(s);
     }
 
     /// Reads what is in `s`'s pipe now into the relay, whatever the lanes'
