@@ -7,8 +7,8 @@ use std::ffi::OsString;
 use std::time::Instant;
 
 use crate::common::{
-    Daemon, KIB, Launch, Sandbox, TIMEOUT, Verifier, attach_strace, detach_strace, have_strace,
-    open_reader, open_writer, read_exact, spawn, write_pattern,
+    Daemon, KIB, Launch, Sandbox, TEE_AND_SPLICE, TIMEOUT, Verifier, attach_strace, detach_strace,
+    have_strace, open_reader, open_writer, read_exact, spawn, write_pattern,
 };
 
 #[test]
@@ -19,25 +19,8 @@ fn interrupted_and_would_block_io_loses_nothing() {
     }
     const SEED: u64 = 0x1f;
     const LEN: usize = 8 * 1024 * KIB;
-    // One byte route to two outputs (tee) and one to a single output
-    // (splice), so that every way bytes move meets the faults.
-    let mut d = Daemon::start(
-        r#"
-[fifo.in]
-[fifo.a]
-[fifo.b]
-[fifo.in2]
-[fifo.c]
-
-[[route]]
-from = ["in"]
-to = ["a", "b"]
-
-[[route]]
-from = ["in2"]
-to = ["c"]
-"#,
-    );
+    // Every way bytes move meets the faults.
+    let mut d = Daemon::start(TEE_AND_SPLICE);
     let trace = d.sb.path("strace.out");
     // Every 3rd call from the 2nd fails: reads, writes, splices and tees
     // with EINTR, waits with EINTR too, and every 5th write with EAGAIN.

@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use crate::common::{
-    Daemon, KIB, TIMEOUT, Verifier, attach_strace, checked_counts, detach_strace, have_strace, num,
-    open_reader, open_writer, pipe_pending, read_exact, sink_entry, spawn, status_until,
-    write_pattern,
+    Daemon, KIB, TEE_AND_SPLICE, TIMEOUT, Verifier, attach_strace, checked_counts, detach_strace,
+    have_strace, num, open_reader, open_writer, pipe_pending, read_exact, sink_entry, spawn,
+    status_until, write_pattern,
 };
 
 /// Bytes that `read`/`write` calls in an strace log (`-y`, so every fd
@@ -40,25 +40,11 @@ fn byte_routes_move_held_bytes_without_copying_them() {
     // Fan-out (tee), one to one (splice), and one that drops the newest
     // bytes; the readers of b, c and d come late, so their bytes are held
     // for them first (and d's route, once full, drops the rest).
-    let d = Daemon::start(
+    let d = Daemon::start(&format!(
         r#"
 [daemon]
 pipe_size = "64KiB"
-
-[fifo.in]
-[fifo.a]
-[fifo.b]
-[fifo.in2]
-[fifo.c]
-
-[[route]]
-from = ["in"]
-to = ["a", "b"]
-
-[[route]]
-from = ["in2"]
-to = ["c"]
-
+{TEE_AND_SPLICE}
 [fifo.in3]
 [fifo.d]
 
@@ -67,8 +53,8 @@ from = ["in3"]
 to = ["d"]
 buffer = "256KiB"
 when_full = "drop-newest"
-"#,
-    );
+"#
+    ));
     let trace = d.sb.path("strace.out");
     let strace = attach_strace(d.pid(), &trace, &["trace=read,write,readv,writev"]);
     let reader = |name: &str, seed: u64| {

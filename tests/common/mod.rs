@@ -54,6 +54,24 @@ from = ["in"]
 to = ["out"]
 "#;
 
+/// Both ways a byte route moves bytes: `in` fanned out to `a` and `b`
+/// (`tee`), and `in2` to `c` alone (`splice`).
+pub const TEE_AND_SPLICE: &str = r#"
+[fifo.in]
+[fifo.a]
+[fifo.b]
+[fifo.in2]
+[fifo.c]
+
+[[route]]
+from = ["in"]
+to = ["a", "b"]
+
+[[route]]
+from = ["in2"]
+to = ["c"]
+"#;
+
 pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;
 
