@@ -178,6 +178,10 @@ fn bytes_written_before_start_are_delivered() {
 fn passed_fifos_are_left_in_place_at_stop() {
     let m = Manager::new(&["in", "out"]);
     let nodes = m.nodes();
+    let capacity = |name: &str| {
+        nix::fcntl::fcntl(m.file(name), nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ")
+    };
+    let sizes = [capacity("in"), capacity("out")];
     let mut d = Daemon::start_launched(&config(m.dir()), &m.launch());
     assert_eq!(
         m.nodes(),
@@ -185,6 +189,8 @@ fn passed_fifos_are_left_in_place_at_stop() {
         "fifod changed a passed FIFO at start (its config mode is 0600)\n--- log ---\n{}",
         d.log()
     );
+    // No pipe_size in the config: the socket unit's size stays.
+    assert_eq!([capacity("in"), capacity("out")], sizes, "{}", d.log());
     d.stop_ok();
     let log = d.log();
     // Same nodes, same mode; the lock and the control socket are gone.

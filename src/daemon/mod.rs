@@ -605,23 +605,24 @@ impl Daemon {
                 None => return,
             },
         };
-        let source_fds = self
-            .sources
-            .iter()
-            .filter(|s| matches!(s.kind, SourceKind::Fifo { .. }))
-            .map(|s| (&s.name, s.fd.as_ref()));
-        let sink_fds = self
-            .sinks
-            .iter()
-            .filter(|k| matches!(k.kind, SinkKind::Fifo(_)))
-            .map(|k| (&k.name, k.fd.as_ref()));
+        // A FIFO systemd passed has the size its socket unit gave it
+        // (`PipeSize=`), unless the config asks for one.
+        let ours = |fifo: usize| asked || !self.footprint.fifos[fifo].passed;
+        let source_fds = self.sources.iter().filter_map(|s| match s.kind {
+            SourceKind::Fifo { fifo, .. } if ours(fifo) => Some((&s.name, s.fd.as_ref())),
+            _ => None,
+        });
+        let sink_fds = self.sinks.iter().filter_map(|k| match k.kind {
+            SinkKind::Fifo(fifo) if ours(fifo) => Some((&k.name, k.fd.as_ref())),
+            _ => None,
+        });
         for (name, fd) in source_fds.chain(sink_fds) {
             if let Some(fd) = fd {
                 resize_pipe(name, fd.as_fd(), size, asked);
             }
         }
-        for fifo in &self.footprint.fifos {
-            if let Some(fd) = fifo.fd() {
+        for (i, fifo) in self.footprint.fifos.iter().enumerate() {
+            if let (true, Some(fd)) = (ours(i), fifo.fd()) {
                 resize_pipe(&fifo.name, fd, size, asked);
             }
         }
@@ -636,7 +637,7 @@ impl Daemon {
     fn auto_pipe_size(&self) -> Option<Size> {
         let size =
             pipe::fs_limit("pipe-max-size").map_or(AUTO_PIPE_SIZE, |max| max.min(AUTO_PIPE_SIZE));
-        let fifos = self.footprint.fifos.len();
+        let fifos = self.footprint.fifos.iter().filter(|f| !f.passed).count();
         let soft_pages = pipe::fs_limit("pipe-user-pages-soft").unwrap_or(0);
         let share = soft_pages.saturating_mul(4096) / 4;
         if soft_pages > 0 && fifos.saturating_mul(size) > share && !pipe::unlimited() {
