@@ -157,8 +157,20 @@ impl Lane {
         s.lines_accepted - s.lines_delivered - s.lines_dropped
     }
 
+    /// Room left: bytes piped ahead of a source take room too, as they
+    /// are in the pipe already.
     fn free(&self) -> usize {
-        self.capacity.saturating_sub(self.held())
+        self.capacity.saturating_sub(self.held() + self.ahead_piped)
+    }
+
+    /// Room left for bytes from `source`: those it is ahead of need none.
+    fn free_for(&self, source: SourceId) -> usize {
+        let own = if self.ahead_from == source {
+            self.ahead_piped
+        } else {
+            0
+        };
+        self.free() + own
     }
 
     /// Nothing to write and no end to deliver.
@@ -217,8 +229,9 @@ impl Lane {
     }
 
     /// Drops `n` bytes held in memory starting `at` bytes after the front,
-    /// keeping the end markers after the bytes they followed. Only lanes
-    /// that may drop call it, and those never hold bytes in a pipe.
+    /// keeping the end markers after the bytes they followed. Only called
+    /// where the lane has no piped bytes: line and `drop-oldest` lanes never
+    /// pipe, and `discard` takes the piped ones first.
     fn drop_held(&mut self, at: usize, n: usize) {
         if n == 0 {
             return;
@@ -475,7 +488,7 @@ impl Relay {
             for &l in &route.lanes {
                 let lane = &self.lanes[l];
                 if lane.policy == WhenFull::Block {
-                    budget = budget.min(lane.free().saturating_sub(in_progress));
+                    budget = budget.min(lane.free_for(source).saturating_sub(in_progress));
                 }
             }
         }
@@ -900,12 +913,14 @@ impl Relay {
     }
 
     /// Records that the bytes `lane` held in its pipe were read out of it
-    /// (`bytes`): they are held in memory now, first in line. A lane must
-    /// not be ahead of its source when this is done. Bytes the pipe did not
-    /// give back are counted as dropped.
+    /// (`bytes`, at most `in_pipe`): the piped ones are held in memory now,
+    /// first in line, and bytes the pipe did not give back are counted as
+    /// dropped.
     pub fn unpiped(&mut self, lane: LaneId, bytes: &[u8]) {
         let lane = &mut self.lanes[lane];
-        debug_assert_eq!(lane.ahead_piped, 0, "settle before unpiping");
+        // Bytes piped ahead of the source (it could not be settled) go with
+        // the pipe: the source still has them, and they come again.
+        lane.ahead_piped = 0;
         let n = bytes.len().min(lane.piped);
         let lost = lane.piped - n;
         lane.piped = 0;
@@ -1032,9 +1047,18 @@ impl Relay {
                 into.stats.lines_accepted += s.lines_accepted;
                 into.stats.lines_delivered += s.lines_delivered;
                 into.stats.lines_dropped += s.lines_dropped;
-                into.ahead_sent = lane.ahead_sent;
-                into.ahead_piped = lane.ahead_piped;
-                into.ahead_from = map.sources[lane.ahead_from].unwrap_or(0);
+                // A lead on a stream that stays is kept (a source that could
+                // not be settled); one on a stream that goes counts as taken.
+                match map.sources[lane.ahead_from] {
+                    Some(source) => {
+                        into.ahead_sent = lane.ahead_sent;
+                        into.ahead_from = source;
+                    }
+                    None => {
+                        into.stats.accepted += lane.ahead_sent as u64;
+                        into.stats.delivered += lane.ahead_sent as u64;
+                    }
+                }
             } else {
                 into.stats.accepted += from.len() as u64;
                 if into.lines {
@@ -1456,6 +1480,37 @@ mod tests {
         assert_eq!(outs[0], b"abcdefghijXYZ");
         assert_eq!(outs[1], b"abcdefghij");
         assert_eq!(relay.ahead_of(0), 0);
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn bytes_piped_ahead_of_one_source_leave_no_room_for_another() {
+        let routes = [
+            route(&[0, 1], &[0], 100, WhenFull::Block),
+            route(&[0], &[1], 100, WhenFull::Block),
+        ];
+        let mut relay = Relay::new(&routes, 2, 2);
+        relay.spliced(
+            0,
+            &[0, 1],
+            &[
+                Took {
+                    sent: 0,
+                    piped: 100,
+                },
+                Took { sent: 0, piped: 0 },
+            ],
+            0,
+        );
+        assert_eq!(relay.read_budget(1, 1000), 0, "the pipe is full already");
+        assert_eq!(
+            relay.read_budget(0, 1000),
+            100,
+            "source 0's own bytes are there"
+        );
+        relay.ingest(0, &[b'a'; 100], |_, _| 0);
+        assert_eq!(relay.lanes()[0].held(), 100);
+        assert_eq!(relay.lanes()[1].held(), 100);
         check_identity(&relay);
     }
 

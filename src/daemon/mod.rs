@@ -47,6 +47,9 @@ const SPLICE_CHUNK: usize = 1024 * 1024;
 /// A paused source is read again once every blocking lane it feeds has this
 /// much room, so that backpressure does not degrade into tiny reads.
 const RESUME_AT: usize = 4096;
+/// How often a reload tries again a read that got nothing while bytes
+/// wait (an interrupted read), before it carries a lane's lead over.
+const SETTLE_TRIES: u32 = 8;
 /// FIFOs' pipe size when the config sets none and the limits allow it:
 /// fewer wake-ups per byte make relaying several times faster (BENCHMARKS.md).
 const AUTO_PIPE_SIZE: usize = 1024 * 1024;

@@ -920,15 +920,31 @@ impl Daemon {
     /// no lane is ahead of it. Bytes the stream no longer has (someone else
     /// read them) count as taken.
     fn settle(&mut self, s: SourceId) {
-        let mut need = self.relay.ahead_of(s);
-        while need > 0 {
-            let taken = self.take_from(s, need.min(READ_CHUNK));
-            if taken == 0 {
-                break;
+        let mut interrupted = 0;
+        while self.relay.ahead_of(s) > 0 {
+            let need = self.relay.ahead_of(s);
+            if self.take_from(s, need.min(READ_CHUNK)) > 0 {
+                continue;
             }
-            need = self.relay.ahead_of(s);
+            // Nothing came: the read was interrupted, or the bytes are gone.
+            let queued = self.sources[s]
+                .fd
+                .as_ref()
+                .map_or(0, |fd| pipe::queued_bytes(fd.as_fd()));
+            if queued == 0 {
+                self.relay.commit_ahead(s);
+                return;
+            }
+            interrupted += 1;
+            if interrupted == SETTLE_TRIES {
+                // The lead is carried over and settled by the next reads.
+                warn!(
+                    "{}: cannot be read now; reloading anyway",
+                    self.sources[s].name
+                );
+                return;
+            }
         }
-        self.relay.commit_ahead(s);
     }
 
     /// Reads what is in `s`'s pipe now into the relay, whatever the lanes'
