@@ -80,7 +80,12 @@ impl LanePipes {
     /// only has room for that.
     fn make(&mut self, want: usize) -> Option<PrivatePipe> {
         let room = self.budget.saturating_sub(self.total);
-        let want = if want <= room { want } else { DEFAULT_PIPE };
+        // A new pipe has the default size at least.
+        let want = if want.max(DEFAULT_PIPE) <= room {
+            want
+        } else {
+            DEFAULT_PIPE
+        };
         if want > room {
             if !std::mem::replace(&mut self.warned, true) {
                 warn!(
