@@ -1544,6 +1544,51 @@ fn pipe_size_unset_keeps_the_kernels_size_past_a_quarter_of_the_budget() {
     d.stop_ok();
 }
 
+/// Unprivileged, more slow sinks than a quarter of the user's pipe budget
+/// holds in lane pipes: fifod says so once, holds the rest in memory, and
+/// every byte arrives, in order.
+#[test]
+fn lanes_past_their_share_of_the_pipe_budget_hold_in_memory() {
+    let soft_pages = read_proc_number("/proc/sys/fs/pipe-user-pages-soft");
+    let lane_pipe = read_proc_number("/proc/sys/fs/pipe-max-size").min(MIB as u64);
+    let pairs = (soft_pages * 4096 / 4).div_ceil(lane_pipe) as usize + 4;
+    if soft_pages == 0 || pairs > 64 {
+        eprintln!("skipped: the pipe budget ({soft_pages} pages) is none or too large to fill");
+        return;
+    }
+    let sb = Sandbox::new();
+    let (launch, dir) = unprivileged(&sb, 47_105);
+    let cfg = sb.write_config(&pairs_config(
+        pairs,
+        &format!("dir = \"{}\"\npipe_size = \"64KiB\"", dir.display()),
+    ));
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut d = Daemon::start_with(sb, &launch);
+    // Each output's pipe and its route's 1 MiB buffer: nothing waits in
+    // the inputs, and no reader is there yet.
+    let n = MIB + 64 * KIB;
+    for i in 0..pairs {
+        let w = open_writer(&dir.join(format!("in{i}")));
+        crate::common::write_pattern(&w, 900 + i as u64, 0, n, Instant::now() + TIMEOUT);
+    }
+    wait_log(&d, "the lane pipe budget", TIMEOUT, |log| {
+        log.contains("a quarter of this user's pipe budget (fs.pipe-user-pages-soft): further bytes are held in memory")
+    });
+    for i in 0..pairs {
+        let r = open_reader(&dir.join(format!("out{i}")));
+        if let Err(e) = Verifier::new(900 + i as u64, 0).check(&read_exact(&r, n, TIMEOUT)) {
+            panic!("out{i}: {e}\n--- log ---\n{}", d.log());
+        }
+    }
+    let log = d.log();
+    assert_eq!(
+        log.matches("further bytes are held in memory").count(),
+        1,
+        "{log}"
+    );
+    d.stop_ok();
+}
+
 // ---------------------------------------------------------------------------
 // 8. A storm of SIGHUPs
 // ---------------------------------------------------------------------------
