@@ -16,14 +16,15 @@
 //! lines, and once a line is partly written to a sink, no other lane writes to
 //! that sink before the line is complete.
 //!
-//! On a byte route whose sinks may block (`when_full = "block"`), a lane's
-//! held bytes may live in a private pipe of the daemon's instead of fifod's
-//! memory: the daemon moves them with `splice`/`tee` and tells the relay how
-//! many it moved. Those bytes always come first: a lane holds `piped` bytes
-//! in its pipe, then its bytes in memory, so bytes that had to be copied
-//! (a reload, a source that cannot be spliced) never overtake them, and
-//! bytes are only spliced into the pipe while nothing of the lane is in
-//! memory.
+//! On a byte route, a lane's held bytes may live in a private pipe of the
+//! daemon's instead of fifod's memory: the daemon moves them with
+//! `splice`/`tee` and tells the relay how many it moved. Those bytes always
+//! come first: a lane holds `piped` bytes in its pipe, then its bytes in
+//! memory, so bytes that had to be copied (a reload, a source that cannot be
+//! spliced) never overtake them, and bytes are only spliced into the pipe
+//! while nothing of the lane is in memory. What `drop-oldest` drops from the
+//! pipe is counted at once and stays there, *unwanted*, until the daemon
+//! lets it go.
 //!
 //! On routes with `eof = "forward"`, a lane also holds *end markers*: when
 //! every source of the route has ended its session, each lane gets a marker
@@ -66,6 +67,9 @@ pub struct Lane {
     pub sink: SinkId,
     /// Bytes held in the daemon's private pipe for this lane, before `held`.
     piped: usize,
+    /// Bytes in front of those in the pipe that were dropped (counted) and
+    /// that the daemon lets go of before it reads the pipe.
+    unwanted: usize,
     held: VecDeque<u8>,
     /// Stream offset of the first held byte: bytes ever removed from the front.
     front: u64,
@@ -78,8 +82,7 @@ pub struct Lane {
     lines: bool,
     /// The first held line has been partly written.
     mid_line: bool,
-    /// The lane may hold its bytes in a pipe (a byte route that blocks or
-    /// drops the newest bytes).
+    /// The lane may hold its bytes in a pipe (a byte route).
     pipe_ok: bool,
     /// Bytes of the source's coming stream that `tee` already put into the
     /// sink (`ahead_sent`) and, after those, into the lane's pipe
@@ -131,7 +134,13 @@ impl Lane {
     /// Bytes in the lane's pipe, counted as held or not yet consumed from
     /// the source: the pipe may be let go of when this is 0.
     pub fn in_pipe(&self) -> usize {
-        self.piped + self.ahead_piped
+        self.unwanted + self.piped + self.ahead_piped
+    }
+
+    /// Bytes at the front of the lane's pipe that were dropped: the pipe
+    /// must let them go before it is read.
+    pub fn unwanted(&self) -> usize {
+        self.unwanted
     }
 
     pub fn stats(&self) -> LaneStats {
@@ -230,8 +239,8 @@ impl Lane {
 
     /// Drops `n` bytes held in memory starting `at` bytes after the front,
     /// keeping the end markers after the bytes they followed. Only called
-    /// where the lane has no piped bytes: line and `drop-oldest` lanes never
-    /// pipe, and `discard` takes the piped ones first.
+    /// where the lane has no piped bytes: line lanes never pipe, and
+    /// `drop_front` and `discard` take the piped ones first.
     fn drop_held(&mut self, at: usize, n: usize) {
         if n == 0 {
             return;
@@ -316,15 +325,28 @@ impl Lane {
         }
     }
 
+    /// Drops the `n` oldest held bytes of a byte lane: those in its pipe
+    /// first (the daemon lets them go), then those in memory.
+    fn drop_front(&mut self, n: usize) {
+        let from_pipe = n.min(self.piped);
+        self.piped -= from_pipe;
+        self.unwanted += from_pipe;
+        self.front += from_pipe as u64;
+        self.stats.dropped += from_pipe as u64;
+        self.drop_held(0, n - from_pipe);
+    }
+
     /// Drops the oldest held bytes (whole lines on a line route, and never
     /// a line already partly written) until the lane fits its capacity.
     fn trim_oldest(&mut self) {
-        let excess = self.held.len().saturating_sub(self.capacity);
+        let excess = (self.held() + self.ahead_piped)
+            .saturating_sub(self.capacity)
+            .min(self.held());
         if excess == 0 {
             return;
         }
         if !self.lines {
-            self.drop_held(0, excess);
+            self.drop_front(excess);
             return;
         }
         let (first, second) = self.held.as_slices();
@@ -430,6 +452,7 @@ impl Relay {
                     route: route_index,
                     sink,
                     piped: 0,
+                    unwanted: 0,
                     held: VecDeque::new(),
                     front: 0,
                     ends: VecDeque::new(),
@@ -437,9 +460,7 @@ impl Relay {
                     policy: route.when_full,
                     lines: route.max_line.is_some(),
                     mid_line: false,
-                    // Dropping the oldest bytes would mean taking them
-                    // from the front of the pipe: those lanes keep memory.
-                    pipe_ok: route.max_line.is_none() && route.when_full != WhenFull::DropOldest,
+                    pipe_ok: route.max_line.is_none(),
                     ahead_sent: 0,
                     ahead_piped: 0,
                     ahead_from: 0,
@@ -665,6 +686,24 @@ impl Relay {
     /// How many more bytes `lane` may hold.
     pub fn room(&self, lane: LaneId) -> usize {
         self.lanes[lane].free()
+    }
+
+    /// Makes room for `n` more bytes in a `drop-oldest` lane (at most its
+    /// buffer) by dropping its oldest; returns how many it dropped.
+    pub fn make_room(&mut self, lane: LaneId, n: usize) -> usize {
+        let lane = &mut self.lanes[lane];
+        let excess = n
+            .min(lane.capacity)
+            .saturating_sub(lane.free())
+            .min(lane.held());
+        lane.drop_front(excess);
+        excess
+    }
+
+    /// Records that the daemon let go of `n` unwanted bytes of `lane`'s pipe.
+    pub fn let_go(&mut self, lane: LaneId, n: usize) {
+        let lane = &mut self.lanes[lane];
+        lane.unwanted -= n.min(lane.unwanted);
     }
 
     /// Whether `lane` may hold bytes in a pipe now, behind what it holds.
@@ -921,6 +960,7 @@ impl Relay {
         // Bytes piped ahead of the source (it could not be settled) go with
         // the pipe: the source still has them, and they come again.
         lane.ahead_piped = 0;
+        let bytes = &bytes[bytes.len().min(std::mem::take(&mut lane.unwanted))..];
         let n = bytes.len().min(lane.piped);
         let lost = lane.piped - n;
         lane.piped = 0;
@@ -936,6 +976,7 @@ impl Relay {
     pub fn pipe_lost(&mut self, lane: LaneId) -> usize {
         let lane = &mut self.lanes[lane];
         lane.ahead_piped = 0;
+        lane.unwanted = 0;
         let lost = std::mem::take(&mut lane.piped);
         lane.forget(0, lost);
         lost
@@ -1633,7 +1674,7 @@ mod tests {
     }
 
     #[test]
-    fn byte_routes_but_drop_oldest_use_pipes() {
+    fn byte_routes_use_pipes() {
         let routes = [
             route(&[0], &[0], 100, WhenFull::DropOldest),
             lines(&[1], &[1], 100, WhenFull::Block, 50),
@@ -1641,11 +1682,51 @@ mod tests {
             route(&[3], &[3], 100, WhenFull::DropNewest),
         ];
         let relay = Relay::new(&routes, 4, 4);
-        assert!(!relay.may_pipe(0));
+        assert!(relay.may_pipe(0));
         assert!(!relay.may_pipe(1));
         assert!(relay.may_pipe(2));
         assert!(relay.may_pipe(3));
         assert_eq!(relay.zero_copy_lanes(1), None, "line routes are read");
+    }
+
+    #[test]
+    fn a_drop_oldest_lane_drops_from_the_front_of_its_pipe() {
+        let mut relay = Relay::new(&[route(&[0], &[0], 10, WhenFull::DropOldest)], 1, 1);
+        let mut pipes = Pipes(vec![Vec::new()]);
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 8 }], 8);
+        pipes.0[0].extend(b"01234567");
+        // Room for 6 more: the 4 oldest go.
+        assert_eq!(relay.make_room(0, 6), 4);
+        assert_eq!(relay.lanes()[0].unwanted(), 4);
+        assert_eq!(relay.lanes()[0].in_pipe(), 8);
+        pipes.0[0].drain(..4);
+        relay.let_go(0, 4);
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 6 }], 6);
+        pipes.0[0].extend(b"abcdef");
+        check_identity(&relay);
+        // A copy behind the pipe pushes out the oldest again, from the pipe.
+        relay.ingest(0, b"XY", |_, _| 0);
+        assert_eq!(relay.lanes()[0].unwanted(), 2);
+        pipes.0[0].drain(..2);
+        relay.let_go(0, 2);
+        let mut out = Vec::new();
+        pipes.drain(&mut relay, 0, &mut out, 3);
+        assert_eq!(out, b"67abcdefXY");
+        assert_eq!(relay.lanes()[0].stats().dropped, 6);
+        check_identity(&relay);
+    }
+
+    #[test]
+    fn unpiping_skips_the_dropped_front() {
+        let mut relay = Relay::new(&[route(&[0], &[0], 4, WhenFull::DropOldest)], 1, 1);
+        relay.spliced(0, &[0], &[Took { sent: 0, piped: 4 }], 4);
+        relay.make_room(0, 2);
+        relay.unpiped(0, b"0123");
+        assert_eq!(relay.lanes()[0].unwanted(), 0);
+        let mut out = Vec::new();
+        drain(&mut relay, 0, &mut out, 10);
+        assert_eq!(out, b"23");
+        check_identity(&relay);
     }
 
     #[test]

@@ -37,9 +37,10 @@ fn byte_routes_move_held_bytes_without_copying_them() {
     const SEED: u64 = 0x5e1;
     const LEN: usize = 4 * 1024 * KIB;
     const HELD: u64 = 512 * KIB as u64;
-    // Fan-out (tee), one to one (splice), and one that drops the newest
-    // bytes; the readers of b, c and d come late, so their bytes are held
-    // for them first (and d's route, once full, drops the rest).
+    // Fan-out (tee), one to one (splice), and routes that drop the newest
+    // and the oldest bytes; the readers of b, c, d and e come late, so their
+    // bytes are held for them first (and d's and e's routes, once full,
+    // drop).
     let d = Daemon::start(&format!(
         r#"
 [daemon]
@@ -53,6 +54,15 @@ from = ["in3"]
 to = ["d"]
 buffer = "256KiB"
 when_full = "drop-newest"
+
+[fifo.in4]
+[fifo.e]
+
+[[route]]
+from = ["in4"]
+to = ["e"]
+buffer = "256KiB"
+when_full = "drop-oldest"
 "#
     ));
     let trace = d.sb.path("strace.out");
@@ -62,13 +72,18 @@ when_full = "drop-newest"
         spawn(move || Verifier::new(seed, 0).check(&read_exact(&r, LEN, TIMEOUT * 3)))
     };
     let a = reader("a", SEED);
-    let writers: Vec<_> = [("in", SEED), ("in2", SEED + 1), ("in3", SEED + 2)]
-        .into_iter()
-        .map(|(name, seed)| {
-            let w = open_writer(&d.fifo(name));
-            spawn(move || write_pattern(&w, seed, 0, LEN, Instant::now() + TIMEOUT * 3))
-        })
-        .collect();
+    let writers: Vec<_> = [
+        ("in", SEED),
+        ("in2", SEED + 1),
+        ("in3", SEED + 2),
+        ("in4", SEED + 3),
+    ]
+    .into_iter()
+    .map(|(name, seed)| {
+        let w = open_writer(&d.fifo(name));
+        spawn(move || write_pattern(&w, seed, 0, LEN, Instant::now() + TIMEOUT * 3))
+    })
+    .collect();
     status_until(&d, "bytes held for b and c", |st| {
         num(sink_entry(st, 0, "b"), "held") >= HELD && num(sink_entry(st, 1, "c"), "held") >= HELD
     });
@@ -90,6 +105,25 @@ when_full = "drop-newest"
     assert_eq!(sink_d.delivered, kept as u64, "{sink_d:?}");
     assert_eq!(sink_d.dropped, (LEN - kept) as u64, "{sink_d:?}");
     assert_eq!(pipe_pending(&r), 0, "d has more");
+    // e holds its pipe's 64 KiB, the stream's first bytes, and its 256 KiB,
+    // the last ones.
+    status_until(&d, "everything written to in4 taken", |st| {
+        num(sink_entry(st, 3, "e"), "produced") == LEN as u64
+    });
+    let r = open_reader(&d.fifo("e"));
+    let first = read_exact(&r, 64 * KIB, TIMEOUT);
+    let last = read_exact(&r, 256 * KIB, TIMEOUT);
+    let (seed, from) = (SEED + 3, (LEN - 256 * KIB) as u64);
+    if let Err(e) = Verifier::new(seed, 0)
+        .check(&first)
+        .and_then(|()| Verifier::new(seed, from).check(&last))
+    {
+        panic!("e: {e}\n--- log ---\n{}", d.log());
+    }
+    let st = status_until(&d, "e read", |st| num(sink_entry(st, 3, "e"), "held") == 0);
+    let (sink_e, _) = checked_counts(sink_entry(&st, 3, "e"));
+    assert_eq!(sink_e.dropped, (LEN - 320 * KIB) as u64, "{sink_e:?}");
+    assert_eq!(pipe_pending(&r), 0, "e has more");
     for r in [a].into_iter().chain(late) {
         if let Err(e) = r.join(TIMEOUT * 4) {
             panic!("{e}\n--- log ---\n{}", d.log());
@@ -104,7 +138,7 @@ when_full = "drop-newest"
     assert!(
         copied < 64 * KIB,
         "{copied} of {} bytes went through fifod's read/write\n--- trace (head) ---\n{}",
-        4 * LEN,
+        5 * LEN,
         traced.lines().take(40).collect::<Vec<_>>().join("\n")
     );
 }

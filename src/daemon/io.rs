@@ -252,7 +252,14 @@ impl Daemon {
         }
         // tee needs to know how much there is: it cannot start a later copy
         // where an earlier one stopped.
-        let n = budget.min(pipe::queued_bytes(source));
+        // A `drop-oldest` lane keeps at most its buffer of them, the
+        // oldest first: what comes after is taken the next time.
+        let n = plan
+            .iter()
+            .map(|&(l, _, _)| &self.relay.lanes()[l])
+            .filter(|lane| lane.policy() == WhenFull::DropOldest)
+            .map(|lane| lane.capacity())
+            .fold(budget.min(pipe::queued_bytes(source)), usize::min);
         if n == 0 {
             return None;
         }
@@ -293,7 +300,15 @@ impl Daemon {
             }
         }
         // The sink is full, or holds bytes already: the lane's pipe takes
-        // them, as many as the lane has room for.
+        // them, as many as the lane has room for; a `drop-oldest` lane
+        // makes room for what is there.
+        if self.relay.lanes()[l].policy() == WhenFull::DropOldest {
+            let coming = len.min(pipe::queued_bytes(source));
+            self.relay.make_room(l, coming);
+            if !self.let_go_unwanted(k, l) {
+                return None;
+            }
+        }
         let room = self.relay.room(l);
         let piped = if room > 0 {
             let lane_pipe = self.lane_pipe(l)?;
@@ -335,13 +350,18 @@ impl Daemon {
             (Target::Sink, Some(fd)) => tee(fd.as_fd(), n),
             _ => 0,
         };
-        let drops = self.relay.lanes()[l].policy() == WhenFull::DropNewest;
+        let policy = self.relay.lanes()[l].policy();
+        if policy == WhenFull::DropOldest && sent < n {
+            self.relay.make_room(l, n - sent);
+        }
+        let drops = policy == WhenFull::DropNewest;
         let want = n.min(sent + self.relay.room(l));
         let full = |taken: usize| if drops && taken == want { n } else { taken };
         if sent == want {
             return (Took { sent, piped: 0 }, full(sent));
         }
-        if self.lane_pipe(l).is_none() {
+        // The pipe must hold nothing before the tee but what it keeps.
+        if self.lane_pipe(l).is_none() || !self.let_go_unwanted(k, l) {
             return (Took { sent, piped: 0 }, sent);
         }
         let Some(lane_pipe) = self.lane_pipes.get(l) else {
@@ -443,13 +463,20 @@ impl Daemon {
             let Some((lane, out)) = self.relay.pending(k) else {
                 break;
             };
-            let Some(fd) = &self.sinks[k].fd else {
+            if self.sinks[k].fd.is_none() {
                 if self.reopen_sink(k) {
                     continue;
                 }
                 break;
-            };
+            }
             let piped = matches!(out, Out::Piped(_));
+            // Dropped bytes at the front of the pipe go first.
+            if piped && !self.let_go_unwanted(k, lane) {
+                continue;
+            }
+            let (Some((_, out)), Some(fd)) = (self.relay.pending(k), &self.sinks[k].fd) else {
+                break;
+            };
             let (result, len) = match out {
                 Out::Bytes(bytes) => (nix::unistd::write(fd.as_fd(), bytes), bytes.len()),
                 Out::Piped(len) => match self.lane_pipes.get(lane) {

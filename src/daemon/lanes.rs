@@ -172,9 +172,41 @@ impl Daemon {
 
     /// Gives back `lane`'s pipe once nothing is in it.
     pub(super) fn release_lane_pipe(&mut self, lane: LaneId) {
+        let lane_state = &self.relay.lanes()[lane];
+        if lane_state.in_pipe() == lane_state.unwanted() {
+            let k = lane_state.sink;
+            self.let_go_unwanted(k, lane);
+        }
         if self.relay.lanes()[lane].in_pipe() == 0 {
             self.lane_pipes.release(lane);
         }
+    }
+
+    /// Lets go of the dropped bytes at the front of `lane`'s pipe. False
+    /// if it could not (the pipe is then closed, what it held dropped).
+    pub(super) fn let_go_unwanted(&mut self, k: SinkId, lane: LaneId) -> bool {
+        let unwanted = self.relay.lanes()[lane].unwanted();
+        if unwanted == 0 {
+            return true;
+        }
+        let gone = match (self.lane_pipes.get(lane), &self.dev_null) {
+            (Some(pipe), Some(null)) => nix::fcntl::splice(
+                &pipe.read,
+                None,
+                null,
+                None,
+                unwanted,
+                nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK,
+            )
+            .unwrap_or(0),
+            _ => 0,
+        };
+        self.relay.let_go(lane, gone);
+        if gone < unwanted {
+            self.lane_pipe_failed(k, lane);
+            return false;
+        }
+        true
     }
 
     /// Closes the pipes of `sink`'s lanes after what they held was counted
