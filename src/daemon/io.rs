@@ -463,18 +463,16 @@ impl Daemon {
             let Some((lane, out)) = self.relay.pending(k) else {
                 break;
             };
-            if self.sinks[k].fd.is_none() {
+            let piped = matches!(out, Out::Piped(_));
+            if piped && self.relay.lanes()[lane].unwanted() > 0 {
+                // Dropped bytes at the front of the pipe go first.
+                self.let_go_unwanted(k, lane);
+                continue;
+            }
+            let Some(fd) = &self.sinks[k].fd else {
                 if self.reopen_sink(k) {
                     continue;
                 }
-                break;
-            }
-            let piped = matches!(out, Out::Piped(_));
-            // Dropped bytes at the front of the pipe go first.
-            if piped && !self.let_go_unwanted(k, lane) {
-                continue;
-            }
-            let (Some((_, out)), Some(fd)) = (self.relay.pending(k), &self.sinks[k].fd) else {
                 break;
             };
             let (result, len) = match out {
