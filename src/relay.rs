@@ -1078,7 +1078,8 @@ impl Relay {
             let into = &mut self.lanes[target];
             let base = into.front + into.held.len() as u64;
             for &end in &lane.ends {
-                into.ends.push_back(base + (end - lane.front));
+                // An end a drop moved the front past is due at once.
+                into.ends.push_back(base + end.saturating_sub(lane.front));
             }
             if exact.is_some() {
                 let s = lane.stats;
@@ -1879,6 +1880,35 @@ mod tests {
             relay.delivered(lane, n);
         }
         pieces
+    }
+
+    #[test]
+    fn inherit_keeps_an_end_that_drops_made_due() {
+        let spec = RouteSpec {
+            forward_eof: true,
+            ..route(&[0], &[0], 4, WhenFull::DropOldest)
+        };
+        let mut old = Relay::new(std::slice::from_ref(&spec), 1, 1);
+        old.ingest(0, b"ab", |_, _| 0);
+        assert!(old.source_ended(0));
+        // The next session pushes the end's bytes out: it is due, not lost.
+        old.ingest(0, b"cdef", |_, _| 0);
+        assert!(old.end_due(0));
+        let mut relay = Relay::new(&[spec], 1, 1);
+        relay.inherit(
+            old,
+            &RelayMap {
+                routes: &[Some(0)],
+                sources: &[Some(0)],
+                sinks: &[Some(0)],
+            },
+        );
+        assert!(relay.end_due(0));
+        relay.end_delivered(0);
+        let mut out = Vec::new();
+        drain(&mut relay, 0, &mut out, 10);
+        assert_eq!(out, b"cdef");
+        check_identity(&relay);
     }
 
     #[test]

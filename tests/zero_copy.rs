@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::common::{
     Daemon, KIB, TEE_AND_SPLICE, TIMEOUT, Verifier, attach_strace, checked_counts, detach_strace,
     have_strace, num, open_reader, open_writer, pipe_pending, read_exact, sink_entry, spawn,
-    status_until, write_pattern,
+    status_until, wait_log, write_pattern,
 };
 
 /// Bytes that `read`/`write` calls in an strace log (`-y`, so every fd
@@ -109,6 +109,9 @@ when_full = "drop-oldest"
     // the last ones.
     status_until(&d, "everything written to in4 taken", |st| {
         num(sink_entry(st, 3, "e"), "produced") == LEN as u64
+    });
+    wait_log(&d, "e's drops logged", TIMEOUT, |log| {
+        log.contains("-> e: dropped") && log.contains("(when_full = drop-oldest)")
     });
     let r = open_reader(&d.fifo("e"));
     let first = read_exact(&r, 64 * KIB, TIMEOUT);

@@ -228,7 +228,9 @@ impl Daemon {
             } else {
                 self.release_lane_pipe(l);
             }
-            if consumed > t.total() {
+            // A full lane dropped the newest bytes, or made room by
+            // dropping its oldest.
+            if self.relay.lanes()[l].policy() != WhenFull::Block {
                 self.note_drops_of_sink(k);
             }
         }
@@ -250,6 +252,8 @@ impl Daemon {
             let (took, consumed) = self.splice_one(source, l, k, target, budget)?;
             return Some((vec![took], consumed));
         }
+        // Fan-out consumes the source into /dev/null.
+        self.dev_null.as_ref()?;
         // tee needs to know how much there is: it cannot start a later copy
         // where an earlier one stopped.
         // A `drop-oldest` lane keeps at most its buffer of them, the
