@@ -718,8 +718,14 @@ impl Relay {
     /// the source by the difference; one that took less drops the rest,
     /// which only a full `drop-newest` lane may (the caller consumes no more
     /// than every other lane took).
-    pub fn spliced(&mut self, source: SourceId, lanes: &[LaneId], took: &[Took], consumed: usize) {
-        for (&l, &t) in lanes.iter().zip(took) {
+    pub fn spliced(
+        &mut self,
+        source: SourceId,
+        lanes: impl IntoIterator<Item = LaneId>,
+        took: &[Took],
+        consumed: usize,
+    ) {
+        for (l, &t) in lanes.into_iter().zip(took) {
             let lane = &mut self.lanes[l];
             let sent = t.sent.min(consumed);
             let piped = t.piped.min(consumed - sent);
@@ -1445,7 +1451,7 @@ mod tests {
             "an idle sink takes bytes directly"
         );
         // The sink took 2 bytes, the pipe the next 3.
-        relay.spliced(0, &[0], &[Took { sent: 2, piped: 3 }], 5);
+        relay.spliced(0, [0], &[Took { sent: 2, piped: 3 }], 5);
         pipes.0[0].extend(b"cde");
         assert_eq!(relay.lanes()[0].held(), 3);
         assert_eq!(relay.read_budget(0, 1000), 97, "piped bytes use the buffer");
@@ -1474,7 +1480,7 @@ mod tests {
         // 4 were consumed from the source.
         relay.spliced(
             0,
-            &[0, 1],
+            [0, 1],
             &[Took { sent: 4, piped: 0 }, Took { sent: 0, piped: 6 }],
             4,
         );
@@ -1507,7 +1513,7 @@ mod tests {
         let mut outs = [b"abcdefghij".to_vec(), b"abcd".to_vec()];
         relay.spliced(
             0,
-            &[0, 1],
+            [0, 1],
             &[Took { sent: 10, piped: 0 }, Took { sent: 4, piped: 0 }],
             4,
         );
@@ -1534,7 +1540,7 @@ mod tests {
         let mut relay = Relay::new(&routes, 2, 2);
         relay.spliced(
             0,
-            &[0, 1],
+            [0, 1],
             &[
                 Took {
                     sent: 0,
@@ -1561,7 +1567,7 @@ mod tests {
         let mut relay = Relay::new(&[route(&[0], &[0, 1], 100, WhenFull::Block)], 1, 2);
         relay.spliced(
             0,
-            &[0, 1],
+            [0, 1],
             &[Took { sent: 5, piped: 0 }, Took { sent: 1, piped: 3 }],
             2,
         );
@@ -1586,7 +1592,7 @@ mod tests {
         let mut pipes = Pipes(vec![Vec::new(), Vec::new()]);
         relay.ingest(1, b"xyz", |_, _| 0);
         assert_eq!(relay.zero_copy_lanes(0), Some(vec![(0, 0, Target::Pipe)]));
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 3 }], 3);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 3 }], 3);
         pipes.0[0].extend(b"abc");
         relay.ingest(1, b"XYZ", |_, _| panic!("the sink is busy"));
         let mut out = Vec::new();
@@ -1606,7 +1612,7 @@ mod tests {
             ..route(&[0], &[0], 100, WhenFull::Block)
         };
         let mut relay = Relay::new(&[spec], 1, 1);
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 4 }], 4);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 4 }], 4);
         assert!(relay.source_ended(0));
         assert!(!relay.end_due(0));
         assert_eq!(relay.pipe_lost(0), 4);
@@ -1620,13 +1626,13 @@ mod tests {
     #[test]
     fn piped_bytes_are_dropped_counted_moved_to_memory_or_lost() {
         let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block)], 1, 1);
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 5 }], 5);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 5 }], 5);
         relay.ingest(0, b"fg", |_, _| 0);
         assert_eq!(relay.discard(0), 7);
         assert_eq!(relay.lanes()[0].stats().dropped, 7);
         check_identity(&relay);
         // A reload reads the pipe back: its bytes come first, in memory.
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 3 }], 3);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 3 }], 3);
         relay.ingest(0, b"de", |_, _| 0);
         relay.unpiped(0, b"abc");
         assert!(!relay.may_pipe(0));
@@ -1636,11 +1642,11 @@ mod tests {
         assert_eq!(out, b"abcde");
         // A pipe that gave back only part: the rest is counted as dropped.
         let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block)], 1, 1);
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 4 }], 4);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 4 }], 4);
         relay.unpiped(0, b"ab");
         assert_eq!(relay.lanes()[0].stats().dropped, 2);
         check_identity(&relay);
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 0 }], 0);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 0 }], 0);
         assert_eq!(relay.pipe_lost(0), 0);
     }
 
@@ -1652,12 +1658,12 @@ mod tests {
         };
         let mut relay = Relay::new(&[spec], 1, 1);
         let mut pipes = Pipes(vec![b"abc".to_vec()]);
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 3 }], 3);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 3 }], 3);
         assert!(relay.source_ended(0));
         assert!(!relay.end_due(0), "three bytes come first");
         assert_eq!(relay.pending(0), Some((0, Out::Piped(3))));
         // The next session's bytes may go into the pipe, behind the end.
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 2 }], 2);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 2 }], 2);
         pipes.0[0].extend(b"de");
         assert_eq!(
             relay.pending(0),
@@ -1694,7 +1700,7 @@ mod tests {
     fn a_drop_oldest_lane_drops_from_the_front_of_its_pipe() {
         let mut relay = Relay::new(&[route(&[0], &[0], 10, WhenFull::DropOldest)], 1, 1);
         let mut pipes = Pipes(vec![Vec::new()]);
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 8 }], 8);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 8 }], 8);
         pipes.0[0].extend(b"01234567");
         // Room for 6 more: the 4 oldest go.
         assert_eq!(relay.make_room(0, 6), 4);
@@ -1702,7 +1708,7 @@ mod tests {
         assert_eq!(relay.lanes()[0].in_pipe(), 8);
         pipes.0[0].drain(..4);
         relay.let_go(0, 4);
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 6 }], 6);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 6 }], 6);
         pipes.0[0].extend(b"abcdef");
         check_identity(&relay);
         // A copy behind the pipe pushes out the oldest again, from the pipe.
@@ -1720,7 +1726,7 @@ mod tests {
     #[test]
     fn unpiping_skips_the_dropped_front() {
         let mut relay = Relay::new(&[route(&[0], &[0], 4, WhenFull::DropOldest)], 1, 1);
-        relay.spliced(0, &[0], &[Took { sent: 0, piped: 4 }], 4);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 4 }], 4);
         relay.make_room(0, 2);
         relay.unpiped(0, b"0123");
         assert_eq!(relay.lanes()[0].unwanted(), 0);
@@ -1738,7 +1744,7 @@ mod tests {
         // buffer), and the other 6 are dropped for it.
         relay.spliced(
             0,
-            &[0, 1],
+            [0, 1],
             &[Took { sent: 16, piped: 0 }, Took { sent: 0, piped: 10 }],
             16,
         );

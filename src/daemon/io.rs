@@ -10,6 +10,32 @@ use crate::relay::{Out, Target, Took};
 const SPLICE_FLAGS: SpliceFFlags =
     SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
 
+/// Lets the first `n` bytes waiting in the pipe `from` go, into /dev/null
+/// (`null`), or read into `scratch` and forgotten without it; returns how
+/// many went.
+pub(super) fn let_go(
+    null: Option<&OwnedFd>,
+    scratch: &mut [u8],
+    from: BorrowedFd<'_>,
+    n: usize,
+) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    if let Some(null) = null {
+        return splice(from, None, null, None, n, SPLICE_FLAGS).unwrap_or(0);
+    }
+    let mut gone = 0;
+    while gone < n {
+        let want = (n - gone).min(scratch.len());
+        match nix::unistd::read(from, &mut scratch[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(got) => gone += got,
+        }
+    }
+    gone
+}
+
 impl Daemon {
     pub(super) fn watch_source(&mut self, s: SourceId) {
         let source = &mut self.sources[s];
@@ -220,8 +246,8 @@ impl Daemon {
         let moved = self.splice_plan(source.as_fd(), plan, budget);
         self.sources[s].fd = Some(source);
         let (took, consumed) = moved?;
-        let lanes: Vec<LaneId> = plan.iter().map(|&(l, _, _)| l).collect();
-        self.relay.spliced(s, &lanes, &took, consumed);
+        let lanes = plan.iter().map(|&(l, _, _)| l);
+        self.relay.spliced(s, lanes, &took, consumed);
         for (&(l, k, _), t) in plan.iter().zip(&took) {
             if t.piped > 0 {
                 self.start_flush(k);
@@ -252,8 +278,6 @@ impl Daemon {
             let (took, consumed) = self.splice_one(source, l, k, target, budget)?;
             return Some((vec![took], consumed));
         }
-        // Fan-out consumes the source into /dev/null.
-        self.dev_null.as_ref()?;
         // tee needs to know how much there is: it cannot start a later copy
         // where an earlier one stopped.
         // A `drop-oldest` lane keeps at most its buffer of them, the
@@ -274,10 +298,7 @@ impl Daemon {
             took.push(t);
             covered = covered.min(lane_covered);
         }
-        let consumed = match (&self.dev_null, covered) {
-            (_, 0) | (None, _) => 0,
-            (Some(null), n) => splice(source, None, null, None, n, SPLICE_FLAGS).unwrap_or(0),
-        };
+        let consumed = let_go(self.dev_null.as_ref(), &mut self.scratch, source, covered);
         Some((took, consumed))
     }
 
@@ -324,11 +345,15 @@ impl Daemon {
             0
         };
         let drops = self.relay.lanes()[l].policy() == WhenFull::DropNewest;
-        let dropped = match &self.dev_null {
-            Some(null) if drops && piped == room && len > piped => {
-                splice(source, None, null, None, len - piped, SPLICE_FLAGS).unwrap_or(0)
-            }
-            _ => 0,
+        let dropped = if drops && piped == room && len > piped {
+            let_go(
+                self.dev_null.as_ref(),
+                &mut self.scratch,
+                source,
+                len - piped,
+            )
+        } else {
+            0
         };
         let took = Took { sent: 0, piped };
         (took.total() + dropped > 0).then_some((took, piped + dropped))
@@ -375,11 +400,8 @@ impl Daemon {
         // the sink already has too, and lets them go at once.
         let teed = tee(lane_pipe.write.as_fd(), want);
         let again = teed.min(sent);
-        let let_go = |n| match &self.dev_null {
-            Some(null) => splice(&lane_pipe.read, None, null, None, n, SPLICE_FLAGS).unwrap_or(0),
-            None => 0,
-        };
-        if again > 0 && let_go(again) != again {
+        let reader = lane_pipe.read.as_fd();
+        if again > 0 && let_go(self.dev_null.as_ref(), &mut self.scratch, reader, again) != again {
             // What is left in it is not known: it goes, with its bytes.
             self.lane_pipe_failed(k, l);
             return (Took { sent, piped: 0 }, sent);

@@ -189,29 +189,14 @@ impl Daemon {
         if unwanted == 0 {
             return true;
         }
-        let gone = match (self.lane_pipes.get(lane), &self.dev_null) {
-            (Some(pipe), Some(null)) => nix::fcntl::splice(
-                &pipe.read,
-                None,
-                null,
-                None,
+        let gone = match self.lane_pipes.get(lane) {
+            Some(pipe) => io::let_go(
+                self.dev_null.as_ref(),
+                &mut self.scratch,
+                pipe.read.as_fd(),
                 unwanted,
-                nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK,
-            )
-            .unwrap_or(0),
-            // No /dev/null: read them away.
-            (Some(pipe), None) => {
-                let mut gone = 0;
-                while gone < unwanted {
-                    let want = (unwanted - gone).min(self.scratch.len());
-                    match nix::unistd::read(pipe.read.as_fd(), &mut self.scratch[..want]) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => gone += n,
-                    }
-                }
-                gone
-            }
-            (None, _) => 0,
+            ),
+            None => 0,
         };
         self.relay.let_go(lane, gone);
         if gone < unwanted {
