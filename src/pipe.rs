@@ -115,6 +115,22 @@ pub fn unlimited() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN | 1 << CAP_SYS_RESOURCE) != 0)
 }
 
+/// The kernel's page, the unit of its pipe accounting.
+pub const PAGE: usize = 4096;
+
+/// A quarter of this user's pipe budget (`fs.pipe-user-pages-soft`), in
+/// bytes, or `None` when the kernel does not hold this process to it. The
+/// kernel counts every pipe's capacity against its user and, past the
+/// budget, gives that user's new pipes two pages only: fifod's FIFOs may
+/// take one such share, and the pipes that hold its lanes' bytes another.
+pub fn budget_share() -> Option<usize> {
+    let soft_pages = fs_limit("pipe-user-pages-soft").unwrap_or(0);
+    if soft_pages == 0 || unlimited() {
+        return None;
+    }
+    Some(soft_pages.saturating_mul(PAGE) / 4)
+}
+
 /// A number from `/proc/sys/fs/`, such as `pipe-max-size`.
 pub fn fs_limit(name: &str) -> Option<usize> {
     std::fs::read_to_string(format!("/proc/sys/fs/{name}"))

@@ -82,8 +82,6 @@ pub struct Lane {
     lines: bool,
     /// The first held line has been partly written.
     mid_line: bool,
-    /// The lane may hold its bytes in a pipe (a byte route).
-    pipe_ok: bool,
     /// Bytes of the source's coming stream that `tee` already put into the
     /// sink (`ahead_sent`) and, after those, into the lane's pipe
     /// (`ahead_piped`): when they are consumed from the source, this lane
@@ -460,7 +458,6 @@ impl Relay {
                     policy: route.when_full,
                     lines: route.max_line.is_some(),
                     mid_line: false,
-                    pipe_ok: route.max_line.is_none(),
                     ahead_sent: 0,
                     ahead_piped: 0,
                     ahead_from: 0,
@@ -672,7 +669,7 @@ impl Relay {
                         .all(|&o| self.lanes[o].is_idle());
                 let target = if sink_idle {
                     Target::Sink
-                } else if lane.pipe_ok && lane.held.is_empty() {
+                } else if !lane.lines && lane.held.is_empty() {
                     Target::Pipe
                 } else {
                     return None;
@@ -706,10 +703,11 @@ impl Relay {
         lane.unwanted -= n.min(lane.unwanted);
     }
 
-    /// Whether `lane` may hold bytes in a pipe now, behind what it holds.
+    /// Whether `lane` may hold bytes in a pipe now, behind what it holds
+    /// (byte lanes only: a line lane's bytes are looked at).
     pub fn may_pipe(&self, lane: LaneId) -> bool {
         let lane = &self.lanes[lane];
-        lane.pipe_ok && lane.held.is_empty() && lane.ahead() == 0
+        !lane.lines && lane.held.is_empty() && lane.ahead() == 0
     }
 
     /// Records a zero-copy transfer: `took[i]` says where the coming bytes
@@ -1646,8 +1644,15 @@ mod tests {
         relay.unpiped(0, b"ab");
         assert_eq!(relay.lanes()[0].stats().dropped, 2);
         check_identity(&relay);
-        relay.spliced(0, [0], &[Took { sent: 0, piped: 0 }], 0);
-        assert_eq!(relay.pipe_lost(0), 0);
+        // A pipe that is lost: what it held is dropped; what it had ahead
+        // of the source is still in the source and comes again.
+        let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block)], 1, 1);
+        relay.spliced(0, [0], &[Took { sent: 0, piped: 5 }], 3);
+        assert_eq!(relay.pipe_lost(0), 3);
+        assert_eq!(relay.lanes()[0].stats().dropped, 3);
+        assert_eq!(relay.ahead_of(0), 0);
+        assert_eq!(relay.lanes()[0].in_pipe(), 0);
+        check_identity(&relay);
     }
 
     #[test]

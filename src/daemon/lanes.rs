@@ -8,10 +8,8 @@ use crate::pipe::PrivatePipe;
 
 /// Empty pipes kept for the next lane that needs one.
 const SPARE_MAX: usize = 8;
-/// The kernel's page, the unit of its pipe accounting.
-const PAGE: usize = 4096;
 /// What a new pipe has unless asked for more (16 pages).
-const DEFAULT_PIPE: usize = 16 * PAGE;
+const DEFAULT_PIPE: usize = 16 * pipe::PAGE;
 
 #[derive(Debug)]
 pub(super) struct LanePipes {
@@ -19,11 +17,8 @@ pub(super) struct LanePipes {
     spare: Vec<PrivatePipe>,
     /// Capacity of every pipe here, in use or spare.
     total: usize,
-    /// How much capacity they may have in all. The kernel counts every
-    /// pipe's capacity against its user (`fs.pipe-user-pages-soft`) and,
-    /// past that, gives the user's new pipes two pages only: without the
-    /// privilege to ignore that budget, lanes take at most a quarter of it,
-    /// and hold the rest of their bytes in memory.
+    /// How much capacity they may have in all (`pipe::budget_share`):
+    /// past it, lanes hold the rest of their bytes in memory.
     budget: usize,
     /// The largest pipe to ask for (`fs.pipe-max-size`).
     max_size: usize,
@@ -33,12 +28,7 @@ pub(super) struct LanePipes {
 
 impl LanePipes {
     pub(super) fn new(lanes: usize) -> LanePipes {
-        let soft_pages = pipe::fs_limit("pipe-user-pages-soft").unwrap_or(0);
-        let budget = if soft_pages == 0 || pipe::unlimited() {
-            usize::MAX
-        } else {
-            soft_pages.saturating_mul(PAGE) / 4
-        };
+        let budget = pipe::budget_share().unwrap_or(usize::MAX);
         LanePipes {
             by_lane: (0..lanes).map(|_| None).collect(),
             spare: Vec::new(),

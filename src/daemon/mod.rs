@@ -632,18 +632,15 @@ impl Daemon {
     }
 
     /// Without `pipe_size`: `AUTO_PIPE_SIZE` (at most `fs.pipe-max-size`)
-    /// where the user's pipe budget has room for it. The kernel counts every
-    /// pipe's capacity against its user and, past `fs.pipe-user-pages-soft`,
-    /// gives that user's new pipes two pages only; without the privilege to
-    /// ignore that, the FIFOs may take a quarter of it in all (the lanes'
-    /// pipes another quarter), else they keep the kernel's size.
+    /// where the FIFOs' share of the user's pipe budget has room for it
+    /// (`pipe::budget_share`), else the kernel's size.
     fn auto_pipe_size(&self) -> Option<Size> {
         let size =
             pipe::fs_limit("pipe-max-size").map_or(AUTO_PIPE_SIZE, |max| max.min(AUTO_PIPE_SIZE));
         let fifos = self.footprint.fifos.iter().filter(|f| !f.passed).count();
-        let soft_pages = pipe::fs_limit("pipe-user-pages-soft").unwrap_or(0);
-        let share = soft_pages.saturating_mul(4096) / 4;
-        if soft_pages > 0 && fifos.saturating_mul(size) > share && !pipe::unlimited() {
+        if let Some(share) = pipe::budget_share()
+            && fifos.saturating_mul(size) > share
+        {
             info!(
                 "FIFOs keep the kernel's pipe size: {fifos} at {} KiB would take more than a \
                  quarter of this user's pipe budget (fs.pipe-user-pages-soft); pipe_size sets it",

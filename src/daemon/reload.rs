@@ -921,8 +921,11 @@ impl Daemon {
     /// read them) count as taken.
     fn settle(&mut self, s: SourceId) {
         let mut interrupted = 0;
-        while self.relay.ahead_of(s) > 0 {
+        loop {
             let need = self.relay.ahead_of(s);
+            if need == 0 {
+                return;
+            }
             if self.take_from(s, need.min(READ_CHUNK)) > 0 {
                 continue;
             }
