@@ -14,11 +14,25 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
+/// An endpoint's slot in the daemon's tables, and the generation of the
+/// slot when the endpoint was registered: an event whose generation the
+/// slot no longer has is for an endpoint that is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub index: u32,
+    pub generation: u32,
+}
+
+/// Generations wrap within this mask (24 bits of the epoll token): an
+/// event would have to sit in one batch while its slot is emptied 16
+/// million times to be taken for the wrong endpoint.
+pub const GENERATION_MASK: u32 = 0x00ff_ffff;
+
 /// What a registered fd stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
-    Source(usize),
-    Sink(usize),
+    Source(SlotKey),
+    Sink(SlotKey),
     /// The control socket's listener.
     Control,
     /// A control connection being answered.
@@ -47,6 +61,11 @@ pub enum Event {
     },
 }
 
+// An epoll token: the kind in the top 8 bits, a generation in the next 24,
+// an index in the low 32.
+const KIND_SHIFT: u32 = 56;
+const GENERATION_SHIFT: u32 = 32;
+
 const KIND_SIGNAL: u64 = 0;
 const KIND_SOURCE: u64 = 1;
 const KIND_SINK: u64 = 2;
@@ -54,23 +73,33 @@ const KIND_CONTROL: u64 = 3;
 const KIND_CLIENT: u64 = 4;
 const KIND_DIRS: u64 = 5;
 
+fn encode_key(kind: u64, key: SlotKey) -> u64 {
+    (kind << KIND_SHIFT)
+        | (u64::from(key.generation & GENERATION_MASK) << GENERATION_SHIFT)
+        | u64::from(key.index)
+}
+
 fn encode(token: Token) -> u64 {
     match token {
-        Token::Source(i) => (KIND_SOURCE << 32) | i as u64,
-        Token::Sink(i) => (KIND_SINK << 32) | i as u64,
-        Token::Control => KIND_CONTROL << 32,
-        Token::Client(i) => (KIND_CLIENT << 32) | i as u64,
-        Token::Dirs => KIND_DIRS << 32,
+        Token::Source(key) => encode_key(KIND_SOURCE, key),
+        Token::Sink(key) => encode_key(KIND_SINK, key),
+        Token::Control => KIND_CONTROL << KIND_SHIFT,
+        Token::Client(i) => (KIND_CLIENT << KIND_SHIFT) | i as u64,
+        Token::Dirs => KIND_DIRS << KIND_SHIFT,
     }
 }
 
 fn decode(data: u64) -> Option<Token> {
-    let index = (data & 0xffff_ffff) as usize;
-    match data >> 32 {
-        KIND_SOURCE => Some(Token::Source(index)),
-        KIND_SINK => Some(Token::Sink(index)),
+    let index = (data & 0xffff_ffff) as u32;
+    let key = SlotKey {
+        index,
+        generation: ((data >> GENERATION_SHIFT) as u32) & GENERATION_MASK,
+    };
+    match data >> KIND_SHIFT {
+        KIND_SOURCE => Some(Token::Source(key)),
+        KIND_SINK => Some(Token::Sink(key)),
         KIND_CONTROL => Some(Token::Control),
-        KIND_CLIENT => Some(Token::Client(index)),
+        KIND_CLIENT => Some(Token::Client(index as usize)),
         KIND_DIRS => Some(Token::Dirs),
         _ => None,
     }
@@ -101,7 +130,7 @@ impl EventLoop {
             read_end.set_nonblocking(true)?;
             write_end.set_nonblocking(true)?;
             signal_hook::low_level::pipe::register(signal, write_end)?;
-            let data = (KIND_SIGNAL << 32) | index as u64;
+            let data = (KIND_SIGNAL << KIND_SHIFT) | index as u64;
             epoll.add(&read_end, EpollEvent::new(EpollFlags::EPOLLIN, data))?;
             pipes.push((signal, read_end));
         }
@@ -146,7 +175,7 @@ impl EventLoop {
             let data = event.data();
             let index = (data & 0xffff_ffff) as usize;
             let got = event.events();
-            match data >> 32 {
+            match data >> KIND_SHIFT {
                 KIND_SIGNAL => {
                     if let Some((signal, pipe)) = self.signals.get(index) {
                         // Clear the pipe first, then act (signal-hook's rule):
@@ -168,5 +197,30 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_survive_encoding_with_their_generation() {
+        let key = SlotKey {
+            index: 4_000_000_000,
+            generation: GENERATION_MASK,
+        };
+        for token in [
+            Token::Source(key),
+            Token::Sink(SlotKey {
+                index: 3,
+                generation: 7,
+            }),
+            Token::Control,
+            Token::Client(12),
+            Token::Dirs,
+        ] {
+            assert_eq!(decode(encode(token)), Some(token));
+        }
     }
 }

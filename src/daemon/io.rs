@@ -38,15 +38,13 @@ pub(super) fn let_go(
 
 impl Daemon {
     pub(super) fn watch_source(&mut self, s: SourceId) {
+        let token = Token::Source(self.sources.key(s));
         let source = &mut self.sources[s];
         if source.watched || source.paused {
             return;
         }
         if let Some(fd) = &source.fd {
-            match self
-                .events
-                .add(fd.as_fd(), Token::Source(s), Interest::Read)
-            {
+            match self.events.add(fd.as_fd(), token, Interest::Read) {
                 Ok(()) => source.watched = true,
                 Err(e) => error!("{}: cannot watch: {e}", source.name),
             }
@@ -89,6 +87,7 @@ impl Daemon {
     }
 
     pub(super) fn set_sink_watched(&mut self, k: SinkId, watched: bool) {
+        let token = Token::Sink(self.sinks.key(k));
         let sink = &mut self.sinks[k];
         let Some(fd) = &sink.fd else {
             sink.watched = false;
@@ -98,7 +97,7 @@ impl Daemon {
             return;
         }
         let result = if watched {
-            self.events.add(fd.as_fd(), Token::Sink(k), Interest::Write)
+            self.events.add(fd.as_fd(), token, Interest::Write)
         } else {
             self.events.remove(fd.as_fd())
         };

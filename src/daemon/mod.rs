@@ -37,7 +37,10 @@ mod lanes;
 mod processes;
 mod reload;
 mod shutdown;
+mod slots;
 mod status;
+
+use slots::Slots;
 
 /// Largest single read from a source.
 const READ_CHUNK: usize = 128 * 1024;
@@ -223,8 +226,10 @@ pub struct Daemon {
     relay: Relay,
     /// The pipes in which byte routes' lanes hold their bytes.
     lane_pipes: lanes::LanePipes,
-    sources: Vec<Source>,
-    sinks: Vec<Sink>,
+    /// Every endpoint in a slot it keeps while it lives (`slots`): the
+    /// relay and epoll know it by that index.
+    sources: Slots<Source>,
+    sinks: Slots<Sink>,
     children: Vec<Supervised>,
     ends: Vec<ProcessEnds>,
     drop_logs: Vec<DropLog>,
@@ -570,8 +575,8 @@ impl Daemon {
             events,
             lane_pipes: lanes::LanePipes::new(relay.lanes().len()),
             relay,
-            sources,
-            sinks,
+            sources: Slots::from_values(sources),
+            sinks: Slots::from_values(sinks),
             children,
             ends,
             drop_logs,
@@ -611,11 +616,11 @@ impl Daemon {
         // A FIFO systemd passed has the size its socket unit gave it
         // (`PipeSize=`), unless the config asks for one.
         let ours = |fifo: usize| asked || !self.footprint.fifos[fifo].passed;
-        let source_fds = self.sources.iter().filter_map(|s| match s.kind {
+        let source_fds = self.sources.values().filter_map(|s| match s.kind {
             SourceKind::Fifo { fifo, .. } if ours(fifo) => Some((&s.name, s.fd.as_ref())),
             _ => None,
         });
-        let sink_fds = self.sinks.iter().filter_map(|k| match k.kind {
+        let sink_fds = self.sinks.values().filter_map(|k| match k.kind {
             SinkKind::Fifo(fifo) if ours(fifo) => Some((&k.name, k.fd.as_ref())),
             _ => None,
         });
@@ -652,7 +657,7 @@ impl Daemon {
     }
 
     fn start_all(&mut self) {
-        for s in 0..self.sources.len() {
+        for s in self.sources.ids() {
             self.watch_source(s);
         }
         if let Some(control) = &self.control
@@ -711,14 +716,24 @@ impl Daemon {
             Event::Signal(libc::SIGHUP) => self.reload(),
             Event::Signal(libc::SIGCHLD) => self.on_children_exited(),
             Event::Signal(signal) => self.on_stop_signal(signal),
+            // An event for an endpoint that went away or was replaced since
+            // the batch was read names a generation its slot no longer has.
             Event::Ready {
-                token: Token::Source(s),
+                token: Token::Source(key),
                 ..
-            } => self.read_source(s),
+            } => {
+                if let Some(s) = self.sources.live(key) {
+                    self.read_source(s);
+                }
+            }
             Event::Ready {
-                token: Token::Sink(k),
+                token: Token::Sink(key),
                 ..
-            } => self.flush(k),
+            } => {
+                if let Some(k) = self.sinks.live(key) {
+                    self.flush(k);
+                }
+            }
             Event::Ready {
                 token: Token::Control,
                 ..

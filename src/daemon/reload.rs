@@ -12,6 +12,7 @@
 //! its path until its reader has what fifod held for it (or
 //! `shutdown_timeout`), a removed or changed process gets SIGTERM.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
@@ -50,7 +51,7 @@ impl Stopped {
 
 /// What an endpoint is across configs: a FIFO by its path (renaming it
 /// keeps its node and its bytes), a process stream by the process's name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
     Fifo(PathBuf),
     Stdout(String),
@@ -82,44 +83,51 @@ fn sink_key(kind: SinkKind, config: &Config) -> Key {
     }
 }
 
-fn source_ref_key(r: &SourceRef, config: &Config) -> Key {
+/// Each FIFO's path by its name, for one config.
+type Paths<'a> = HashMap<&'a str, &'a Path>;
+
+fn fifo_paths(config: &Config) -> Paths<'_> {
+    config
+        .fifos
+        .iter()
+        .map(|f| (f.name.as_str(), f.path.as_path()))
+        .collect()
+}
+
+fn fifo_path(name: &str, paths: &Paths<'_>) -> PathBuf {
+    paths.get(name).map(|p| p.to_path_buf()).unwrap_or_default()
+}
+
+fn source_ref_key(r: &SourceRef, paths: &Paths<'_>) -> Key {
     match r {
-        SourceRef::Fifo(name) => Key::Fifo(fifo_path(name, config)),
+        SourceRef::Fifo(name) => Key::Fifo(fifo_path(name, paths)),
         SourceRef::Process(name) => Key::Stdout(name.clone()),
         SourceRef::Stderr(name) => Key::Stderr(name.clone()),
         SourceRef::Stdin => Key::OwnStdin,
     }
 }
 
-fn sink_ref_key(r: &SinkRef, config: &Config) -> Key {
+fn sink_ref_key(r: &SinkRef, paths: &Paths<'_>) -> Key {
     match r {
-        SinkRef::Fifo(name) => Key::Fifo(fifo_path(name, config)),
+        SinkRef::Fifo(name) => Key::Fifo(fifo_path(name, paths)),
         SinkRef::Process(name) => Key::Stdin(name.clone()),
         SinkRef::Stdout => Key::OwnStdout,
     }
 }
 
-fn fifo_path(name: &str, config: &Config) -> PathBuf {
-    config
-        .fifos
-        .iter()
-        .find(|f| f.name == name)
-        .map(|f| f.path.clone())
-        .unwrap_or_default()
-}
-
 /// A route as sets of endpoint keys plus its framing: two configs have the
 /// same route when these are equal (buffer and policy may change).
-fn route_key(route: &config::RouteConfig, config: &Config) -> (Vec<Key>, Vec<Key>, bool) {
+type RouteKey = (Vec<Key>, Vec<Key>, bool);
+
+fn route_key(route: &config::RouteConfig, paths: &Paths<'_>) -> RouteKey {
     let mut from: Vec<Key> = route
         .from
         .iter()
-        .map(|r| source_ref_key(r, config))
+        .map(|r| source_ref_key(r, paths))
         .collect();
-    let mut to: Vec<Key> = route.to.iter().map(|r| sink_ref_key(r, config)).collect();
-    let order = |k: &Key| format!("{k:?}");
-    from.sort_by_key(order);
-    to.sort_by_key(order);
+    let mut to: Vec<Key> = route.to.iter().map(|r| sink_ref_key(r, paths)).collect();
+    from.sort();
+    to.sort();
     (from, to, route.framing == Framing::Lines)
 }
 
@@ -143,6 +151,10 @@ struct Next {
     tables: Tables,
     /// Indexed like the running config's FIFOs: its path no longer names it.
     vanished: Vec<bool>,
+    /// The running FIFOs still at their path, by path.
+    running_at: HashMap<PathBuf, usize>,
+    /// Processes that keep running through the reload, by name.
+    kept_processes: HashSet<String>,
     /// The footprint's FIFOs for `config`, in its order: the new ones from
     /// the start, the kept ones as `take_kept_fifos` finds them; handed
     /// over (and emptied) by `open_new_fds`.
@@ -162,9 +174,15 @@ struct Next {
     /// Retiring outputs brought back (`take_kept_fifos`), and what they
     /// still had to write; turned into `given_back` by `carry_sinks`.
     reclaimed: Vec<(usize, Vec<u8>)>,
-    /// For each old source and sink, the same one in `tables`.
+    /// For each old source and sink (by slot), the same one in `tables`
+    /// (by its place there until `place`, by slot after).
     source_map: Vec<Option<SourceId>>,
     sink_map: Vec<Option<SinkId>>,
+    /// Endpoints of `tables` that are the old ones, fd and epoll
+    /// registration included, and keep their slot: (place in `tables`,
+    /// slot).
+    kept_sources: Vec<(usize, SourceId)>,
+    kept_sinks: Vec<(usize, SinkId)>,
     /// Bytes to hold again, first in line, for sinks of `tables`; given to
     /// the new relay by `carry_relay`.
     given_back: Vec<(SinkId, Vec<u8>)>,
@@ -174,9 +192,9 @@ impl Next {
     fn new(
         config: Config,
         vanished: Vec<bool>,
+        running_at: HashMap<PathBuf, usize>,
         made: Vec<Made>,
-        sources: usize,
-        sinks: usize,
+        (sources, sinks): (usize, usize),
     ) -> Next {
         let tables = Tables::new(&config);
         let (fifos, changes): (Vec<_>, Vec<_>) = made
@@ -187,6 +205,8 @@ impl Next {
             config,
             tables,
             vanished,
+            running_at,
+            kept_processes: HashSet::new(),
             fifos,
             children: Vec::new(),
             to_start: Vec::new(),
@@ -196,16 +216,15 @@ impl Next {
             reclaimed: Vec::new(),
             source_map: vec![None; sources],
             sink_map: vec![None; sinks],
+            kept_sources: Vec::new(),
+            kept_sinks: Vec::new(),
             given_back: Vec::new(),
         }
     }
 
     /// Whether process `name` keeps running through the reload.
     fn kept_process(&self, name: &str) -> bool {
-        self.children
-            .iter()
-            .enumerate()
-            .any(|(c, child)| child.name() == name && !self.to_start.contains(&c))
+        self.kept_processes.contains(name)
     }
 }
 
@@ -244,35 +263,43 @@ impl Daemon {
     /// Applies `new` in place of the running config. Fails, changing
     /// nothing, if it changes what cannot change while running or a FIFO it
     /// adds cannot be made.
+    ///
+    /// Endpoints that stay keep their slot, their fd and their epoll
+    /// registration; only those that come or go are touched, so an event
+    /// already read for one of them is still for the same endpoint (and
+    /// one for an endpoint that went is dropped by its generation).
     fn apply(&mut self, new: Config) -> Result<(), String> {
         let Some(vanished) = self.check_new(&new)? else {
             info!("the config did not change");
             return Ok(());
         };
+        let running_at: HashMap<PathBuf, usize> = self
+            .config
+            .fifos
+            .iter()
+            .enumerate()
+            .filter(|&(o, _)| !vanished[o])
+            .map(|(o, f)| (f.path.clone(), o))
+            .collect();
         // The only step that can fail, first: nothing has changed yet.
-        let fifos = self.make_new_fifos(&new, &vanished)?;
+        let fifos = self.make_new_fifos(&new, &vanished, &running_at)?;
         // From here on nothing fails: faults are logged and the reload goes on.
         self.flush_drop_logs();
-        let mut next = Next::new(new, vanished, fifos, self.sources.len(), self.sinks.len());
+        let slots = (self.sources.slot_count(), self.sinks.slot_count());
+        let mut next = Next::new(new, vanished, running_at, fifos, slots);
         self.plan_processes(&mut next);
         // Before anything moves: no sink may be ahead of its source, and the
         // streams that are not carried over are read one last time.
-        for s in 0..self.sources.len() {
+        for s in self.sources.ids() {
             self.settle(s);
         }
         // Lanes are numbered anew: what their pipes hold moves to memory.
         self.unpipe_lanes();
-        for s in 0..self.sources.len() {
-            if !self.source_stays(s, &next) {
+        let staying = self.staying_sources(&next);
+        for s in self.sources.ids() {
+            if !staying.contains(&s) {
                 self.read_what_is_queued(s);
             }
-        }
-        // Nothing may stay registered under an old index.
-        for s in 0..self.sources.len() {
-            self.unwatch_source(s);
-        }
-        for k in 0..self.sinks.len() {
-            self.set_sink_watched(k, false);
         }
         let mut old_fifos: Vec<Option<ManagedFifo>> = std::mem::take(&mut self.footprint.fifos)
             .into_iter()
@@ -287,15 +314,16 @@ impl Daemon {
         self.carry_sources(&mut next);
         self.carry_sinks(&mut next);
         self.detach_vanished(&mut next);
+        self.unwatch_leaving(&next);
         let fifos = self.open_new_fds(&mut next);
+        let removed_sinks = self.place(&mut next);
         let (relay, leftovers) = self.carry_relay(&mut next);
-        self.retire_removed(&mut next, old_fifos, leftovers);
+        self.retire_removed(&mut next, old_fifos, leftovers, removed_sinks);
         self.stop_replaced(&mut next);
-        // Spare FIFO fds close here; the old tables (with the pipes of the
-        // processes that stop) when they are replaced below.
+        // Spare FIFO fds close here, once the new ones are open.
         next.spare.clear();
 
-        // Swap in the new tables and start what is new.
+        // Swap in the rest and start what is new.
         self.footprint.fifos = fifos;
         // Drops carried over were logged already (just above, at the latest).
         self.drop_logs = relay
@@ -308,8 +336,6 @@ impl Daemon {
             .collect();
         self.lane_pipes.renumber(relay.lanes().len());
         self.relay = relay;
-        self.sources = next.tables.sources;
-        self.sinks = next.tables.sinks;
         self.ends = next.tables.ends;
         self.children = next.children;
         self.config = next.config;
@@ -317,10 +343,10 @@ impl Daemon {
         for change in &next.changes {
             info!("reload: {change}");
         }
-        for s in 0..self.sources.len() {
+        for s in self.sources.ids() {
             self.watch_source(s);
         }
-        for k in 0..self.sinks.len() {
+        for k in self.sinks.ids() {
             self.flush(k);
         }
         for c in next.to_start {
@@ -328,6 +354,72 @@ impl Daemon {
         }
         self.watch_dirs();
         Ok(())
+    }
+
+    /// Old endpoints that do not keep their slot stop being watched: their
+    /// fds go (or move to a new endpoint's slot, under a new generation).
+    fn unwatch_leaving(&mut self, next: &Next) {
+        let mut kept = vec![false; self.sources.slot_count()];
+        for &(_, s) in &next.kept_sources {
+            kept[s] = true;
+        }
+        for s in self.sources.ids() {
+            if !kept[s] {
+                self.unwatch_source(s);
+            }
+        }
+        let mut kept = vec![false; self.sinks.slot_count()];
+        for &(_, k) in &next.kept_sinks {
+            kept[k] = true;
+        }
+        for k in self.sinks.ids() {
+            if !kept[k] {
+                self.set_sink_watched(k, false);
+            }
+        }
+    }
+
+    /// Puts `next`'s endpoints into the tables: those carried over in
+    /// their own slots, new ones in free slots; every old one that is not
+    /// carried leaves its slot. From here on `next` speaks of slots.
+    /// Returns the sinks that left, by their old slot.
+    fn place(&mut self, next: &mut Next) -> Vec<(SinkId, Sink)> {
+        let mut keep = vec![None; next.tables.sources.len()];
+        for &(n, s) in &next.kept_sources {
+            keep[n] = Some(s);
+        }
+        let sources = std::mem::take(&mut next.tables.sources);
+        let at_source = self.sources.replace_all(sources, &keep).at;
+        let mut keep = vec![None; next.tables.sinks.len()];
+        for &(n, k) in &next.kept_sinks {
+            keep[n] = Some(k);
+        }
+        let sinks = std::mem::take(&mut next.tables.sinks);
+        let placed = self.sinks.replace_all(sinks, &keep);
+        let at_sink = placed.at;
+        for route in &mut next.tables.routes {
+            for s in &mut route.sources {
+                *s = at_source[*s];
+            }
+            for k in &mut route.sinks {
+                *k = at_sink[*k];
+            }
+        }
+        for ends in &mut next.tables.ends {
+            ends.stdin = ends.stdin.map(|n| at_sink[n]);
+            ends.stdout = ends.stdout.map(|n| at_source[n]);
+            ends.stderr = ends.stderr.map(|n| at_source[n]);
+        }
+        for n in next.source_map.iter_mut().flatten() {
+            *n = at_source[*n];
+        }
+        for n in next.sink_map.iter_mut().flatten() {
+            *n = at_sink[*n];
+        }
+        for (n, _) in &mut next.given_back {
+            *n = at_sink[*n];
+        }
+        placed.removed
     }
 
     /// What `new` must not change, and whether anything changed: `None` if
@@ -372,24 +464,35 @@ impl Daemon {
         Ok(Some(vanished))
     }
 
-    /// The running FIFO still at `path`, if any.
-    fn kept_at(&self, path: &Path, vanished: &[bool]) -> Option<usize> {
-        (0..self.config.fifos.len()).find(|&o| self.config.fifos[o].path == path && !vanished[o])
-    }
-
     /// Makes the FIFOs `new` adds (and those that vanished), in its order;
     /// `None` where a running or retiring FIFO is taken over. On a failure,
     /// removes what it made.
-    fn make_new_fifos(&mut self, new: &Config, vanished: &[bool]) -> Result<Vec<Made>, String> {
+    fn make_new_fifos(
+        &mut self,
+        new: &Config,
+        vanished: &[bool],
+        running_at: &HashMap<PathBuf, usize>,
+    ) -> Result<Vec<Made>, String> {
+        let retiring: HashSet<&Path> = self
+            .retiring
+            .iter()
+            .map(|r| r.fifo.path.as_path())
+            .collect();
+        let made_again: HashSet<&Path> = self
+            .config
+            .fifos
+            .iter()
+            .zip(vanished)
+            .filter(|&(_, &gone)| gone)
+            .map(|(f, _)| f.path.as_path())
+            .collect();
         let mut fifos = Vec::new();
         for spec in &new.fifos {
-            let retiring = self.retiring.iter().any(|r| r.fifo.path == spec.path);
-            if self.kept_at(&spec.path, vanished).is_some() || retiring {
+            if running_at.contains_key(&spec.path) || retiring.contains(spec.path.as_path()) {
                 fifos.push(None);
                 continue;
             }
-            let again =
-                (0..vanished.len()).any(|o| vanished[o] && self.config.fifos[o].path == spec.path);
+            let again = made_again.contains(spec.path.as_path());
             match self.footprint.make_fifo(&new.daemon, spec) {
                 Ok(fifo) => {
                     let change = if again {
@@ -421,13 +524,15 @@ impl Daemon {
             .into_iter()
             .map(Some)
             .collect();
+        let by_name: HashMap<&str, usize> = self
+            .config
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(o, old): (usize, &ProcessConfig)| (old.name.as_str(), o))
+            .collect();
         for (c, spec) in next.config.processes.iter().enumerate() {
-            let same = self
-                .config
-                .processes
-                .iter()
-                .position(|old: &ProcessConfig| old.name == spec.name);
-            match same {
+            match by_name.get(spec.name.as_str()).copied() {
                 Some(o)
                     if self.config.processes[o] == *spec
                         && wiring(&self.ends[o]) == wiring(&next.tables.ends[c]) =>
@@ -435,6 +540,7 @@ impl Daemon {
                     let child = old[o].take();
                     next.children
                         .push(child.unwrap_or_else(|| Supervised::new(spec.clone())));
+                    next.kept_processes.insert(spec.name.clone());
                     continue;
                 }
                 Some(_) => next.changes.push(format!(
@@ -462,18 +568,25 @@ impl Daemon {
         }
     }
 
-    /// Whether old source `s` will be read on: carried over, or (a FIFO
+    /// The old sources that will be read on: carried over, or (a FIFO
     /// someone removed) detached. Any other is read one last time.
-    fn source_stays(&self, s: SourceId, next: &Next) -> bool {
-        let key = source_key(self.sources[s].kind, &self.config);
-        let named = next
+    fn staying_sources(&self, next: &Next) -> HashSet<SourceId> {
+        let named: HashSet<Key> = next
             .tables
             .sources
             .iter()
-            .any(|n| source_key(n.kind, &next.config) == key);
-        let vanished =
-            matches!(self.sources[s].kind, SourceKind::Fifo { fifo, .. } if next.vanished[fifo]);
-        named && (vanished || self.same_stream(s, next))
+            .map(|n| source_key(n.kind, &next.config))
+            .collect();
+        self.sources
+            .iter()
+            .filter(|&(s, source)| {
+                let vanished =
+                    matches!(source.kind, SourceKind::Fifo { fifo, .. } if next.vanished[fifo]);
+                named.contains(&source_key(source.kind, &self.config))
+                    && (vanished || self.same_stream(s, next))
+            })
+            .map(|(s, _)| s)
+            .collect()
     }
 
     /// The FIFOs `next` keeps, with their mode and owner set as it says: a
@@ -484,9 +597,10 @@ impl Daemon {
                 continue;
             }
             let spec = &next.config.fifos[i];
-            next.fifos[i] = self
-                .kept_at(&spec.path, &next.vanished)
-                .and_then(|o| old_fifos[o].take());
+            next.fifos[i] = next
+                .running_at
+                .get(&spec.path)
+                .and_then(|&o| old_fifos[o].take());
             let retiring = self.retiring.iter().position(|r| r.fifo.path == spec.path);
             if next.fifos[i].is_none()
                 && let Some(r) = retiring
@@ -517,9 +631,11 @@ impl Daemon {
     /// Sources of `next` take over the fd, counters and line in progress
     /// of the same stream in the running tables.
     fn carry_sources(&mut self, next: &mut Next) {
-        let old: HashMap<Key, SourceId> = (0..self.sources.len())
-            .filter(|&s| self.same_stream(s, next))
-            .map(|s| (source_key(self.sources[s].kind, &self.config), s))
+        let old: HashMap<Key, SourceId> = self
+            .sources
+            .iter()
+            .filter(|&(s, _)| self.same_stream(s, next))
+            .map(|(s, source)| (source_key(source.kind, &self.config), s))
             .collect();
         for n in 0..next.tables.sources.len() {
             let kind = next.tables.sources[n].kind;
@@ -534,20 +650,26 @@ impl Daemon {
             {
                 continue;
             }
+            // The same stream keeps its slot, and its epoll registration
+            // with it (it is watched again only if it was paused).
             let source = &mut self.sources[s];
             let into = &mut next.tables.sources[n];
             into.fd = source.fd.take();
+            into.watched = source.watched;
             into.bytes = source.bytes;
             into.partial = std::mem::take(&mut source.partial);
             next.source_map[s] = Some(n);
+            next.kept_sources.push((n, s));
         }
     }
 
     /// Sinks of `next` take over the same sink's state; its fd too, unless
     /// its process starts anew or its FIFO was made again.
     fn carry_sinks(&mut self, next: &mut Next) {
-        let old: HashMap<Key, SinkId> = (0..self.sinks.len())
-            .map(|k| (sink_key(self.sinks[k].kind, &self.config), k))
+        let old: HashMap<Key, SinkId> = self
+            .sinks
+            .iter()
+            .map(|(k, sink)| (sink_key(sink.kind, &self.config), k))
             .collect();
         for n in 0..next.tables.sinks.len() {
             let key = sink_key(next.tables.sinks[n].kind, &next.config);
@@ -566,8 +688,12 @@ impl Daemon {
             let sink = &mut self.sinks[k];
             let into = &mut next.tables.sinks[n];
             into.intake = sink.intake;
-            if process_kept && same_pipe {
+            // A sink whose fd stays (or that has none) keeps its slot and
+            // its epoll registration.
+            if (process_kept && same_pipe) || sink.fd.is_none() {
                 into.fd = sink.fd.take();
+                into.watched = sink.watched;
+                next.kept_sinks.push((n, k));
             }
             if same_pipe {
                 into.keep_alive = sink.keep_alive.take();
@@ -600,52 +726,58 @@ impl Daemon {
     /// Bytes written into the node of an output someone removed, and not
     /// read, are taken back to go to the FIFO made again.
     fn detach_vanished(&mut self, next: &mut Next) {
-        for (s, old) in self.sources.iter().enumerate() {
+        if !next.vanished.contains(&true) {
+            return;
+        }
+        let new_inputs: HashMap<&Path, (usize, usize)> = next
+            .tables
+            .sources
+            .iter()
+            .enumerate()
+            .filter_map(|(n, new_source)| match new_source.kind {
+                SourceKind::Fifo { fifo, .. } => {
+                    Some((next.config.fifos[fifo].path.as_path(), (n, fifo)))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut detached = Vec::new();
+        for (s, old) in self.sources.iter() {
             let SourceKind::Fifo { fifo: o, .. } = old.kind else {
                 continue;
             };
             let Some(fd) = old.fd.as_ref().filter(|_| next.vanished[o]) else {
                 continue;
             };
-            let path = &self.config.fifos[o].path;
-            let made_again = next
-                .tables
-                .sources
-                .iter()
-                .enumerate()
-                .find_map(|(n, new_source)| match new_source.kind {
-                    SourceKind::Fifo { fifo, .. } if next.config.fifos[fifo].path == *path => {
-                        Some((n, fifo))
-                    }
-                    _ => None,
-                });
-            let Some((n, i)) = made_again else {
+            let path = self.config.fifos[o].path.as_path();
+            let Some(&(n, i)) = new_inputs.get(path) else {
                 continue;
             };
             match reopen_read_only(fd.as_fd()) {
-                Ok(detached) => {
-                    let id = next.tables.sources.len();
-                    let mut source = Source::new(
-                        SourceKind::Detached { fifo: i },
-                        format!("{} (removed node)", next.config.fifos[i].name),
-                    );
-                    source.fd = Some(detached);
-                    next.tables.sources.push(source);
-                    for route in &mut next.tables.routes {
-                        if route.sources.contains(&n) {
-                            route.sources.push(id);
-                        }
-                    }
-                    next.source_map[s] = Some(id);
-                }
+                Ok(fd) => detached.push((s, n, i, fd)),
                 Err(e) => warn!(
                     "fifo {}: cannot go on reading its removed node: {e}",
                     old.name
                 ),
             }
         }
-        for (sink, &n) in self.sinks.iter().zip(&next.sink_map) {
-            let (SinkKind::Fifo(o), Some(n)) = (sink.kind, n) else {
+        for (s, n, i, fd) in detached {
+            let id = next.tables.sources.len();
+            let mut source = Source::new(
+                SourceKind::Detached { fifo: i },
+                format!("{} (removed node)", next.config.fifos[i].name),
+            );
+            source.fd = Some(fd);
+            next.tables.sources.push(source);
+            for route in &mut next.tables.routes {
+                if route.sources.contains(&n) {
+                    route.sources.push(id);
+                }
+            }
+            next.source_map[s] = Some(id);
+        }
+        for (k, sink) in self.sinks.iter() {
+            let (SinkKind::Fifo(o), Some(n)) = (sink.kind, next.sink_map[k]) else {
                 continue;
             };
             if !next.vanished[o] {
@@ -666,13 +798,13 @@ impl Daemon {
     /// FIFOs for `next`, in its order.
     fn open_new_fds(&mut self, next: &mut Next) -> Vec<ManagedFifo> {
         // Whatever fds the old tables still have on FIFOs are spare.
-        for source in &mut self.sources {
+        for source in self.sources.values_mut() {
             if let (SourceKind::Fifo { fifo, .. }, Some(fd)) = (source.kind, source.fd.take()) {
                 let path = self.config.fifos[fifo].path.clone();
                 next.spare.entry(path).or_default().push(fd);
             }
         }
-        for sink in &mut self.sinks {
+        for sink in self.sinks.values_mut() {
             if let SinkKind::Fifo(fifo) = sink.kind {
                 let path = &self.config.fifos[fifo].path;
                 let fds = next.spare.entry(path.clone()).or_default();
@@ -719,22 +851,20 @@ impl Daemon {
     /// (routes matched by their endpoints and framing), and the bytes held
     /// for sinks nothing feeds any more, by old sink.
     fn carry_relay(&mut self, next: &mut Next) -> (Relay, Vec<(SinkId, Vec<u8>)>) {
-        let new_routes: Vec<_> = next
+        // A route is matched once: the first of two identical routes of the
+        // running config takes it.
+        let new_paths = fifo_paths(&next.config);
+        let mut new_routes: HashMap<RouteKey, usize> = HashMap::new();
+        for (r, route) in next.config.routes.iter().enumerate().rev() {
+            new_routes.insert(route_key(route, &new_paths), r);
+        }
+        let old_paths = fifo_paths(&self.config);
+        let route_map: Vec<Option<usize>> = self
             .config
             .routes
             .iter()
-            .map(|r| route_key(r, &next.config))
+            .map(|route| new_routes.remove(&route_key(route, &old_paths)))
             .collect();
-        let mut route_map: Vec<Option<usize>> = Vec::new();
-        for route in &self.config.routes {
-            let key = route_key(route, &self.config);
-            let found = new_routes.iter().position(|k| *k == key);
-            if found.is_some_and(|r| route_map.contains(&Some(r))) {
-                route_map.push(None);
-            } else {
-                route_map.push(found);
-            }
-        }
         let kept = route_map.iter().flatten().count();
         let (old_count, new_count) = (self.config.routes.len(), next.config.routes.len());
         if kept != old_count || kept != new_count {
@@ -744,8 +874,8 @@ impl Daemon {
                 new_count - kept
             ));
         }
-        let tables = &next.tables;
-        let mut relay = Relay::new(&tables.routes, tables.sources.len(), tables.sinks.len());
+        let slots = (self.sources.slot_count(), self.sinks.slot_count());
+        let mut relay = Relay::new(&next.tables.routes, slots.0, slots.1);
         let old_relay = std::mem::replace(&mut self.relay, Relay::new(&[], 0, 0));
         let leftovers = relay.inherit(
             old_relay,
@@ -758,7 +888,7 @@ impl Daemon {
         for (n, bytes) in std::mem::take(&mut next.given_back) {
             info!(
                 "{}: {} bytes written but not read yet are held for it again, first in line",
-                tables.sinks[n].name,
+                self.sinks[n].name,
                 bytes.len()
             );
             relay.give_back(n, &bytes);
@@ -774,12 +904,21 @@ impl Daemon {
         next: &mut Next,
         old_fifos: Vec<Option<ManagedFifo>>,
         leftovers: Vec<(SinkId, Vec<u8>)>,
+        removed_sinks: Vec<(SinkId, Sink)>,
     ) {
         let timeout = next.config.daemon.shutdown_timeout;
         let deadline = Instant::now() + timeout;
+        let removed_sinks: HashMap<SinkId, Sink> = removed_sinks.into_iter().collect();
         let mut left_for: HashMap<Key, (String, Vec<u8>)> = HashMap::new();
         for (k, bytes) in leftovers {
-            let sink = &self.sinks[k];
+            // Bytes are left over only for sinks that left the tables.
+            let Some(sink) = removed_sinks.get(&k) else {
+                warn!(
+                    "{} held bytes for a sink no longer known are dropped",
+                    bytes.len()
+                );
+                continue;
+            };
             left_for
                 .entry(sink_key(sink.kind, &self.config))
                 .or_insert_with(|| (sink.name.clone(), Vec::new()))

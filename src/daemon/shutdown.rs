@@ -14,7 +14,7 @@ impl Daemon {
         for child in &self.children {
             consider(child.restart_at);
         }
-        for sink in &self.sinks {
+        for sink in self.sinks.values() {
             consider(sink.end_check.map(|(at, _)| at));
         }
         consider(self.control.as_ref().and_then(ControlServer::next_deadline));
@@ -39,8 +39,13 @@ impl Daemon {
                 self.log_drops(l, now);
             }
         }
-        for k in 0..self.sinks.len() {
-            if self.sinks[k].end_check.is_some_and(|(at, _)| at <= now) {
+        for k in 0..self.sinks.slot_count() {
+            if self
+                .sinks
+                .get(k)
+                .and_then(|sink| sink.end_check)
+                .is_some_and(|(at, _)| at <= now)
+            {
                 self.flush(k);
             }
         }
@@ -84,7 +89,7 @@ impl Daemon {
                 self.notifier
                     .stopping(&format!("stopping: draining (received {name})"));
                 // Take what writers already put in the inputs, and no more.
-                for s in 0..self.sources.len() {
+                for s in self.sources.ids() {
                     if matches!(
                         self.sources[s].kind,
                         SourceKind::Fifo { .. } | SourceKind::Stdin | SourceKind::Detached { .. }
@@ -130,7 +135,7 @@ impl Daemon {
             State::Draining { deadline } => {
                 // Every tick, offer what is held to sinks not waiting for
                 // writability: the drain must not depend on a wake-up.
-                for k in 0..self.sinks.len() {
+                for k in self.sinks.ids() {
                     let sink = &self.sinks[k];
                     if sink.intake == Intake::Open && !sink.watched && self.relay.held_for(k) > 0 {
                         self.flush(k);
@@ -138,7 +143,7 @@ impl Daemon {
                 }
                 // Writers that left a line unfinished get it delivered as
                 // it is, once their input is taken.
-                for s in 0..self.sources.len() {
+                for s in self.sources.ids() {
                     if matches!(
                         self.sources[s].kind,
                         SourceKind::Fifo { .. } | SourceKind::Stdin | SourceKind::Detached { .. }
@@ -258,9 +263,13 @@ impl Daemon {
 
     pub(super) fn drained(&self) -> bool {
         self.children.iter().all(|c| c.pid.is_none())
-            && (0..self.sources.len()).all(|s| self.source_finished(s))
+            && self
+                .sources
+                .ids()
+                .into_iter()
+                .all(|s| self.source_finished(s))
             && self.relay.held_total() == self.held_for_good()
-            && self.sinks.iter().all(|k| match (&k.kind, &k.fd) {
+            && self.sinks.values().all(|k| match (&k.kind, &k.fd) {
                 (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()) == 0,
                 _ => true,
             })
@@ -268,9 +277,10 @@ impl Daemon {
 
     /// Bytes held for sinks that will never take them.
     pub(super) fn held_for_good(&self) -> usize {
-        (0..self.sinks.len())
-            .filter(|&k| self.sinks[k].intake != Intake::Open)
-            .map(|k| self.relay.held_for(k))
+        self.sinks
+            .iter()
+            .filter(|(_, sink)| sink.intake != Intake::Open)
+            .map(|(k, _)| self.relay.held_for(k))
             .sum()
     }
 
@@ -289,7 +299,7 @@ impl Daemon {
         }
         self.remove_retiring();
         // Lines still in progress are held too: count them with the rest.
-        for s in 0..self.sources.len() {
+        for s in self.sources.ids() {
             self.relay.flush_lines_of(s);
         }
         for l in 0..self.relay.lanes().len() {
@@ -304,7 +314,7 @@ impl Daemon {
                 lane.held()
             );
         }
-        for (k, sink) in self.sinks.iter().enumerate() {
+        for (k, sink) in self.sinks.iter() {
             let held = self.relay.held_for(k);
             let unread = match (&sink.kind, sink.fd.as_ref().or(sink.keep_alive.as_ref())) {
                 (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()),
@@ -318,7 +328,7 @@ impl Daemon {
                 );
             }
         }
-        for source in &self.sources {
+        for source in self.sources.values() {
             let left = source
                 .fd
                 .as_ref()

@@ -78,17 +78,26 @@ impl Daemon {
         };
         let queued =
             |fd: Option<&OwnedFd>| fd.map_or(0, |fd| pipe::queued_bytes(fd.as_fd()) as u64);
+        let mut source_of_fifo = HashMap::new();
+        for source in self.sources.values() {
+            if let SourceKind::Fifo { fifo, .. } = source.kind {
+                source_of_fifo.insert(fifo, source);
+            }
+        }
+        let mut sink_of_fifo = HashMap::new();
+        for (k, sink) in self.sinks.iter() {
+            if let SinkKind::Fifo(fifo) = sink.kind {
+                sink_of_fifo.insert(fifo, k);
+            }
+        }
         let fifos = self
             .config
             .fifos
             .iter()
             .enumerate()
             .map(|(i, spec)| {
-                let source = self
-                    .sources
-                    .iter()
-                    .find(|s| matches!(s.kind, SourceKind::Fifo { fifo, .. } if fifo == i));
-                let sink = (0..self.sinks.len()).find(|&k| self.sinks[k].kind == SinkKind::Fifo(i));
+                let source = source_of_fifo.get(&i);
+                let sink = sink_of_fifo.get(&i).copied();
                 let (role, bytes, waiting) = match (source, sink) {
                     (Some(s), _) => ("input", s.bytes, queued(s.fd.as_ref())),
                     (None, Some(k)) => {
