@@ -1,0 +1,229 @@
+//! Relay::inherit (reload)
+
+use super::*;
+
+/// Everything pending for `sink`, as (lane, bytes) pieces in write order,
+/// `chunk` bytes at a time; stops at an end that is due.
+fn drain_by_lane(relay: &mut Relay, sink: SinkId, chunk: usize) -> Vec<(LaneId, Vec<u8>)> {
+    let mut pieces: Vec<(LaneId, Vec<u8>)> = Vec::new();
+    while let Some((lane, bytes)) = relay.pending_bytes(sink) {
+        let n = bytes.len().min(chunk);
+        match pieces.last_mut() {
+            Some((l, v)) if *l == lane => v.extend_from_slice(&bytes[..n]),
+            _ => pieces.push((lane, bytes[..n].to_vec())),
+        }
+        relay.delivered(lane, n);
+    }
+    pieces
+}
+
+#[test]
+fn inherit_keeps_an_end_that_drops_made_due() {
+    let spec = RouteSpec {
+        forward_eof: true,
+        ..route(&[0], &[0], 4, WhenFull::DropOldest)
+    };
+    let mut old = Relay::new(std::slice::from_ref(&spec), 1, 1);
+    old.ingest(0, b"ab", |_, _| 0);
+    assert!(old.source_ended(0));
+    // The next session pushes the end's bytes out: it is due, not lost.
+    old.ingest(0, b"cdef", |_, _| 0);
+    assert!(old.end_due(0));
+    let mut relay = Relay::new(&[spec], 1, 1);
+    relay.inherit(
+        old,
+        &RelayMap {
+            routes: &[Some(0)],
+            sources: &[Some(0)],
+            sinks: &[Some(0)],
+        },
+    );
+    assert!(relay.end_due(0));
+    relay.end_delivered(0);
+    let mut out = Vec::new();
+    drain(&mut relay, 0, &mut out, 10);
+    assert_eq!(out, b"cdef");
+    check_identity(&relay);
+}
+
+#[test]
+fn inherit_carries_an_unchanged_route_whole() {
+    // Old: one line route that forwards ends, source 0 -> sink 0.
+    let old_spec = RouteSpec {
+        forward_eof: true,
+        ..lines(&[0], &[0], 100, WhenFull::Block, 100)
+    };
+    let mut old = Relay::new(&[old_spec], 1, 1);
+    old.ingest(0, b"one\n", |_, _| 0);
+    assert!(old.source_ended(0));
+    old.ingest(0, b"two\nthr", |_, _| 0);
+    // Two bytes of "one\n" went out: the lane is mid-line, owning sink 0.
+    assert_eq!(old.pending_bytes(0), Some((0, &b"one\n"[..])));
+    old.delivered(0, 2);
+    let old_stats = old.lanes()[0].stats();
+    assert_eq!((old_stats.accepted, old_stats.delivered), (8, 2));
+
+    // New: another route first, and the same route at other indexes with
+    // a bigger buffer.
+    let carried = RouteSpec {
+        forward_eof: true,
+        ..lines(&[1], &[1], 4096, WhenFull::Block, 100)
+    };
+    let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block), carried], 2, 2);
+    let leftovers = relay.inherit(
+        old,
+        &RelayMap {
+            routes: &[Some(1)],
+            sources: &[Some(1)],
+            sinks: &[Some(1)],
+        },
+    );
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let lane = &relay.lanes()[1];
+    assert_eq!(lane.held(), 6, "e\\ntwo\\n");
+    assert_eq!(lane.stats(), old_stats, "counters carried as they were");
+    assert_eq!(lane.held_lines(), 2);
+    assert_eq!(relay.partial_bytes(1), 3, "the line in progress \"thr\"");
+    check_identity(&relay);
+    // The rest of the half-written line first, then the end, then the
+    // next session; the source's line in progress goes on where it was.
+    assert_eq!(relay.pending_bytes(1), Some((1, &b"e\n"[..])));
+    relay.delivered(1, 2);
+    assert!(relay.pending_bytes(1).is_none(), "nothing before the end");
+    assert!(relay.end_due(1));
+    relay.end_delivered(1);
+    relay.ingest(1, b"ee\n", |_, _| 0);
+    let mut out = Vec::new();
+    drain(&mut relay, 1, &mut out, 100);
+    assert_eq!(out, b"two\nthree\n");
+    assert!(!relay.end_pending(1));
+    let s = relay.lanes()[1].stats();
+    assert_eq!((s.accepted, s.delivered, s.lines_delivered), (14, 14, 3));
+    assert_eq!(relay.lanes()[0].stats(), LaneStats::default());
+    check_identity(&relay);
+}
+
+#[test]
+fn inherit_merges_a_changed_routes_bytes_into_the_lane_of_the_same_sink() {
+    // Old: two routes into sink 0, and one into sink 1.
+    let mut old = Relay::new(
+        &[
+            route(&[0], &[0], 100, WhenFull::Block),
+            route(&[1], &[0], 100, WhenFull::Block),
+            route(&[2], &[1], 100, WhenFull::Block),
+        ],
+        3,
+        2,
+    );
+    old.ingest(0, b"first", |_, _| 0);
+    old.ingest(1, b"second", |_, _| 0);
+    old.ingest(2, b"other", |_, _| 0);
+    let kept_stats = old.lanes()[2].stats();
+    // New: sources 0 and 1 merged into one route (a changed route), the
+    // third route unchanged but now listed first.
+    let mut relay = Relay::new(
+        &[
+            route(&[2], &[1], 100, WhenFull::Block),
+            route(&[0, 1, 3], &[0], 100, WhenFull::Block),
+        ],
+        4,
+        2,
+    );
+    let leftovers = relay.inherit(
+        old,
+        &RelayMap {
+            routes: &[None, None, Some(0)],
+            sources: &[Some(0), Some(1), Some(2)],
+            sinks: &[Some(0), Some(1)],
+        },
+    );
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Held bytes of both changed lanes, each in order, one after the other.
+    assert_eq!(
+        drain_by_lane(&mut relay, 0, 3),
+        [(1, b"firstsecond".to_vec())]
+    );
+    assert_eq!(drain_by_lane(&mut relay, 1, 100), [(0, b"other".to_vec())]);
+    // A changed route starts its counters over with what it inherited;
+    // an unchanged one keeps them.
+    let merged = relay.lanes()[1].stats();
+    assert_eq!((merged.accepted, merged.delivered), (11, 11));
+    let mut expected = kept_stats;
+    expected.delivered += 5;
+    assert_eq!(relay.lanes()[0].stats(), expected);
+    check_identity(&relay);
+    // The merged route goes on, with its new source too.
+    let mut offered = Vec::new();
+    relay.ingest(3, b"new", |sink, bytes| {
+        offered.push((sink, bytes.to_vec()));
+        bytes.len()
+    });
+    assert_eq!(offered, [(0, b"new".to_vec())]);
+    check_identity(&relay);
+}
+
+#[test]
+fn inherit_returns_bytes_for_a_sink_nothing_feeds_any_more() {
+    // Old: fan-out to sinks 0, 1 and 2, which none takes.
+    let mut old = Relay::new(&[route(&[0], &[0, 1, 2], 100, WhenFull::Block)], 1, 3);
+    old.ingest(0, b"data", |_, _| 0);
+    // New: sink 0 still fed; sink 1 gone from the config; sink 2 still
+    // there (as new sink 1) but in no route.
+    let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block)], 1, 2);
+    let mut leftovers = relay.inherit(
+        old,
+        &RelayMap {
+            routes: &[None],
+            sources: &[Some(0)],
+            sinks: &[Some(0), None, Some(1)],
+        },
+    );
+    leftovers.sort();
+    assert_eq!(leftovers, [(1, b"data".to_vec()), (2, b"data".to_vec())]);
+    assert_eq!(relay.held_total(), 4);
+    assert_eq!(drain_by_lane(&mut relay, 0, 100), [(0, b"data".to_vec())]);
+    check_identity(&relay);
+}
+
+#[test]
+fn inherit_puts_a_lane_mid_line_first() {
+    // Old: two line routes into sink 0; route 1's line is half written
+    // (its lane owns the sink) when route 0 holds a whole line.
+    let mut old = Relay::new(
+        &[
+            lines(&[0], &[0], 100, WhenFull::Block, 100),
+            lines(&[1], &[0], 100, WhenFull::Block, 100),
+        ],
+        2,
+        1,
+    );
+    old.ingest(1, b"BBBB\n", |_, bytes| {
+        assert_eq!(bytes, b"BBBB\n");
+        2
+    });
+    old.ingest(0, b"aaa\n", |_, _| panic!("the sink is mid-line"));
+    assert_eq!(old.pending_bytes(0), Some((1, &b"BB\n"[..])));
+    // New: both sources on one line route (changed), with a second sink.
+    let mut relay = Relay::new(&[lines(&[0, 1], &[0, 1], 100, WhenFull::Block, 100)], 2, 2);
+    let leftovers = relay.inherit(
+        old,
+        &RelayMap {
+            routes: &[None, None],
+            sources: &[Some(0), Some(1)],
+            sinks: &[Some(0)],
+        },
+    );
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The rest of the half-written line comes before anything else, and
+    // the sink stays its lane's until that line is complete.
+    assert_eq!(relay.pending_bytes(0), Some((0, &b"BB\naaa\n"[..])));
+    relay.delivered(0, 1);
+    relay.ingest(0, b"ccc\n", |sink, _| {
+        assert_eq!(sink, 1, "sink 0 is mid-line");
+        0
+    });
+    let mut out = b"BBB".to_vec();
+    drain(&mut relay, 0, &mut out, 1);
+    assert_eq!(out, b"BBBB\naaa\nccc\n");
+    check_identity(&relay);
+}

@@ -1,0 +1,143 @@
+//! Zero-copy bookkeeping: which lanes may take a source's bytes through
+//! `splice`/`tee`, what those transfers moved, and bytes that lanes got
+//! ahead of their source.
+
+use crate::config::WhenFull;
+
+use super::{Lane, LaneId, Relay, SinkId, SourceId, Target, Took};
+
+impl Relay {
+    /// The lanes `source` feeds and where each may take its bytes without
+    /// them passing through fifod (`splice`/`tee`), if every lane can: byte
+    /// routes only, none ahead of the source, and each lane either idle with
+    /// an idle sink (`Target::Sink`) or allowed a pipe with nothing of its
+    /// own in memory (`Target::Pipe`).
+    pub fn zero_copy_lanes(&self, source: SourceId) -> Option<Vec<(LaneId, SinkId, Target)>> {
+        let mut lanes = Vec::new();
+        for &(r, _) in &self.source_routes[source] {
+            let route = &self.routes[r];
+            if route.max_line.is_some() {
+                return None;
+            }
+            for &l in &route.lanes {
+                let lane = &self.lanes[l];
+                if lane.ahead() > 0 {
+                    return None;
+                }
+                let sink_idle = self.sink_owner[lane.sink].is_none()
+                    && self.sink_lanes[lane.sink]
+                        .iter()
+                        .all(|&o| self.lanes[o].is_idle());
+                let target = if sink_idle {
+                    Target::Sink
+                } else if !lane.lines && lane.held.is_empty() {
+                    Target::Pipe
+                } else {
+                    return None;
+                };
+                lanes.push((l, lane.sink, target));
+            }
+        }
+        (!lanes.is_empty()).then_some(lanes)
+    }
+
+    /// How many more bytes `lane` may hold.
+    pub fn room(&self, lane: LaneId) -> usize {
+        self.lanes[lane].free()
+    }
+
+    /// Makes room for `n` more bytes in a `drop-oldest` lane (at most its
+    /// buffer) by dropping its oldest; returns how many it dropped.
+    pub fn make_room(&mut self, lane: LaneId, n: usize) -> usize {
+        let lane = &mut self.lanes[lane];
+        let excess = n
+            .min(lane.capacity)
+            .saturating_sub(lane.free())
+            .min(lane.held());
+        lane.drop_front(excess);
+        excess
+    }
+
+    /// Records that the daemon let go of `n` unwanted bytes of `lane`'s pipe.
+    pub fn let_go(&mut self, lane: LaneId, n: usize) {
+        let lane = &mut self.lanes[lane];
+        lane.unwanted -= n.min(lane.unwanted);
+    }
+
+    /// Whether `lane` may hold bytes in a pipe now, behind what it holds
+    /// (byte lanes only: a line lane's bytes are looked at).
+    pub fn may_pipe(&self, lane: LaneId) -> bool {
+        let lane = &self.lanes[lane];
+        !lane.lines && lane.held.is_empty() && lane.ahead() == 0
+    }
+
+    /// Records a zero-copy transfer: `took[i]` says where the coming bytes
+    /// of the source went for `lanes[i]`, and `consumed` bytes were taken
+    /// from the source. A lane that took more than was consumed is ahead of
+    /// the source by the difference; one that took less drops the rest,
+    /// which only a full `drop-newest` lane may (the caller consumes no more
+    /// than every other lane took).
+    pub fn spliced(
+        &mut self,
+        source: SourceId,
+        lanes: impl IntoIterator<Item = LaneId>,
+        took: &[Took],
+        consumed: usize,
+    ) {
+        for (l, &t) in lanes.into_iter().zip(took) {
+            let lane = &mut self.lanes[l];
+            let sent = t.sent.min(consumed);
+            let piped = t.piped.min(consumed - sent);
+            let dropped = consumed - sent - piped;
+            debug_assert!(
+                dropped == 0 || lane.policy == WhenFull::DropNewest,
+                "a lane that may not drop took less than was consumed"
+            );
+            lane.stats.accepted += consumed as u64;
+            lane.stats.delivered += sent as u64;
+            lane.stats.dropped += dropped as u64;
+            lane.piped += piped;
+            lane.ahead_sent = t.sent - sent;
+            lane.ahead_piped = t.piped - piped;
+            lane.ahead_from = source;
+        }
+        for i in 0..self.source_routes[source].len() {
+            let (r, position) = self.source_routes[source][i];
+            self.routes[r].ended[position] = false;
+        }
+    }
+
+    /// The most bytes a `tee` put into one of `source`'s sinks or lane
+    /// pipes ahead of consuming them from the source.
+    pub fn ahead_of(&self, source: SourceId) -> usize {
+        self.source_routes[source]
+            .iter()
+            .flat_map(|&(r, _)| self.routes[r].lanes.iter())
+            .map(|&l| &self.lanes[l])
+            .filter(|lane| lane.ahead_from == source)
+            .map(Lane::ahead)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Counts what lanes got ahead of `source` as taken from it: its stream
+    /// will not be read for them (it was replaced or closed, or someone else
+    /// read those bytes), but they reached the sink or the lane's pipe.
+    pub fn commit_ahead(&mut self, source: SourceId) {
+        for i in 0..self.source_routes[source].len() {
+            let (r, _) = self.source_routes[source][i];
+            for &l in &self.routes[r].lanes {
+                let lane = &mut self.lanes[l];
+                if lane.ahead_from != source {
+                    continue;
+                }
+                let (sent, piped) = (lane.ahead_sent, lane.ahead_piped);
+                lane.stats.accepted += (sent + piped) as u64;
+                lane.stats.delivered += sent as u64;
+                lane.piped += piped;
+                lane.ahead_sent = 0;
+                lane.ahead_piped = 0;
+            }
+        }
+    }
+}
