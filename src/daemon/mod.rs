@@ -31,6 +31,7 @@ use crate::relay::{LaneId, Relay, RouteSpec, SinkId, SourceId};
 use crate::units::{Size, format_duration};
 use crate::watch::DirWatch;
 
+mod diff;
 mod drops;
 mod io;
 mod lanes;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
+use super::diff::{self, Diff, FifoPlan, Key};
 use super::*;
 use crate::config::{self, Environment, ProcessConfig};
 use crate::relay::RelayMap;
@@ -49,21 +50,6 @@ impl Stopped {
     }
 }
 
-/// What an endpoint is across configs: a FIFO by its path (renaming it
-/// keeps its node and its bytes), a process stream by the process's name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Key {
-    Fifo(PathBuf),
-    Stdout(String),
-    Stderr(String),
-    Log(String),
-    Stdin(String),
-    OwnStdin,
-    OwnStdout,
-    /// A detached node is never carried over a second time.
-    Detached(PathBuf),
-}
-
 fn source_key(kind: SourceKind, config: &Config) -> Key {
     match kind {
         SourceKind::Fifo { fifo, .. } => Key::Fifo(config.fifos[fifo].path.clone()),
@@ -83,62 +69,6 @@ fn sink_key(kind: SinkKind, config: &Config) -> Key {
     }
 }
 
-/// Each FIFO's path by its name, for one config.
-type Paths<'a> = HashMap<&'a str, &'a Path>;
-
-fn fifo_paths(config: &Config) -> Paths<'_> {
-    config
-        .fifos
-        .iter()
-        .map(|f| (f.name.as_str(), f.path.as_path()))
-        .collect()
-}
-
-fn fifo_path(name: &str, paths: &Paths<'_>) -> PathBuf {
-    paths.get(name).map(|p| p.to_path_buf()).unwrap_or_default()
-}
-
-fn source_ref_key(r: &SourceRef, paths: &Paths<'_>) -> Key {
-    match r {
-        SourceRef::Fifo(name) => Key::Fifo(fifo_path(name, paths)),
-        SourceRef::Process(name) => Key::Stdout(name.clone()),
-        SourceRef::Stderr(name) => Key::Stderr(name.clone()),
-        SourceRef::Stdin => Key::OwnStdin,
-    }
-}
-
-fn sink_ref_key(r: &SinkRef, paths: &Paths<'_>) -> Key {
-    match r {
-        SinkRef::Fifo(name) => Key::Fifo(fifo_path(name, paths)),
-        SinkRef::Process(name) => Key::Stdin(name.clone()),
-        SinkRef::Stdout => Key::OwnStdout,
-    }
-}
-
-/// A route as sets of endpoint keys plus its framing: two configs have the
-/// same route when these are equal (buffer and policy may change).
-type RouteKey = (Vec<Key>, Vec<Key>, bool);
-
-fn route_key(route: &config::RouteConfig, paths: &Paths<'_>) -> RouteKey {
-    let mut from: Vec<Key> = route
-        .from
-        .iter()
-        .map(|r| source_ref_key(r, paths))
-        .collect();
-    let mut to: Vec<Key> = route.to.iter().map(|r| sink_ref_key(r, paths)).collect();
-    from.sort();
-    to.sort();
-    (from, to, route.framing == Framing::Lines)
-}
-
-fn wiring(ends: &ProcessEnds) -> (bool, bool, bool) {
-    (
-        ends.stdin.is_some(),
-        ends.stdout.is_some(),
-        ends.stderr.is_some(),
-    )
-}
-
 /// For each FIFO of a new config: the FIFO made for it and what the log
 /// says of it, or nothing if a running or retiring one is taken over.
 type Made = Option<(ManagedFifo, String)>;
@@ -151,8 +81,8 @@ struct Next {
     tables: Tables,
     /// Indexed like the running config's FIFOs: its path no longer names it.
     vanished: Vec<bool>,
-    /// The running FIFOs still at their path, by path.
-    running_at: HashMap<PathBuf, usize>,
+    /// What the new config keeps, starts and stops.
+    diff: Diff,
     /// Processes that keep running through the reload, by name.
     kept_processes: HashSet<String>,
     /// The footprint's FIFOs for `config`, in its order: the new ones from
@@ -192,11 +122,12 @@ impl Next {
     fn new(
         config: Config,
         vanished: Vec<bool>,
-        running_at: HashMap<PathBuf, usize>,
+        diff: Diff,
         made: Vec<Made>,
         (sources, sinks): (usize, usize),
     ) -> Next {
         let tables = Tables::new(&config);
+        let kept_processes = diff.kept_processes(&config);
         let (fifos, changes): (Vec<_>, Vec<_>) = made
             .into_iter()
             .map(|m| m.map_or((None, None), |(fifo, change)| (Some(fifo), Some(change))))
@@ -205,8 +136,8 @@ impl Next {
             config,
             tables,
             vanished,
-            running_at,
-            kept_processes: HashSet::new(),
+            kept_processes,
+            diff,
             fifos,
             children: Vec::new(),
             to_start: Vec::new(),
@@ -273,20 +204,18 @@ impl Daemon {
             info!("the config did not change");
             return Ok(());
         };
-        let running_at: HashMap<PathBuf, usize> = self
-            .config
-            .fifos
+        let retiring: HashSet<&Path> = self
+            .retiring
             .iter()
-            .enumerate()
-            .filter(|&(o, _)| !vanished[o])
-            .map(|(o, f)| (f.path.clone(), o))
+            .map(|r| r.fifo.path.as_path())
             .collect();
+        let diff = diff::diff(&self.config, &new, &vanished, &retiring);
         // The only step that can fail, first: nothing has changed yet.
-        let fifos = self.make_new_fifos(&new, &vanished, &running_at)?;
+        let fifos = self.make_new_fifos(&new, &diff.fifos)?;
         // From here on nothing fails: faults are logged and the reload goes on.
         self.flush_drop_logs();
         let slots = (self.sources.slot_count(), self.sinks.slot_count());
-        let mut next = Next::new(new, vanished, running_at, fifos, slots);
+        let mut next = Next::new(new, vanished, diff, fifos, slots);
         self.plan_processes(&mut next);
         // Before anything moves: no sink may be ahead of its source, and the
         // streams that are not carried over are read one last time.
@@ -467,32 +396,13 @@ impl Daemon {
     /// Makes the FIFOs `new` adds (and those that vanished), in its order;
     /// `None` where a running or retiring FIFO is taken over. On a failure,
     /// removes what it made.
-    fn make_new_fifos(
-        &mut self,
-        new: &Config,
-        vanished: &[bool],
-        running_at: &HashMap<PathBuf, usize>,
-    ) -> Result<Vec<Made>, String> {
-        let retiring: HashSet<&Path> = self
-            .retiring
-            .iter()
-            .map(|r| r.fifo.path.as_path())
-            .collect();
-        let made_again: HashSet<&Path> = self
-            .config
-            .fifos
-            .iter()
-            .zip(vanished)
-            .filter(|&(_, &gone)| gone)
-            .map(|(f, _)| f.path.as_path())
-            .collect();
+    fn make_new_fifos(&mut self, new: &Config, plans: &[FifoPlan]) -> Result<Vec<Made>, String> {
         let mut fifos = Vec::new();
-        for spec in &new.fifos {
-            if running_at.contains_key(&spec.path) || retiring.contains(spec.path.as_path()) {
+        for (spec, &plan) in new.fifos.iter().zip(plans) {
+            let FifoPlan::Make { again } = plan else {
                 fifos.push(None);
                 continue;
-            }
-            let again = made_again.contains(spec.path.as_path());
+            };
             match self.footprint.make_fifo(&new.daemon, spec) {
                 Ok(fifo) => {
                     let change = if again {
@@ -524,31 +434,24 @@ impl Daemon {
             .into_iter()
             .map(Some)
             .collect();
-        let by_name: HashMap<&str, usize> = self
+        let known: HashSet<&str> = self
             .config
             .processes
             .iter()
-            .enumerate()
-            .map(|(o, old): (usize, &ProcessConfig)| (old.name.as_str(), o))
+            .map(|old: &ProcessConfig| old.name.as_str())
             .collect();
         for (c, spec) in next.config.processes.iter().enumerate() {
-            match by_name.get(spec.name.as_str()).copied() {
-                Some(o)
-                    if self.config.processes[o] == *spec
-                        && wiring(&self.ends[o]) == wiring(&next.tables.ends[c]) =>
-                {
-                    let child = old[o].take();
-                    next.children
-                        .push(child.unwrap_or_else(|| Supervised::new(spec.clone())));
-                    next.kept_processes.insert(spec.name.clone());
-                    continue;
-                }
-                Some(_) => next.changes.push(format!(
-                    "restarting process {} (its settings changed)",
-                    spec.name
-                )),
-                None => next.changes.push(format!("added process {}", spec.name)),
+            if let Some(o) = next.diff.processes[c] {
+                let child = old[o].take();
+                next.children
+                    .push(child.unwrap_or_else(|| Supervised::new(spec.clone())));
+                continue;
             }
+            next.changes.push(if known.contains(spec.name.as_str()) {
+                format!("restarting process {} (its settings changed)", spec.name)
+            } else {
+                format!("added process {}", spec.name)
+            });
             next.children.push(Supervised::new(spec.clone()));
             next.to_start.push(c);
         }
@@ -597,14 +500,13 @@ impl Daemon {
                 continue;
             }
             let spec = &next.config.fifos[i];
-            next.fifos[i] = next
-                .running_at
-                .get(&spec.path)
-                .and_then(|&o| old_fifos[o].take());
-            let retiring = self.retiring.iter().position(|r| r.fifo.path == spec.path);
-            if next.fifos[i].is_none()
-                && let Some(r) = retiring
-            {
+            if let FifoPlan::Keep(o) = next.diff.fifos[i] {
+                next.fifos[i] = old_fifos[o].take();
+            }
+            let retiring = (next.diff.fifos[i] == FifoPlan::Reclaim)
+                .then(|| self.retiring.iter().position(|r| r.fifo.path == spec.path))
+                .flatten();
+            if let Some(r) = retiring {
                 // What it still had to write goes first.
                 let r = self.retiring.swap_remove(r);
                 next.changes.push(format!(
@@ -634,22 +536,19 @@ impl Daemon {
         let old: HashMap<Key, SourceId> = self
             .sources
             .iter()
-            .filter(|&(s, _)| self.same_stream(s, next))
             .map(|(s, source)| (source_key(source.kind, &self.config), s))
             .collect();
         for n in 0..next.tables.sources.len() {
-            let kind = next.tables.sources[n].kind;
-            let Some(&s) = old.get(&source_key(kind, &next.config)) else {
-                continue;
-            };
-            // An input whose ends start or stop being forwarded is opened
-            // anew, the other way.
-            if let (SourceKind::Fifo { sessions: a, .. }, SourceKind::Fifo { sessions: b, .. }) =
-                (self.sources[s].kind, kind)
-                && a != b
-            {
+            // Not carried: a process that starts anew, a FIFO made again,
+            // an input whose ends start or stop being forwarded (opened
+            // anew, the other way).
+            let key = source_key(next.tables.sources[n].kind, &next.config);
+            if !next.diff.carried_sources.contains(&key) {
                 continue;
             }
+            let Some(&s) = old.get(&key) else {
+                continue;
+            };
             // The same stream keeps its slot, and its epoll registration
             // with it (it is watched again only if it was paused).
             let source = &mut self.sources[s];
@@ -851,20 +750,7 @@ impl Daemon {
     /// (routes matched by their endpoints and framing), and the bytes held
     /// for sinks nothing feeds any more, by old sink.
     fn carry_relay(&mut self, next: &mut Next) -> (Relay, Vec<(SinkId, Vec<u8>)>) {
-        // A route is matched once: the first of two identical routes of the
-        // running config takes it.
-        let new_paths = fifo_paths(&next.config);
-        let mut new_routes: HashMap<RouteKey, usize> = HashMap::new();
-        for (r, route) in next.config.routes.iter().enumerate().rev() {
-            new_routes.insert(route_key(route, &new_paths), r);
-        }
-        let old_paths = fifo_paths(&self.config);
-        let route_map: Vec<Option<usize>> = self
-            .config
-            .routes
-            .iter()
-            .map(|route| new_routes.remove(&route_key(route, &old_paths)))
-            .collect();
+        let route_map = &next.diff.routes;
         let kept = route_map.iter().flatten().count();
         let (old_count, new_count) = (self.config.routes.len(), next.config.routes.len());
         if kept != old_count || kept != new_count {
@@ -880,7 +766,7 @@ impl Daemon {
         let leftovers = relay.inherit(
             old_relay,
             &RelayMap {
-                routes: &route_map,
+                routes: route_map,
                 sources: &next.source_map,
                 sinks: &next.sink_map,
             },
