@@ -255,9 +255,7 @@ impl Daemon {
             }
             // A full lane dropped the newest bytes, or made room by
             // dropping its oldest.
-            if self.relay.lanes()[l].policy() != WhenFull::Block {
-                self.note_drops_of_sink(k);
-            }
+            self.note_drops_of_sink(k);
         }
         // Bytes some lanes took and others did not are read and held for
         // the others (and skipped for the rest) by the copying path.
@@ -279,14 +277,7 @@ impl Daemon {
         }
         // tee needs to know how much there is: it cannot start a later copy
         // where an earlier one stopped.
-        // A `drop-oldest` lane keeps at most its buffer of them, the
-        // oldest first: what comes after is taken the next time.
-        let n = plan
-            .iter()
-            .map(|&(l, _, _)| &self.relay.lanes()[l])
-            .filter(|lane| lane.policy() == WhenFull::DropOldest)
-            .map(|lane| lane.capacity())
-            .fold(budget.min(pipe::queued_bytes(source)), usize::min);
+        let n = self.relay.tee_len(plan, budget, pipe::queued_bytes(source));
         if n == 0 {
             return None;
         }
@@ -324,16 +315,14 @@ impl Daemon {
             }
         }
         // The sink is full, or holds bytes already: the lane's pipe takes
-        // them, as many as the lane has room for; a `drop-oldest` lane
-        // makes room for what is there.
-        if self.relay.lanes()[l].policy() == WhenFull::DropOldest {
-            let coming = len.min(pipe::queued_bytes(source));
-            self.relay.make_room(l, coming);
-            if !self.let_go_unwanted(k, l) {
-                return None;
-            }
+        // them, as many as the lane has room for (the relay says how much,
+        // a `drop-oldest` lane making room for what is there).
+        let room = self
+            .relay
+            .room_for(l, || len.min(pipe::queued_bytes(source)));
+        if !self.let_go_unwanted(k, l) {
+            return None;
         }
-        let room = self.relay.room(l);
         let piped = if room > 0 {
             let lane_pipe = self.lane_pipe(l)?;
             match splice(source, None, lane_pipe, None, len.min(room), SPLICE_FLAGS) {
@@ -343,17 +332,14 @@ impl Daemon {
         } else {
             0
         };
-        let drops = self.relay.lanes()[l].policy() == WhenFull::DropNewest;
-        let dropped = if drops && piped == room && len > piped {
-            let_go(
-                self.dev_null.as_ref(),
-                &mut self.scratch,
-                source,
-                len - piped,
-            )
-        } else {
-            0
-        };
+        // What the relay lets go for it (a full `drop-newest` lane's rest).
+        let consumable = self.relay.consumable(l, piped, room, len);
+        let dropped = let_go(
+            self.dev_null.as_ref(),
+            &mut self.scratch,
+            source,
+            consumable - piped,
+        );
         let took = Took { sent: 0, piped };
         (took.total() + dropped > 0).then_some((took, piped + dropped))
     }
@@ -378,15 +364,10 @@ impl Daemon {
             (Target::Sink, Some(fd)) => tee(fd.as_fd(), n),
             _ => 0,
         };
-        let policy = self.relay.lanes()[l].policy();
-        if policy == WhenFull::DropOldest && sent < n {
-            self.relay.make_room(l, n - sent);
-        }
-        let drops = policy == WhenFull::DropNewest;
-        let want = n.min(sent + self.relay.room(l));
-        let full = |taken: usize| if drops && taken == want { n } else { taken };
+        let want = n.min(sent + self.relay.room_for(l, || n - sent));
+        let full = |relay: &Relay, taken: usize| relay.consumable(l, taken, want, n);
         if sent == want {
-            return (Took { sent, piped: 0 }, full(sent));
+            return (Took { sent, piped: 0 }, full(&self.relay, sent));
         }
         // The pipe must hold nothing before the tee but what it keeps.
         if self.lane_pipe(l).is_none() || !self.let_go_unwanted(k, l) {
@@ -409,7 +390,7 @@ impl Daemon {
             sent,
             piped: teed - again,
         };
-        (took, full(took.total()))
+        (took, full(&self.relay, took.total()))
     }
 
     /// Flushes `k` now if it is not already waiting to be writable.

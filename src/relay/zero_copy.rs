@@ -48,7 +48,7 @@ impl Relay {
 
     /// Makes room for `n` more bytes in a `drop-oldest` lane (at most its
     /// buffer) by dropping its oldest; returns how many it dropped.
-    pub fn make_room(&mut self, lane: LaneId, n: usize) -> usize {
+    pub(super) fn make_room(&mut self, lane: LaneId, n: usize) -> usize {
         let lane = &mut self.lanes[lane];
         let excess = n
             .min(lane.capacity)
@@ -56,6 +56,48 @@ impl Relay {
             .min(lane.held());
         lane.drop_front(excess);
         excess
+    }
+
+    /// How many bytes `lane` may take into its pipe now, for a transfer of
+    /// up to `coming()` bytes: a `drop-oldest` lane first drops its oldest
+    /// to make room for them (what it drops from its pipe is then
+    /// unwanted), the others have the room they have. `coming` is asked
+    /// only where the policy needs it.
+    pub fn room_for(&mut self, lane: LaneId, coming: impl FnOnce() -> usize) -> usize {
+        if self.lanes[lane].policy == WhenFull::DropOldest {
+            self.make_room(lane, coming());
+        }
+        self.room(lane)
+    }
+
+    /// How many bytes a `tee` to `lanes` copies, of the `queued` in the
+    /// source, at most `budget`: a `drop-oldest` lane keeps at most its
+    /// buffer of them, the oldest first, and what comes after is taken
+    /// the next time.
+    pub fn tee_len(
+        &self,
+        lanes: &[(LaneId, SinkId, Target)],
+        budget: usize,
+        queued: usize,
+    ) -> usize {
+        lanes
+            .iter()
+            .map(|&(l, _, _)| &self.lanes[l])
+            .filter(|lane| lane.policy == WhenFull::DropOldest)
+            .map(|lane| lane.capacity)
+            .fold(budget.min(queued), usize::min)
+    }
+
+    /// Of `offered` bytes of the source, `lane` took `took` (into its sink
+    /// and its pipe) while it had room for `want`: how many may be
+    /// consumed from the source for it. Those it took; or all of them for
+    /// a full `drop-newest` lane, which drops the rest.
+    pub fn consumable(&self, lane: LaneId, took: usize, want: usize, offered: usize) -> usize {
+        if self.lanes[lane].policy == WhenFull::DropNewest && took == want {
+            offered
+        } else {
+            took
+        }
     }
 
     /// Records that the daemon let go of `n` unwanted bytes of `lane`'s pipe.
