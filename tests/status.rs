@@ -325,6 +325,19 @@ fn status_without_a_daemon_exits_3() {
 }
 
 #[test]
+fn status_with_an_invalid_file_and_no_daemon_reports_its_errors() {
+    let sb = Sandbox::new();
+    sb.write_raw_config("[daemon]\ndir = \"{RUN}\"\n\n[fifo.in]\nmode = \"999\"\n");
+    for json in [false, true] {
+        let out = status_of(&sb, json);
+        out.assert_code(1);
+        let first = format!("{}:5:8: fifo.in.mode: ", sb.config_path().display());
+        assert!(out.stderr.starts_with(&first), "{}", out.stderr);
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+    }
+}
+
+#[test]
 fn control_socket_is_private_while_running_and_removed_at_stop() {
     let sb = Sandbox::new();
     sb.write_config(IN_OUT);
