@@ -72,21 +72,45 @@ pub fn main() -> ExitCode {
 pub const EXIT_NOT_RUNNING: u8 = 3;
 
 fn status(path: &Path, json: bool) -> ExitCode {
-    let config = match config::load(path, &Environment::from_process()) {
-        Ok(config) => config,
+    let env = Environment::from_process();
+    // A file edited into an invalid one is what a failed reload leaves: the
+    // daemon still runs the config before it, and is asked where the
+    // `[daemon]` table says. If it does not answer there, the errors are
+    // what to report.
+    let (socket, invalid) = match config::load(path, &env) {
+        Ok(config) => (config.daemon.control, None),
+        Err(e @ LoadError::Invalid(_)) => match config::locate_control(path, &env) {
+            Some(socket) => (Some(socket), Some(e)),
+            None => {
+                report_load_error(&e);
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
         Err(e) => {
             report_load_error(&e);
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let Some(socket) = config.daemon.control else {
+    let Some(socket) = socket else {
         eprintln!(
             "{}: daemon.control is empty: the control socket is off",
             path.display()
         );
         return ExitCode::from(EXIT_FAILURE);
     };
-    match control::query(&socket, Duration::from_secs(5)) {
+    let answer = control::query(&socket, Duration::from_secs(5));
+    if let Some(e) = invalid {
+        if answer.is_err() {
+            report_load_error(&e);
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        eprintln!(
+            "fifod status: {} is invalid (`fifod check` lists its errors); \
+             the daemon runs the config it had before",
+            path.display()
+        );
+    }
+    match answer {
         Ok(answer) if json => match serde_json::to_string_pretty(&answer) {
             Ok(text) => {
                 println!("{text}");

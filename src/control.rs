@@ -29,9 +29,25 @@ pub struct Status {
     pub dir: String,
     /// `running`, `draining` or `stopping`.
     pub state: String,
+    /// The last reload's outcome; `None` before the first. Absent from a
+    /// daemon older than the field, hence the default.
+    #[serde(default)]
+    pub last_reload: Option<ReloadStatus>,
     pub fifos: Vec<FifoStatus>,
     pub processes: Vec<ProcessStatus>,
     pub routes: Vec<RouteStatus>,
+}
+
+/// How the last reload ended. A failed one stands until a reload succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// When it ended, in seconds since the Unix epoch.
+    pub at: u64,
+    pub ok: bool,
+    /// Why it failed: the first line of the config's errors (which names
+    /// file, line, column and key), or the reason it could not be applied;
+    /// `None` when it succeeded.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -297,6 +313,49 @@ fn human_duration(seconds: f64) -> String {
     }
 }
 
+/// `at` (seconds since the Unix epoch) in local time, such as
+/// `2024-05-01 14:03:27 CEST`.
+pub fn human_time(at: u64) -> String {
+    let fallback = || format!("{at} s after the epoch");
+    let Ok(t) = libc::time_t::try_from(at) else {
+        return fallback();
+    };
+    // SAFETY: `tm` is plain data, for which all zeroes is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r writes only
+    // through the second.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return fallback();
+    }
+    let mut text = [0u8; 64];
+    // SAFETY: strftime writes at most `text.len()` bytes into `text`, from a
+    // NUL-terminated format and a `tm` that localtime_r filled.
+    let n = unsafe {
+        libc::strftime(
+            text.as_mut_ptr().cast(),
+            text.len(),
+            c"%Y-%m-%d %H:%M:%S %Z".as_ptr(),
+            &tm,
+        )
+    };
+    if n == 0 {
+        return fallback();
+    }
+    String::from_utf8_lossy(&text[..n]).into_owned()
+}
+
+/// The line that says how the last reload ended.
+fn reload_line(last: &ReloadStatus) -> String {
+    let when = human_time(last.at);
+    match (&last.error, last.ok) {
+        (_, true) => format!("reloaded at {when}"),
+        (Some(why), false) => {
+            format!("reload failed at {when}: {why}; the running config stays in force")
+        }
+        (None, false) => format!("reload failed at {when}; the running config stays in force"),
+    }
+}
+
 /// Lays out rows as columns separated by two spaces.
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -334,6 +393,10 @@ pub fn render(status: &Status) -> String {
         human_duration(status.uptime_seconds),
         status.dir
     );
+    if let Some(last) = &status.last_reload {
+        out.push_str(&reload_line(last));
+        out.push('\n');
+    }
     if !status.fifos.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = status
@@ -433,6 +496,7 @@ mod tests {
             uptime_seconds: 3725.0,
             dir: "/run/fifod".into(),
             state: "running".into(),
+            last_reload: None,
             fifos: vec![FifoStatus {
                 name: "in".into(),
                 path: "/run/fifod/in".into(),
@@ -492,5 +556,89 @@ mod tests {
         let json = serde_json::to_string(&status).unwrap();
         let back: Status = serde_json::from_str(&json).unwrap();
         assert_eq!(back, status);
+    }
+
+    fn bare_status(last_reload: Option<ReloadStatus>) -> Status {
+        Status {
+            version: STATUS_VERSION,
+            pid: 42,
+            uptime_seconds: 5.0,
+            dir: "/run/fifod".into(),
+            state: "running".into(),
+            last_reload,
+            fifos: Vec::new(),
+            processes: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn render_says_how_the_last_reload_ended() {
+        let at = 1_714_567_890;
+        let when = human_time(at);
+        let failed = bare_status(Some(ReloadStatus {
+            at,
+            ok: false,
+            error: Some("f.toml:6:8: fifo.out.mode: invalid mode".into()),
+        }));
+        assert_eq!(
+            render(&failed),
+            format!(
+                "fifod pid 42, running for 5s, dir /run/fifod\n\
+                 reload failed at {when}: f.toml:6:8: fifo.out.mode: invalid mode; \
+                 the running config stays in force\n"
+            )
+        );
+        let ok = bare_status(Some(ReloadStatus {
+            at,
+            ok: true,
+            error: None,
+        }));
+        assert_eq!(
+            render(&ok),
+            format!("fifod pid 42, running for 5s, dir /run/fifod\nreloaded at {when}\n")
+        );
+        assert_eq!(
+            render(&bare_status(None)),
+            "fifod pid 42, running for 5s, dir /run/fifod\n"
+        );
+    }
+
+    #[test]
+    fn last_reload_is_null_before_a_reload_and_may_be_absent() {
+        let json = serde_json::to_value(bare_status(None)).unwrap();
+        assert_eq!(json["last_reload"], serde_json::Value::Null);
+        let failed = bare_status(Some(ReloadStatus {
+            at: 7,
+            ok: false,
+            error: Some("why".into()),
+        }));
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap()["last_reload"],
+            serde_json::json!({"at": 7, "ok": false, "error": "why"})
+        );
+        // A daemon from before the field answers without it.
+        let mut older = json;
+        older.as_object_mut().unwrap().remove("last_reload");
+        let back: Status = serde_json::from_value(older).unwrap();
+        assert_eq!(back, bare_status(None));
+    }
+
+    #[test]
+    fn human_time_is_a_date_and_a_time_of_day() {
+        let text = human_time(1_714_567_890);
+        let (date, rest) = text.split_at(10);
+        assert!(
+            date.starts_with("2024-05-01") || date.starts_with("2024-05-02"),
+            "{text}"
+        );
+        let time = rest.strip_prefix(' ').unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            time.len() >= 8
+                && time.as_bytes()[2] == b':'
+                && time.as_bytes()[5] == b':'
+                && time[..8].bytes().filter(u8::is_ascii_digit).count() == 6,
+            "{text}"
+        );
     }
 }

@@ -290,6 +290,100 @@ fn status_reports_what_a_live_daemon_relayed() {
     assert_eq!(d.stats(1, "out").delivered, 3500);
 }
 
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+/// The second line of the table, where it says how the last reload ended.
+fn reload_line(d: &Daemon) -> String {
+    let out = status_of(&d.sb, false);
+    out.assert_code(0);
+    out.stdout.lines().nth(1).unwrap_or_default().to_string()
+}
+
+#[test]
+fn status_shows_a_failed_reload_until_one_succeeds() {
+    let d = Daemon::start(IN_OUT);
+    let st = status_json(&d);
+    assert!(st["last_reload"].is_null(), "no reload yet: {st}");
+    assert_eq!(reload_line(&d), "", "no reload yet");
+
+    // A config error: the first one, with its file, line and column.
+    d.sb.write_raw_config(
+        "[daemon]\ndir = \"{RUN}\"\n\n[fifo.in]\n[fifo.out]\nmode = \"999\"\n\n\
+         [[route]]\nfrom = [\"in\"]\nto = [\"ouput\"]\n",
+    );
+    let before = unix_now();
+    d.reload().expect_err("an invalid config cannot be applied");
+    let after = unix_now();
+    let st = status_json(&d);
+    let last = &st["last_reload"];
+    assert_eq!(last["ok"], false, "{st}");
+    let at = num(last, "at");
+    assert!(
+        (before..=after).contains(&at),
+        "at {at}, not in {before}..={after}"
+    );
+    let error = text(last, "error");
+    let first = format!("{}:6:8: fifo.out.mode: ", d.sb.config_path().display());
+    assert!(error.starts_with(&first), "error {error:?}, not {first}...");
+    assert!(
+        !error.contains('\n') && !error.contains("ouput"),
+        "{error:?}"
+    );
+    let line = reload_line(&d);
+    assert!(
+        line.starts_with("reload failed at ") && line.contains(&format!(": {error}; ")),
+        "{line:?}"
+    );
+    // `fifod status` finds the daemon although the file is invalid now,
+    // and says so.
+    let out = status_of(&d.sb, false);
+    assert!(
+        out.stderr
+            .contains("is invalid (`fifod check` lists its errors)"),
+        "{}",
+        out.stderr
+    );
+
+    // A config that cannot be applied: its reason.
+    d.sb.write_config(&format!("[daemon]\ndir_mode = \"0700\"\n{IN_OUT}"));
+    d.reload().expect_err("daemon.dir_mode cannot change");
+    let st = status_json(&d);
+    let last = &st["last_reload"];
+    assert_eq!(last["ok"], false, "{st}");
+    assert!(num(last, "at") >= at, "{st}");
+    assert_eq!(
+        text(last, "error"),
+        "daemon.dir_mode cannot change while fifod runs; restart it",
+        "{st}"
+    );
+    assert!(reload_line(&d).contains(": daemon.dir_mode cannot change "));
+
+    // A reload that succeeds clears the failure.
+    let before = unix_now();
+    d.reload_ok(IN_OUT);
+    let after = unix_now();
+    let st = status_json(&d);
+    let last = &st["last_reload"];
+    assert_eq!(last["ok"], true, "{st}");
+    assert!(last["error"].is_null(), "{st}");
+    let at = num(last, "at");
+    assert!(
+        (before..=after).contains(&at),
+        "at {at}, not in {before}..={after}"
+    );
+    assert_eq!(st["version"], 1, "{st}");
+    let line = reload_line(&d);
+    assert!(line.starts_with("reloaded at "), "{line:?}");
+    let table = status_of(&d.sb, false).stdout;
+    assert!(!table.contains("reload failed"), "{table}");
+}
+
 fn assert_not_running(sb: &Sandbox, when: &str) {
     for json in [false, true] {
         let out = status_of(sb, json);
@@ -322,6 +416,19 @@ fn status_without_a_daemon_exits_3() {
     drop(UnixListener::bind(sb.run_dir().join("control.sock")).expect("bind"));
     assert!(lstat(&sb.run_dir().join("control.sock")).is_some_and(|m| m.file_type().is_socket()));
     assert_not_running(&sb, "stale socket");
+}
+
+#[test]
+fn status_with_an_invalid_file_and_no_daemon_reports_its_errors() {
+    let sb = Sandbox::new();
+    sb.write_raw_config("[daemon]\ndir = \"{RUN}\"\n\n[fifo.in]\nmode = \"999\"\n");
+    for json in [false, true] {
+        let out = status_of(&sb, json);
+        out.assert_code(1);
+        let first = format!("{}:5:8: fifo.in.mode: ", sb.config_path().display());
+        assert!(out.stderr.starts_with(&first), "{}", out.stderr);
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+    }
 }
 
 #[test]

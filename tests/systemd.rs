@@ -282,7 +282,7 @@ fn an_invalid_reload_says_so_in_status_and_keeps_serving() {
     let sb = Sandbox::new();
     sb.write_config(IN_OUT);
     let mut m = Manager::bind(&sb);
-    let d = Daemon::start_with(sb, &m.launch(&[]));
+    let mut d = Daemon::start_with(sb, &m.launch(&[]));
     m.until(&d, "READY=1", |t| has(t, "READY=1"));
 
     d.sb.write_raw_config("this is [not TOML\n");
@@ -295,12 +295,134 @@ fn an_invalid_reload_says_so_in_status_and_keeps_serving() {
     assert!(status.contains("2 fifos"), "STATUS={status}");
 
     assert_flows(&d, b"the old config still serves\n");
+
+    // The stop's status still says it: the next start would fail.
+    d.signal(Signal::SIGTERM);
+    let (_, stopping) = m.until(&d, "STOPPING=1", |t| has(t, "STOPPING=1"));
+    let status = field(&stopping, "STATUS").unwrap_or_else(|| panic!("no STATUS= in {stopping:?}"));
+    assert!(
+        status.starts_with("reload failed at ")
+            && status.ends_with("; stopping: draining (received SIGTERM)"),
+        "STATUS={status}"
+    );
+    let st = d.wait_exit(STOP_TIMEOUT);
+    assert_eq!(st.code(), Some(0), "exit {st:?}\n{}", d.log());
     m.take_all(&d);
     assert_eq!(
         state_changes(&m.seen),
-        ["READY=1", "RELOADING=1", "READY=1"],
+        ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"],
         "received {:?}",
         m.seen
+    );
+}
+
+/// `IN_OUT` with a mistake on line 6, column 8 (`fifo.out.mode`).
+const BAD_MODE: &str = r#"[daemon]
+dir = "{RUN}"
+
+[fifo.in]
+[fifo.out]
+mode = "999"
+
+[[route]]
+from = ["in"]
+to = ["out"]
+"#;
+
+/// Keeps one byte at a time flowing from `in` to `out` until `stop`, so
+/// that fifod's status changes all along; returns how many went.
+fn keep_traffic(d: &Daemon, stop: &Arc<AtomicBool>) -> crate::common::Joiner<u64> {
+    let stop = Arc::clone(stop);
+    let r = open_reader(&d.fifo("out"));
+    let w = open_writer(&d.fifo("in"));
+    crate::common::spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            write_all(&w, b"x", Instant::now() + TIMEOUT);
+            assert_eq!(read_exact(&r, 1, TIMEOUT), b"x");
+            n += 1;
+        }
+        n
+    })
+}
+
+/// The byte count of a `STATUS=` line (`..., N bytes relayed`).
+fn relayed(status: &str) -> u64 {
+    status
+        .strip_suffix(" bytes relayed")
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in STATUS={status}"))
+}
+
+#[test]
+fn a_failed_reload_stays_in_status_until_a_reload_succeeds() {
+    let sb = Sandbox::new();
+    sb.write_config(IN_OUT);
+    let mut m = Manager::bind(&sb);
+    let d = Daemon::start_with(sb, &m.launch(&[]));
+    m.until(&d, "READY=1", |t| has(t, "READY=1"));
+
+    d.sb.write_raw_config(BAD_MODE);
+    d.reload()
+        .expect_err("a config with a bad mode cannot be applied");
+    let first_error = format!("{}:6:8: fifo.out.mode: ", d.sb.config_path().display());
+    let failed = |status: &str| {
+        status.starts_with("reload failed at ")
+            && status.contains(&format!(": {first_error}"))
+            && status.contains("; 2 fifos, 0/0 processes running, ")
+    };
+    m.until(&d, "RELOADING=1", |t| has(t, "RELOADING=1"));
+    let (_, ready) = m.until(&d, "READY=1", |t| has(t, "READY=1"));
+    let status = field(&ready, "STATUS").unwrap_or_else(|| panic!("no STATUS= in {ready:?}"));
+    assert!(failed(status), "STATUS={status}");
+
+    // Traffic changes the status all along: every line fifod sends for it,
+    // seconds later, still starts with the failure.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = keep_traffic(&d, &stop);
+    let mut counts = Vec::new();
+    while counts.len() < 3 {
+        let (_, text) = m.until(&d, "a STATUS= without READY=1", |t| {
+            !has(t, "READY=1") && field(t, "STATUS").is_some()
+        });
+        let status = field(&text, "STATUS").unwrap_or_default();
+        assert!(
+            failed(status),
+            "the failed reload is gone from STATUS={status}\n--- log ---\n{}",
+            d.log()
+        );
+        counts.push(relayed(status));
+    }
+    stop.store(true, Ordering::SeqCst);
+    traffic.join(TIMEOUT);
+    assert!(
+        counts.windows(2).all(|w| w[0] < w[1]),
+        "the status did not follow the traffic: {counts:?}"
+    );
+
+    // A reload that succeeds clears it, from its READY=1 on.
+    d.sb.write_config(IN_OUT);
+    d.reload().expect("the good config is applied");
+    m.until(&d, "RELOADING=1", |t| has(t, "RELOADING=1"));
+    let (_, ready) = m.until(&d, "READY=1", |t| has(t, "READY=1"));
+    let status = field(&ready, "STATUS").unwrap_or_else(|| panic!("no STATUS= in {ready:?}"));
+    assert!(
+        status.starts_with("2 fifos, 0/0 processes running, "),
+        "STATUS={status}"
+    );
+    assert_flows(&d, b"x");
+    let (_, text) = m.until(&d, "a STATUS= without READY=1", |t| {
+        !has(t, "READY=1") && field(t, "STATUS").is_some()
+    });
+    let status = field(&text, "STATUS").unwrap_or_default();
+    assert!(
+        status.starts_with("2 fifos, 0/0 processes running, "),
+        "STATUS={status}"
+    );
+    assert!(
+        relayed(status) > counts[2],
+        "STATUS={status}, before: {counts:?}"
     );
 }
 
@@ -354,32 +476,13 @@ fn status_follows_the_traffic_at_most_once_a_second() {
     let (ready_at, _) = m.until(&d, "READY=1", |t| has(t, "READY=1"));
     // Bytes flow all along, so the status changes all the time.
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let stop = Arc::clone(&stop);
-        let r = open_reader(&d.fifo("out"));
-        let w = open_writer(&d.fifo("in"));
-        crate::common::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                write_all(&w, b"x", Instant::now() + TIMEOUT);
-                assert_eq!(read_exact(&r, 1, TIMEOUT), b"x");
-                n += 1;
-            }
-            n
-        })
-    };
+    let traffic = keep_traffic(&d, &stop);
     let mut sent = vec![(ready_at, 0u64)];
     while sent.len() < 3 {
         let (at, text) = m.until(&d, "a STATUS= without READY=1", |t| {
             !has(t, "READY=1") && field(t, "STATUS").is_some()
         });
-        let status = field(&text, "STATUS").unwrap_or_default();
-        let relayed = status
-            .strip_suffix(" bytes relayed")
-            .and_then(|s| s.rsplit(", ").next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no byte count in STATUS={status}"));
-        sent.push((at, relayed));
+        sent.push((at, relayed(field(&text, "STATUS").unwrap_or_default())));
     }
     stop.store(true, Ordering::SeqCst);
     let n = traffic.join(TIMEOUT);

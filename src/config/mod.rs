@@ -313,6 +313,24 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
     parse_bytes(&path.display().to_string(), &bytes, env).map_err(LoadError::Invalid)
 }
 
+/// Where a daemon started with the file at `path` has its control socket,
+/// judged from the `[daemon]` table alone, as far as the parser recovers
+/// from mistakes elsewhere: `fifod status` then still reaches a daemon whose
+/// file was edited into an invalid one since (which it did not apply). A
+/// best guess, for a file [`load`] refused: `None` when the table is wrong
+/// too, or turns the socket off.
+pub fn locate_control(path: &Path, env: &Environment) -> Option<PathBuf> {
+    let bytes = read_bounded(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let (root, _) = DeTable::parse_recoverable(&text);
+    let mut problems = Problems::default();
+    let raw = match root.get_ref().get("daemon") {
+        Some(value) => deserialize_table::<RawDaemon>(value, "daemon", &mut problems)?,
+        None => RawDaemon::default(),
+    };
+    validate_daemon(raw, env, &mut problems)?.control
+}
+
 /// [`parse`] for the file's bytes: one that is not UTF-8 is an invalid
 /// config, located at its first byte that is not.
 pub fn parse_bytes(file: &str, bytes: &[u8], env: &Environment) -> Result<Config, Vec<Diagnostic>> {

@@ -304,6 +304,44 @@ fn only_a_bounded_regular_file_is_read() {
 }
 
 #[test]
+fn the_control_socket_is_located_from_the_daemon_table_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.toml");
+    let locate = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        locate_control(&file, &env())
+    };
+    // Mistakes elsewhere, syntax included, do not hide it.
+    let daemon = "[daemon]\ndir = \"/d\"\ncontrol = \"s/c.sock\"\n";
+    for rest in [
+        "[fifo.in]\nmode = \"999\"\n",
+        "[fifo.in\n",
+        "[[route]]\nfrom = [\"a\"\n",
+    ] {
+        let text = format!("{daemon}{rest}");
+        assert_eq!(
+            locate(&text),
+            Some(PathBuf::from("/d/s/c.sock")),
+            "{text:?}"
+        );
+        assert!(load(&file, &env()).is_err(), "{text:?} is valid");
+    }
+    // The defaults without a [daemon] table.
+    assert_eq!(
+        locate("[fifo.in]\nmode = \"999\"\n"),
+        Some(PathBuf::from("/run/user/1000/fifod/control.sock"))
+    );
+    // Nothing when the table itself is wrong, or turns the socket off.
+    assert_eq!(locate("[daemon]\ndir = \"relative\"\n"), None);
+    assert_eq!(locate("[daemon]\ndir = \"/d\"\nsocket = \"x\"\n"), None);
+    assert_eq!(locate("[daemon]\ndir = \"/d\"\ncontrol = \"\"\n"), None);
+    assert_eq!(
+        locate_control(&dir.path().join("missing.toml"), &env()),
+        None
+    );
+}
+
+#[test]
 fn the_control_socket_lives_inside_dir() {
     let text = "[daemon]\ndir = \"/d\"\ncontrol = \"/tmp/elsewhere.sock\"\n";
     assert_eq!(

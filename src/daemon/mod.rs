@@ -35,6 +35,7 @@ mod diff;
 mod drops;
 mod io;
 mod lanes;
+mod last_reload;
 mod processes;
 mod reload;
 mod shutdown;
@@ -247,6 +248,8 @@ pub struct Daemon {
     notifier: Notifier,
     /// Where the config is read again on SIGHUP.
     config_path: PathBuf,
+    /// How the last reload ended (a failure shows until one succeeds).
+    last_reload: last_reload::LastReload,
     /// Output FIFOs a reload removed, until their reader has everything.
     retiring: Vec<reload::Retiring>,
     /// Processes a reload stopped, until they are reaped.
@@ -593,6 +596,7 @@ impl Daemon {
                 .map(OwnedFd::from),
             notifier: Notifier::from_env(),
             config_path,
+            last_reload: last_reload::LastReload::default(),
             retiring: Vec::new(),
             stopped: Vec::new(),
             dir_watch: None,

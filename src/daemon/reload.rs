@@ -168,27 +168,33 @@ impl Daemon {
         }
         info!("received SIGHUP: reloading {}", self.config_path.display());
         self.notifier.reloading();
+        // What `STATUS=` and `fifod status` say of a failure: the config's
+        // first error, else why it could not be applied.
+        let mut first_error = None;
         let outcome = match config::load(&self.config_path, &Environment::from_process()) {
             Ok(new) => self.apply(new),
             Err(e) => {
-                for line in e.to_string().lines() {
+                let errors = e.to_string();
+                for line in errors.lines() {
                     error!("{line}");
                 }
+                first_error = Some(errors);
                 Err("the new config is invalid".to_string())
             }
         };
         match outcome {
             Ok(()) => {
                 info!("reload complete");
-                let line = self.status_line();
-                self.notifier.ready(&line);
+                self.last_reload.succeeded();
             }
             Err(why) => {
                 error!("reload failed: {why}; the running config stays in force");
-                let line = format!("reload failed ({why}); {}", self.status_line());
-                self.notifier.ready(&line);
+                self.last_reload
+                    .failed(first_error.as_deref().unwrap_or(&why));
             }
         }
+        let line = self.status_line();
+        self.notifier.ready(&line);
     }
 
     /// Applies `new` in place of the running config. Fails, changing

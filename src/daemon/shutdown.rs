@@ -86,8 +86,8 @@ impl Daemon {
                 self.state = State::Draining {
                     deadline: Instant::now() + timeout,
                 };
-                self.notifier
-                    .stopping(&format!("stopping: draining (received {name})"));
+                let line = format!("stopping: draining (received {name})");
+                self.notifier.stopping(&self.last_reload.status_line(line));
                 // Take what writers already put in the inputs, and no more.
                 for s in self.sources.ids() {
                     if matches!(

@@ -51,7 +51,8 @@ impl Daemon {
         }
     }
 
-    /// One line for `systemctl status`: what runs and how much moved.
+    /// One line for `systemctl status`: what runs and how much moved,
+    /// after a failed reload while it stands.
     pub(super) fn status_line(&self) -> String {
         let running = self.children.iter().filter(|c| c.pid.is_some()).count();
         let relayed: u64 = self.relay.lanes().iter().map(|l| l.stats().delivered).sum();
@@ -64,7 +65,7 @@ impl Daemon {
         if dropped > 0 {
             line.push_str(&format!(", {dropped} bytes dropped"));
         }
-        line
+        self.last_reload.status_line(line)
     }
 
     /// A snapshot of everything `fifod status` shows.
@@ -212,6 +213,7 @@ impl Daemon {
                 State::Killing { .. } | State::Done => "stopping",
             }
             .to_string(),
+            last_reload: self.last_reload.status(),
             fifos,
             processes,
             routes,
