@@ -6,7 +6,7 @@
 //! `event_loop` owns epoll; the daemon performs the reads and writes the
 //! relay asks for and keeps every endpoint's fd.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -32,6 +32,7 @@ use crate::units::{Size, format_duration};
 use crate::watch::DirWatch;
 
 mod diff;
+mod dirs;
 mod drops;
 mod io;
 mod lanes;
@@ -605,12 +606,13 @@ impl Daemon {
             daemon.footprint.undo_start();
             return Err(e.into());
         }
-        daemon.resize_pipes();
+        daemon.resize_pipes(None);
         Ok(daemon)
     }
 
-    /// Gives every FIFO the configured `pipe_size`, or the automatic one.
-    fn resize_pipes(&self) {
+    /// Gives every FIFO the configured `pipe_size`, or the automatic one;
+    /// with `only`, just the FIFOs at those indices (a reload's new ones).
+    fn resize_pipes(&self, only: Option<&HashSet<usize>>) {
         let (size, asked) = match self.config.daemon.pipe_size {
             Some(size) => (size, true),
             None => match self.auto_pipe_size() {
@@ -620,7 +622,10 @@ impl Daemon {
         };
         // A FIFO systemd passed has the size its socket unit gave it
         // (`PipeSize=`), unless the config asks for one.
-        let ours = |fifo: usize| asked || !self.footprint.fifos[fifo].passed;
+        let ours = |fifo: usize| {
+            only.is_none_or(|only| only.contains(&fifo))
+                && (asked || !self.footprint.fifos[fifo].passed)
+        };
         let source_fds = self.sources.values().filter_map(|s| match s.kind {
             SourceKind::Fifo { fifo, .. } if ours(fifo) => Some((&s.name, s.fd.as_ref())),
             _ => None,

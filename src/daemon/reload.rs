@@ -205,7 +205,7 @@ impl Daemon {
     /// registration; only those that come or go are touched, so an event
     /// already read for one of them is still for the same endpoint (and
     /// one for an endpoint that went is dropped by its generation).
-    fn apply(&mut self, new: Config) -> Result<(), String> {
+    pub(super) fn apply(&mut self, new: Config) -> Result<(), String> {
         let Some(vanished) = self.check_new(&new)? else {
             info!("the config did not change");
             return Ok(());
@@ -273,8 +273,13 @@ impl Daemon {
         self.relay = relay;
         self.ends = next.tables.ends;
         self.children = next.children;
+        let resize_all = next.config.daemon.pipe_size != self.config.daemon.pipe_size;
         self.config = next.config;
-        self.resize_pipes();
+        // Kept FIFOs have their size already, unless `pipe_size` changed.
+        let new_fifos: HashSet<usize> = (0..next.diff.fifos.len())
+            .filter(|&i| !matches!(next.diff.fifos[i], FifoPlan::Keep(_)))
+            .collect();
+        self.resize_pipes((!resize_all).then_some(&new_fifos));
         for change in &next.changes {
             info!("reload: {change}");
         }
@@ -898,52 +903,6 @@ impl Daemon {
                     kill_at: Some(now + KILL_GRACE),
                 });
             }
-        }
-    }
-
-    /// Watches the directories of every managed FIFO.
-    pub(super) fn watch_dirs(&self) {
-        let Some(watch) = &self.dir_watch else {
-            return;
-        };
-        for fifo in &self.footprint.fifos {
-            if let Some(dir) = fifo.path.parent()
-                && let Err(e) = watch.watch(dir)
-            {
-                warn!("cannot watch {}: {e}", dir.display());
-            }
-        }
-    }
-
-    /// Something changed in a FIFO's directory: a FIFO whose path no longer
-    /// names it (removed, renamed, replaced) is made again at once, as a
-    /// reload would; writers still connected to the old one are read to
-    /// their end like those of a removed FIFO.
-    pub(super) fn on_dirs_changed(&mut self) {
-        let Some(watch) = &self.dir_watch else {
-            return;
-        };
-        if !watch.drain() || self.state != State::Running {
-            return;
-        }
-        let gone: Vec<&ManagedFifo> = self
-            .footprint
-            .fifos
-            .iter()
-            .filter(|f| !f.passed && !f.in_place())
-            .collect();
-        if gone.is_empty() {
-            return;
-        }
-        for fifo in &gone {
-            warn!(
-                "fifo {}: {} was removed or replaced by someone else; making it again",
-                fifo.name,
-                fifo.path.display()
-            );
-        }
-        if let Err(why) = self.apply(self.config.clone()) {
-            error!("{why}; the FIFO is made again as soon as its path is free");
         }
     }
 

@@ -162,9 +162,9 @@ impl Daemon {
                 let waiting = self.relay.partial_bytes(r) as u64;
                 let sinks = self
                     .relay
-                    .lanes()
+                    .lanes_of_route(r)
                     .iter()
-                    .filter(|lane| lane.route == r)
+                    .map(|&l| &self.relay.lanes()[l])
                     .map(|lane| {
                         let st = lane.stats();
                         SinkStatus {

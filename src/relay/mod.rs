@@ -377,6 +377,11 @@ impl Relay {
             .flat_map(|&l| self.routes[self.lanes[l].route].sources.iter().copied())
     }
 
+    /// The lanes of `route`, one per sink.
+    pub fn lanes_of_route(&self, route: usize) -> &[LaneId] {
+        self.routes.get(route).map_or(&[], |r| &r.lanes)
+    }
+
     /// The lanes feeding `sink`.
     pub fn lanes_of_sink(&self, sink: SinkId) -> &[LaneId] {
         &self.sink_lanes[sink]

@@ -1,0 +1,54 @@
+//! Someone else's changes to the FIFOs' directories: a FIFO that was
+//! removed, renamed or replaced is made again at once, through the same
+//! path as a reload (`watch` says something happened; `fifo` tells whether
+//! a FIFO is still its node).
+
+use super::*;
+
+impl Daemon {
+    /// Watches the directories of every managed FIFO.
+    pub(super) fn watch_dirs(&mut self) {
+        let Some(watch) = &mut self.dir_watch else {
+            return;
+        };
+        for fifo in &self.footprint.fifos {
+            if let Some(dir) = fifo.path.parent()
+                && let Err(e) = watch.watch(dir)
+            {
+                warn!("cannot watch {}: {e}", dir.display());
+            }
+        }
+    }
+
+    /// Something changed in a FIFO's directory: a FIFO whose path no longer
+    /// names it (removed, renamed, replaced) is made again at once, as a
+    /// reload would; writers still connected to the old one are read to
+    /// their end like those of a removed FIFO.
+    pub(super) fn on_dirs_changed(&mut self) {
+        let Some(watch) = &mut self.dir_watch else {
+            return;
+        };
+        if !watch.drain() || self.state != State::Running {
+            return;
+        }
+        let gone: Vec<&ManagedFifo> = self
+            .footprint
+            .fifos
+            .iter()
+            .filter(|f| !f.passed && !f.in_place())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for fifo in &gone {
+            warn!(
+                "fifo {}: {} was removed or replaced by someone else; making it again",
+                fifo.name,
+                fifo.path.display()
+            );
+        }
+        if let Err(why) = self.apply(self.config.clone()) {
+            error!("{why}; the FIFO is made again as soon as its path is free");
+        }
+    }
+}
