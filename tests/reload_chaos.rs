@@ -1,6 +1,8 @@
 //! Reloads by the hundred while writers and readers come and go: a config
-//! that shrinks and grows under traffic. fifod must keep running through
-//! all of it, keep every count adding up, and leave nothing behind.
+//! that shrinks and grows under traffic, FIFOs renamed, processes added and
+//! removed, policies and framing switched, broken files rejected. fifod must
+//! keep running through all of it, keep the one route that never changes
+//! byte-exact, keep every count adding up, and leave nothing behind.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -12,12 +14,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::poll::PollFlags;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::common::{
-    Daemon, Joiner, KIB, Rng, TIMEOUT, all_started_pids, array, checked_counts, gone_or_zombie,
-    lstat, names_in, reload_outcomes, spawn, status_of, try_write, wait_until,
+    BULK_TIMEOUT, Daemon, Guarded, Joiner, KIB, Rng, TIMEOUT, Verifier, all_started_pids, array,
+    assert_clean_stats, checked_counts, fill_pattern, gone_or_zombie, lstat, messages, names_in,
+    num, open_reader, open_writer, parse_stats, poll_one, reload_outcomes, spawn, status_of, text,
+    try_write, wait_until,
 };
 
 // ---------------------------------------------------------------------------
@@ -157,6 +162,22 @@ fn assert_counts_add_up(status: &Value) {
             checked_counts(sink);
         }
     }
+}
+
+/// Every `stats route[N] -> SINK:` line of the final log adds up:
+/// accepted = delivered + dropped + undelivered (`parse_stats` checks it).
+fn assert_final_stats_add_up(log: &str) {
+    let mut seen = 0;
+    for m in messages(log) {
+        let Some(rest) = m.strip_prefix("stats route[") else {
+            continue;
+        };
+        let (route, rest) = rest.split_once("] -> ").expect("a stats line");
+        let (sink, _) = rest.split_once(": ").expect("a stats line");
+        parse_stats(log, route.parse().expect("a route index"), sink);
+        seen += 1;
+    }
+    assert!(seen > 0, "no stats lines at stop");
 }
 
 /// After a clean stop: the run dir fifod made is gone with everything in
@@ -364,6 +385,10 @@ impl Churn {
         Churn { sh, threads }
     }
 
+    fn set(&self, targets: Targets) {
+        *self.sh.targets.lock().unwrap() = targets;
+    }
+
     fn writes(&self) -> u64 {
         self.sh.writes.load(Ordering::SeqCst)
     }
@@ -480,4 +505,687 @@ fn a_config_that_shrinks_while_data_flows_never_kills_fifod() {
     d.stop_ok();
     assert_left_nothing(&d);
     eprintln!("{RELOADS} reloads under traffic in {chaos:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Chaos: hundreds of random reloads under traffic
+// ---------------------------------------------------------------------------
+
+/// Routes that come and go, at most.
+const MAX_ROUTES: usize = 12;
+/// Reloads in the chaos test.
+const CHAOS_RELOADS: usize = 300;
+const POLICIES: [&str; 3] = ["block", "drop-newest", "drop-oldest"];
+const BUFFERS: [&str; 3] = ["4KiB", "64KiB", "1MiB"];
+/// Variants of the process on a route: each change restarts it.
+const CATS: [&str; 3] = [
+    r#"command = ["cat"]"#,
+    r#"command = ["cat", "-u"]"#,
+    "command = [\"cat\"]\nstderr = \"null\"",
+];
+
+/// A route that comes and goes: `in{i}` (and `inb{i}`) to `out{i}` (and
+/// `tap{i}`), straight or through a process `cat{i}`.
+#[derive(Debug, Clone)]
+struct Dyn {
+    /// Its FIFOs' names end in `_{name_gen}`, their paths in `_{path_gen}`:
+    /// a new name at the same path is the same FIFO, a new path a new one.
+    name_gen: u32,
+    path_gen: u32,
+    /// The paths are in the subdirectory `g/` of the run dir.
+    sub: bool,
+    fan_in: bool,
+    fan_out: bool,
+    /// Through process `cat{i}` (one of `CATS`).
+    cat: Option<usize>,
+    lines: bool,
+    policy: usize,
+    buffer: usize,
+}
+
+impl Dyn {
+    fn random(rng: &mut Rng, gen_: &mut u32) -> Dyn {
+        *gen_ += 1;
+        Dyn {
+            name_gen: *gen_,
+            path_gen: *gen_,
+            sub: rng.between(0, 3) == 0,
+            fan_in: rng.between(0, 3) == 0,
+            fan_out: rng.between(0, 3) == 0,
+            cat: (rng.between(0, 2) == 0).then(|| rng.between(0, CATS.len() - 1)),
+            lines: rng.between(0, 2) == 0,
+            policy: rng.between(0, POLICIES.len() - 1),
+            buffer: rng.between(0, BUFFERS.len() - 1),
+        }
+    }
+
+    /// (name, path relative to the run dir) of its FIFOs with `stems`.
+    fn fifos(&self, i: usize, stems: &[&str]) -> Vec<(String, String)> {
+        stems
+            .iter()
+            .map(|stem| {
+                let dir = if self.sub { "g/" } else { "" };
+                (
+                    format!("{stem}{i}_{}", self.name_gen),
+                    format!("{dir}{stem}{i}_{}", self.path_gen),
+                )
+            })
+            .collect()
+    }
+
+    fn inputs(&self, i: usize) -> Vec<(String, String)> {
+        self.fifos(i, if self.fan_in { &["in", "inb"] } else { &["in"] })
+    }
+
+    fn outputs(&self, i: usize) -> Vec<(String, String)> {
+        self.fifos(
+            i,
+            if self.fan_out {
+                &["out", "tap"]
+            } else {
+                &["out"]
+            },
+        )
+    }
+}
+
+/// One config of the chaos test: the stable route and the ones that come
+/// and go.
+#[derive(Debug, Clone)]
+struct Chaos {
+    keep_in_mode: &'static str,
+    /// An unrouted FIFO `spare_{n}`.
+    spare: Option<u32>,
+    routes: Vec<Dyn>,
+}
+
+/// A TOML list of quoted names.
+fn quoted(names: &[String]) -> String {
+    let q: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("[{}]", q.join(", "))
+}
+
+impl Chaos {
+    fn toml(&self) -> String {
+        let mut t = format!(
+            r#"[daemon]
+shutdown_timeout = "3s"
+
+[fifo.keep_in]
+mode = "{}"
+
+[fifo.keep_out]
+
+[[route]]
+from = ["keep_in"]
+to = ["keep_out"]
+when_full = "block"
+"#,
+            self.keep_in_mode
+        );
+        if let Some(n) = self.spare {
+            let _ = write!(t, "\n[fifo.spare_{n}]\n");
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let ins = r.inputs(i);
+            let outs = r.outputs(i);
+            for (name, path) in ins.iter().chain(&outs) {
+                let _ = write!(t, "\n[fifo.{name}]\npath = \"{path}\"\n");
+            }
+            let names = |v: &[(String, String)]| -> Vec<String> {
+                v.iter().map(|(n, _)| n.clone()).collect()
+            };
+            let policy = format!(
+                "framing = \"{}\"\nwhen_full = \"{}\"\nbuffer = \"{}\"\n",
+                if r.lines { "lines" } else { "bytes" },
+                POLICIES[r.policy],
+                BUFFERS[r.buffer]
+            );
+            match r.cat {
+                None => {
+                    let _ = write!(
+                        t,
+                        "\n[[route]]\nfrom = {}\nto = {}\n{policy}",
+                        quoted(&names(&ins)),
+                        quoted(&names(&outs))
+                    );
+                }
+                Some(c) => {
+                    let _ = write!(
+                        t,
+                        "\n[process.cat{i}]\n{}\n\n[[route]]\nfrom = {}\nto = [\"cat{i}\"]\n{policy}\n[[route]]\nfrom = [\"cat{i}\"]\nto = {}\n{policy}",
+                        CATS[c],
+                        quoted(&names(&ins)),
+                        quoted(&names(&outs))
+                    );
+                }
+            }
+        }
+        t
+    }
+
+    /// Where the churn threads go in this config.
+    fn targets(&self, d: &Daemon) -> Targets {
+        let mut t = Targets::default();
+        for (i, r) in self.routes.iter().enumerate() {
+            t.inputs
+                .extend(r.inputs(i).iter().map(|(_, p)| d.sb.run_dir().join(p)));
+            t.outputs
+                .extend(r.outputs(i).iter().map(|(_, p)| d.sb.run_dir().join(p)));
+        }
+        t
+    }
+
+    /// The FIFO names, process names and route count fifod must report.
+    fn expected(&self) -> (Vec<String>, Vec<String>, usize) {
+        let mut fifos = vec!["keep_in".to_string(), "keep_out".to_string()];
+        fifos.extend(self.spare.map(|n| format!("spare_{n}")));
+        let mut processes = Vec::new();
+        let mut routes = 1;
+        for (i, r) in self.routes.iter().enumerate() {
+            fifos.extend(r.inputs(i).into_iter().map(|(n, _)| n));
+            fifos.extend(r.outputs(i).into_iter().map(|(n, _)| n));
+            if r.cat.is_some() {
+                processes.push(format!("cat{i}"));
+                routes += 2;
+            } else {
+                routes += 1;
+            }
+        }
+        fifos.sort();
+        processes.sort();
+        (fifos, processes, routes)
+    }
+
+    /// Changes the config at random; says how.
+    fn mutate(&mut self, rng: &mut Rng, gen_: &mut u32) -> String {
+        let len = self.routes.len();
+        match rng.between(0, 11) {
+            0..=2 => {
+                let n = rng.between(0, len.saturating_sub(1));
+                self.routes.truncate(n);
+                format!("shrink {len} -> {n} routes")
+            }
+            3..=5 => {
+                let n = rng.between(len.min(MAX_ROUTES - 1) + 1, MAX_ROUTES);
+                while self.routes.len() < n {
+                    self.routes.push(Dyn::random(rng, gen_));
+                }
+                format!("grow {len} -> {n} routes")
+            }
+            6 => {
+                if len > 1 {
+                    self.routes.truncate(rng.between(0, 1));
+                } else {
+                    while self.routes.len() < MAX_ROUTES {
+                        self.routes.push(Dyn::random(rng, gen_));
+                    }
+                }
+                format!("flip {len} -> {} routes", self.routes.len())
+            }
+            7 => {
+                let mut what = String::from("rename");
+                for (i, r) in self.routes.iter_mut().enumerate() {
+                    if rng.between(0, 2) == 0 {
+                        *gen_ += 1;
+                        r.name_gen = *gen_;
+                        if rng.between(0, 1) == 0 {
+                            r.path_gen = *gen_;
+                            r.sub = rng.between(0, 3) == 0;
+                            let _ = write!(what, " {i}(path)");
+                        } else {
+                            let _ = write!(what, " {i}(name)");
+                        }
+                    }
+                }
+                what
+            }
+            8 => {
+                let mut what = String::from("processes");
+                for (i, r) in self.routes.iter_mut().enumerate() {
+                    if rng.between(0, 2) == 0 {
+                        r.cat = match r.cat {
+                            Some(_) if rng.between(0, 1) == 0 => None,
+                            _ => Some(rng.between(0, CATS.len() - 1)),
+                        };
+                        let _ = write!(what, " {i}:{:?}", r.cat);
+                    }
+                }
+                what
+            }
+            9 => {
+                let mut what = String::from("policies");
+                for (i, r) in self.routes.iter_mut().enumerate() {
+                    if rng.between(0, 1) == 0 {
+                        r.policy = rng.between(0, POLICIES.len() - 1);
+                        r.buffer = rng.between(0, BUFFERS.len() - 1);
+                        let _ = write!(what, " {i}:{}/{}", POLICIES[r.policy], BUFFERS[r.buffer]);
+                    }
+                }
+                what
+            }
+            10 => {
+                let mut what = String::from("framing");
+                for (i, r) in self.routes.iter_mut().enumerate() {
+                    if rng.between(0, 1) == 0 {
+                        r.lines = !r.lines;
+                        r.fan_in ^= rng.between(0, 3) == 0;
+                        r.fan_out ^= rng.between(0, 3) == 0;
+                        let _ = write!(what, " {i}:{}", if r.lines { "lines" } else { "bytes" });
+                    }
+                }
+                what
+            }
+            _ => {
+                self.keep_in_mode = if self.keep_in_mode == "0600" {
+                    "0620"
+                } else {
+                    "0600"
+                };
+                *gen_ += 1;
+                self.spare = match self.spare {
+                    Some(_) => None,
+                    None => Some(*gen_),
+                };
+                format!("keep_in mode {}, spare {:?}", self.keep_in_mode, self.spare)
+            }
+        }
+    }
+
+    /// A broken file made from this config, and what is wrong with it.
+    fn broken(&self, rng: &mut Rng) -> (String, &'static str) {
+        let good = self.toml();
+        match rng.between(0, 3) {
+            0 => (
+                format!("{good}\n[[route]\nfrom = [\"keep_in\"\n"),
+                "invalid TOML",
+            ),
+            1 => (
+                good.replacen(
+                    "[fifo.keep_out]\n",
+                    "[fifo.keep_out]\ncolour = \"blue\"\n",
+                    1,
+                ),
+                "an unknown key",
+            ),
+            2 => (
+                format!("{good}\n[[route]]\nfrom = [\"keep_in\"]\nto = [\"nowhere\"]\n"),
+                "an unknown endpoint",
+            ),
+            _ => (
+                good.replacen("when_full = \"block\"", "when_full = \"sometimes\"", 1),
+                "an invalid policy",
+            ),
+        }
+    }
+}
+
+/// The seed of the chaos: `FIFOD_CHAOS_SEED` to replay one, else new.
+fn chaos_seed() -> u64 {
+    match std::env::var("FIFOD_CHAOS_SEED") {
+        Ok(s) => {
+            let s = s.trim();
+            let parsed = match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => s.parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("FIFOD_CHAOS_SEED={s:?} is not a number"))
+        }
+        Err(_) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("a clock after 1970");
+            now.as_secs() ^ u64::from(now.subsec_nanos()) ^ u64::from(std::process::id())
+        }
+    }
+}
+
+/// Sets its flag when dropped: threads that watch it stop when the test
+/// ends, however it ends.
+#[derive(Debug)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The stable route's stream: a writer streaming stream `seed` into
+/// `keep_in` until told to stop, a reader verifying it on `keep_out`.
+#[derive(Debug)]
+struct Stable {
+    /// Dropping it (a failed test) stops the writer too.
+    stop: StopOnDrop,
+    /// Bytes verified so far.
+    verified: Arc<AtomicU64>,
+    /// Bytes written, once the writer stopped.
+    total: Arc<AtomicU64>,
+    failure: Arc<Mutex<Option<String>>>,
+    writer: Joiner<File>,
+    reader: Joiner<File>,
+}
+
+impl Stable {
+    fn start(d: &Daemon, seed: u64) -> Stable {
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let verified = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(AtomicU64::new(u64::MAX));
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let r = open_reader(&d.fifo("keep_out"));
+        let w = open_writer(&d.fifo("keep_in"));
+        let writer = {
+            let (stop, total, failure) = (
+                Arc::clone(&stop.0),
+                Arc::clone(&total),
+                Arc::clone(&failure),
+            );
+            spawn(move || {
+                let mut chunk = vec![0u8; 8 * KIB];
+                let mut written = 0u64;
+                let mut end = Instant::now() + TIMEOUT;
+                'stream: while !stop.load(Ordering::SeqCst) {
+                    fill_pattern(seed, written, &mut chunk);
+                    let mut done = 0;
+                    while done < chunk.len() {
+                        match try_write(&w, &chunk[done..]) {
+                            Ok(n) => {
+                                done += n;
+                                written += n as u64;
+                                end = Instant::now() + TIMEOUT;
+                            }
+                            // A blocking route: wait for room, not forever,
+                            // and stop in the middle of a chunk if told to.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                if stop.load(Ordering::SeqCst) {
+                                    break 'stream;
+                                }
+                                if Instant::now() >= end {
+                                    *failure.lock().unwrap() = Some(format!(
+                                        "keep_in: no room for {TIMEOUT:?} after {written} bytes"
+                                    ));
+                                    break 'stream;
+                                }
+                                poll_one(&w, PollFlags::POLLOUT, Duration::from_millis(50));
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                *failure.lock().unwrap() =
+                                    Some(format!("write keep_in after {written} bytes: {e}"));
+                                break 'stream;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                total.store(written, Ordering::SeqCst);
+                w
+            })
+        };
+        let reader = {
+            let (verified, total, failure) = (
+                Arc::clone(&verified),
+                Arc::clone(&total),
+                Arc::clone(&failure),
+            );
+            spawn(move || {
+                let mut v = Verifier::new(seed, 0);
+                let mut buf = vec![0u8; 64 * KIB];
+                let mut end = Instant::now() + TIMEOUT;
+                while v.offset < total.load(Ordering::SeqCst) {
+                    // Short waits, to see the total once it is known.
+                    let k = match (&r).read(&mut buf) {
+                        Ok(0) => {
+                            *failure.lock().unwrap() =
+                                Some(format!("keep_out: EOF after {} bytes", v.offset));
+                            break;
+                        }
+                        Ok(k) => k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if Instant::now() >= end {
+                                *failure.lock().unwrap() = Some(format!(
+                                    "keep_out: nothing for {TIMEOUT:?} after {} bytes",
+                                    v.offset
+                                ));
+                                break;
+                            }
+                            poll_one(&r, PollFlags::POLLIN, Duration::from_millis(50));
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            *failure.lock().unwrap() = Some(format!("read keep_out: {e}"));
+                            break;
+                        }
+                    };
+                    if let Err(e) = v.check(&buf[..k]) {
+                        *failure.lock().unwrap() = Some(format!("keep_out: {e}"));
+                        break;
+                    }
+                    verified.store(v.offset, Ordering::SeqCst);
+                    end = Instant::now() + TIMEOUT;
+                }
+                r
+            })
+        };
+        Stable {
+            stop,
+            verified,
+            total,
+            failure,
+            writer,
+            reader,
+        }
+    }
+
+    fn verified(&self) -> u64 {
+        self.verified.load(Ordering::SeqCst)
+    }
+
+    fn check(&self, d: &Daemon) {
+        if let Some(why) = self.failure.lock().unwrap().clone() {
+            panic!("the stable route: {why}\n{}", log_end(d));
+        }
+    }
+
+    /// Waits until the reader verified more than `since`: the stable route
+    /// flows.
+    fn wait_more(&self, d: &mut Daemon, since: u64, what: &str) {
+        let end = Instant::now() + TIMEOUT;
+        while self.verified() <= since {
+            self.check(d);
+            if let Some(st) = d.try_exited() {
+                died(d, st, what);
+            }
+            assert!(
+                Instant::now() < end,
+                "the stable route stalled at {since} bytes after {what}\n{}",
+                log_end(d)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Stops the writer and waits until the reader verified all it wrote;
+    /// returns how much that was, and both ends.
+    fn finish(self, d: &Daemon) -> (u64, File, File) {
+        self.stop.0.store(true, Ordering::SeqCst);
+        let w = self.writer.join(BULK_TIMEOUT);
+        let total = self.total.load(Ordering::SeqCst);
+        let r = self.reader.join(TIMEOUT + TIMEOUT);
+        if let Some(why) = self.failure.lock().unwrap().clone() {
+            panic!("the stable route: {why}\n{}", log_end(d));
+        }
+        let verified = self.verified.load(Ordering::SeqCst);
+        assert_eq!(verified, total, "keep_out: bytes verified vs written");
+        (total, w, r)
+    }
+}
+
+/// Reads every output of `targets` until fifod holds nothing any more: no
+/// FIFO has bytes queued and no byte route holds any (a line route may
+/// keep a line a writer left unfinished). Returns the last status.
+fn drain(d: &mut Daemon, targets: &Targets) -> Value {
+    let readers: Vec<(PathBuf, File)> = targets
+        .outputs
+        .iter()
+        .map(|p| (p.clone(), open_reader(p)))
+        .collect();
+    let mut buf = vec![0u8; 64 * KIB];
+    let end = Instant::now() + TIMEOUT;
+    loop {
+        for (path, r) in &readers {
+            loop {
+                match (&*r).read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => assert!(
+                        buf[..n]
+                            .iter()
+                            .all(|&b| b == b'\n' || b.is_ascii_lowercase()),
+                        "{}: bytes no writer wrote",
+                        path.display()
+                    ),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read {}: {e}", path.display()),
+                }
+            }
+        }
+        let st = answer(d, "the drain");
+        assert_counts_add_up(&st);
+        let queued: Vec<String> = array(&st, "fifos")
+            .iter()
+            .filter(|f| num(f, "queued") > 0)
+            .map(|f| format!("{} ({} queued)", text(f, "name"), num(f, "queued")))
+            .collect();
+        let held: Vec<String> = array(&st, "routes")
+            .iter()
+            .filter(|r| text(r, "framing") == "bytes")
+            .flat_map(|r| {
+                array(r, "sinks")
+                    .iter()
+                    .filter(|s| num(s, "held") > 0)
+                    .map(move |s| {
+                        format!(
+                            "route[{}] -> {} ({} held)",
+                            num(r, "index"),
+                            text(s, "sink"),
+                            num(s, "held")
+                        )
+                    })
+            })
+            .collect();
+        if queued.is_empty() && held.is_empty() {
+            return st;
+        }
+        assert!(
+            Instant::now() < end,
+            "fifod still has {queued:?} {held:?} after {TIMEOUT:?} of reading\n{st}\n{}",
+            log_end(d)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A few hundred reloads, each a random change of the config (shrink,
+/// grow, rename, processes in and out, policies, framing) or a broken file,
+/// while writers and readers come and go on the routes that change and one
+/// route that never changes streams a pattern throughout.
+#[test]
+fn hundreds_of_random_reloads_under_traffic_keep_every_promise() {
+    let seed = chaos_seed();
+    eprintln!("reload chaos: seed {seed} (FIFOD_CHAOS_SEED={seed} replays it)");
+    let mut rng = Rng::new(seed);
+    let mut gen_ = 0u32;
+    let mut cfg = Chaos {
+        keep_in_mode: "0600",
+        spare: None,
+        routes: Vec::new(),
+    };
+    while cfg.routes.len() < MAX_ROUTES / 2 {
+        cfg.routes.push(Dyn::random(&mut rng, &mut gen_));
+    }
+    let mut g = Guarded::start(&cfg.toml());
+    let d: &mut Daemon = &mut g;
+    let mut tail = LogTail::new(d);
+    let stable = Stable::start(d, seed);
+    let churn = Churn::start(seed, 4, 2, cfg.targets(d));
+    let t0 = Instant::now();
+    let (mut applied, mut rejected) = (0, 0);
+    for n in 1..=CHAOS_RELOADS {
+        // Bytes flow on the stable route, and on the others if any.
+        let flowed = stable.verified();
+        stable.wait_more(d, flowed, &format!("reload {}", n - 1));
+        if !cfg.routes.is_empty() {
+            let since = churn.writes();
+            churn.wait_writes(d, since, 1, &format!("reload {}", n - 1));
+        }
+        let broken = rng.between(0, 11) == 0;
+        let (outcome, what) = if broken {
+            let (text, why) = cfg.broken(&mut rng);
+            let what = format!("reload {n} of {CHAOS_RELOADS} (seed {seed}): {why}");
+            d.sb.write_config(&text);
+            let outcome = reload(d, &mut tail, &what);
+            // `fifod status` reads the file too (for the control socket).
+            d.sb.write_config(&cfg.toml());
+            (outcome, what)
+        } else {
+            let mut next = cfg.clone();
+            let how = next.mutate(&mut rng, &mut gen_);
+            let what = format!("reload {n} of {CHAOS_RELOADS} (seed {seed}): {how}");
+            d.sb.write_config(&next.toml());
+            let outcome = reload(d, &mut tail, &what);
+            if outcome.is_ok() {
+                cfg = next;
+            }
+            (outcome, what)
+        };
+        let st = answer(d, &what);
+        match (broken, outcome) {
+            (false, Ok(())) => applied += 1,
+            (true, Err(why)) => {
+                assert!(why.contains("invalid"), "{what}: failed with {why:?}");
+                rejected += 1;
+            }
+            (false, Err(why)) => panic!("{what} failed: {why}\n{}", log_end(d)),
+            (true, Ok(())) => panic!("{what} was applied\n{}", log_end(d)),
+        }
+        // What fifod runs is the last config that was applied.
+        let (fifos, processes, routes) = cfg.expected();
+        let names = |list: &str| -> Vec<String> {
+            let mut v: Vec<String> = array(&st, list)
+                .iter()
+                .map(|e| text(e, "name").to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("fifos"), fifos, "FIFOs after {what}");
+        assert_eq!(names("processes"), processes, "processes after {what}");
+        assert_eq!(array(&st, "routes").len(), routes, "routes after {what}");
+        assert_counts_add_up(&st);
+        churn.set(cfg.targets(d));
+        churn.check(d);
+        stable.check(d);
+    }
+    let chaos = t0.elapsed();
+
+    // Traffic stops; everything is read.
+    churn.finish(d);
+    let (total, w, r) = stable.finish(d);
+    let st = drain(d, &cfg.targets(d));
+    assert_counts_add_up(&st);
+    if let Some(st) = d.try_exited() {
+        died(d, st, "the drain");
+    }
+    drop(w);
+    d.stop_ok();
+    drop(r);
+    let log = d.log();
+    assert_clean_stats(d, 0, "keep_out", total);
+    assert_final_stats_add_up(&log);
+    assert_left_nothing(d);
+    eprintln!(
+        "reload chaos (seed {seed}): {applied} reloads applied, {rejected} broken files \
+         rejected in {chaos:?}; {total} bytes byte-exact on the stable route"
+    );
 }
