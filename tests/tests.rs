@@ -16,6 +16,7 @@ mod lifecycle;
 mod processes;
 mod relay;
 mod reload;
+mod reload_chaos;
 mod shutdown;
 mod shutdown_order;
 mod status;
