@@ -120,12 +120,17 @@ impl LanePipes {
         }
     }
 
-    /// For a relay with `lanes` lanes: every pipe must be empty by now.
-    pub(super) fn renumber(&mut self, lanes: usize) {
+    /// After a reload: lanes keep their pipes under their ids; a lane that
+    /// holds nothing in its pipe (one that left, among others) gives it
+    /// back, and new ids get room.
+    pub(super) fn keep_for(&mut self, relay: &Relay) {
+        let lanes = relay.lanes();
         for lane in 0..self.by_lane.len() {
-            self.release(lane);
+            if lanes.get(lane).is_none_or(|l| l.in_pipe() == 0) {
+                self.release(lane);
+            }
         }
-        self.by_lane = (0..lanes).map(|_| None).collect();
+        self.by_lane.resize_with(lanes.len(), || None);
     }
 }
 
@@ -209,10 +214,10 @@ impl Daemon {
         }
     }
 
-    /// Moves what every lane holds in a pipe into fifod's memory (a reload
-    /// renumbers the lanes). Sources must be settled first.
-    pub(super) fn unpipe_lanes(&mut self) {
-        for l in 0..self.relay.lanes().len() {
+    /// Moves what `lanes` hold in a pipe into fifod's memory (a reload
+    /// moves their bytes to other lanes). Sources must be settled first.
+    pub(super) fn unpipe_lanes(&mut self, lanes: &[LaneId]) {
+        for &l in lanes {
             let piped = self.relay.lanes()[l].in_pipe();
             if piped == 0 {
                 self.lane_pipes.release(l);

@@ -228,8 +228,10 @@ impl Daemon {
         for s in self.sources.ids() {
             self.settle(s);
         }
-        // Lanes are numbered anew: what their pipes hold moves to memory.
-        self.unpipe_lanes();
+        // Lanes that are not carried whole, and those that take their
+        // bytes or bytes given back, hold them in memory from here on.
+        let unpipe = self.lanes_to_unpipe(&next);
+        self.unpipe_lanes(&unpipe);
         let staying = self.staying_sources(&next);
         for s in self.sources.ids() {
             if !staying.contains(&s) {
@@ -269,7 +271,7 @@ impl Daemon {
                 ..DropLog::default()
             })
             .collect();
-        self.lane_pipes.renumber(relay.lanes().len());
+        self.lane_pipes.keep_for(&relay);
         self.relay = relay;
         self.ends = next.tables.ends;
         self.children = next.children;
@@ -294,6 +296,30 @@ impl Daemon {
         }
         self.watch_dirs();
         Ok(())
+    }
+
+    /// The lanes whose bytes must be in memory before the relay is carried
+    /// over: those of routes that are not carried whole, and every lane of
+    /// a sink that takes bytes from them, or that gets back bytes from a
+    /// FIFO someone removed. Every other lane keeps its pipe.
+    fn lanes_to_unpipe(&self, next: &Next) -> Vec<LaneId> {
+        let mut sinks: HashSet<SinkId> = HashSet::new();
+        for (r, carried) in next.diff.routes.iter().enumerate() {
+            if carried.is_none() {
+                for &l in self.relay.lanes_of_route(r) {
+                    sinks.insert(self.relay.lanes()[l].sink);
+                }
+            }
+        }
+        for (k, sink) in self.sinks.iter() {
+            if matches!(sink.kind, SinkKind::Fifo(o) if next.vanished[o]) {
+                sinks.insert(k);
+            }
+        }
+        sinks
+            .into_iter()
+            .flat_map(|k| self.relay.lanes_of_sink(k).iter().copied())
+            .collect()
     }
 
     /// Old endpoints that do not keep their slot stop being watched: their
@@ -772,16 +798,13 @@ impl Daemon {
             ));
         }
         let slots = (self.sources.slot_count(), self.sinks.slot_count());
-        let mut relay = Relay::new(&next.tables.routes, slots.0, slots.1);
         let old_relay = std::mem::replace(&mut self.relay, Relay::new(&[], 0, 0));
-        let leftovers = relay.inherit(
-            old_relay,
-            &RelayMap {
-                routes: route_map,
-                sources: &next.source_map,
-                sinks: &next.sink_map,
-            },
-        );
+        let map = RelayMap {
+            routes: route_map,
+            sources: &next.source_map,
+            sinks: &next.sink_map,
+        };
+        let (mut relay, leftovers) = Relay::carry(old_relay, &next.tables.routes, &map, slots);
         for (n, bytes) in std::mem::take(&mut next.given_back) {
             info!(
                 "{}: {} bytes written but not read yet are held for it again, first in line",

@@ -302,8 +302,7 @@ impl Daemon {
         for s in self.sources.ids() {
             self.relay.flush_lines_of(s);
         }
-        for l in 0..self.relay.lanes().len() {
-            let lane = &self.relay.lanes()[l];
+        for (l, lane) in self.relay.live_lanes() {
             let s = lane.stats();
             info!(
                 "stats {}: accepted={} delivered={} dropped={} undelivered={}",

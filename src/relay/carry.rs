@@ -1,9 +1,9 @@
 //! Carrying held bytes over: out of lane pipes (`unpiped`, `pipe_lost`),
-//! back from a replaced sink (`give_back`), and into a new relay on a
-//! reload (`inherit`).
+//! back from a replaced sink (`give_back`), and into the relay of a new
+//! config on a reload (`carry`).
 
 use super::lane::newlines;
-use super::{LaneId, Relay, SinkId, SourceId};
+use super::{Lane, LaneId, Relay, RouteSpec, SinkId, SourceId};
 
 /// How the endpoints and routes of a running relay map onto a new one:
 /// for each old index, the same thing in the new config, if it is there.
@@ -76,118 +76,161 @@ impl Relay {
         self.sink_owner[sink] = None;
     }
 
-    /// Carries what a running relay holds into this one, built for a new
-    /// config (a reload). `old` must be settled (no lane ahead of its
-    /// source) and hold nothing in pipes (`unpiped`).
+    /// The relay for a new config (a reload), with what `old` holds carried
+    /// over. `old` must be settled (no lane ahead of a source whose stream
+    /// goes on), and a lane that is not carried whole, or that takes bytes
+    /// from one that is not, must hold nothing in a pipe (`unpiped`).
     ///
-    /// - A route in both configs (`map.routes`) keeps its lanes whole: held
-    ///   bytes, end markers, counters, and each source's line in progress.
+    /// - A route in both configs (`map.routes`) keeps its lanes whole and
+    ///   under the same ids: held bytes (in memory and in the lane's pipe),
+    ///   end markers, counters, and each source's line in progress. Only
+    ///   its buffer and policy follow the new config.
     /// - A lane of a route that changed or went gives its held bytes to a
-    ///   lane of the same sink in the new relay (one whose route shares a
-    ///   source with the old route, if any), after what that lane already
-    ///   has; its sources' lines in progress are passed on first.
+    ///   lane of the same sink (one whose route shares a source with the
+    ///   old route, if any): after what that lane already has, or before
+    ///   it if it was writing a line to the sink. Its sources' lines in
+    ///   progress are passed on first. Its id is free for a new lane.
     /// - Bytes for a sink that nothing feeds any more are returned, by old
     ///   sink, for the caller to deliver or count.
-    pub fn inherit(&mut self, mut old: Relay, map: &RelayMap<'_>) -> Vec<(SinkId, Vec<u8>)> {
+    pub fn carry(
+        mut old: Relay,
+        routes: &[RouteSpec],
+        map: &RelayMap<'_>,
+        (sources, sinks): (usize, usize),
+    ) -> (Relay, Vec<(SinkId, Vec<u8>)>) {
+        let mapped_source = |s: SourceId| map.sources.get(s).copied().flatten();
+        let mapped_sink = |k: SinkId| map.sinks.get(k).copied().flatten();
+        // A lead on a stream that goes counts as taken.
+        for s in 0..old.source_routes.len() {
+            if mapped_source(s).is_none() {
+                old.commit_ahead(s);
+            }
+        }
         // Lines in progress that have nowhere to continue are passed on as
         // they are: their route changed, or their source is not the same
         // stream any more (a restarted process).
         for r in 0..old.routes.len() {
             for position in 0..old.routes[r].sources.len() {
                 let source = old.routes[r].sources[position];
-                if map.routes[r].is_none() || map.sources[source].is_none() {
+                if map.routes[r].is_none() || mapped_source(source).is_none() {
                     old.flush_partial(r, position);
                 }
             }
         }
+        // The lanes of a carried route keep their ids.
+        let mut kept: Vec<Vec<Option<LaneId>>> =
+            routes.iter().map(|r| vec![None; r.sinks.len()]).collect();
+        let mut keeps = vec![false; old.lanes.len()];
+        for (r, route) in old.routes.iter().enumerate() {
+            let Some(new_route) = map.routes[r] else {
+                continue;
+            };
+            for &l in &route.lanes {
+                let Some(sink) = mapped_sink(old.lanes[l].sink) else {
+                    continue;
+                };
+                let position = routes[new_route].sinks.iter().position(|&k| k == sink);
+                if let Some(slot) = position.map(|p| &mut kept[new_route][p])
+                    && slot.is_none()
+                {
+                    *slot = Some(l);
+                    keeps[l] = true;
+                }
+            }
+        }
+        let free = (0..old.lanes.len()).rev().filter(|&l| !keeps[l]).collect();
+        let mut relay = Relay::build(routes, sources, sinks, &kept, old.lanes.len(), free);
+        for &l in kept.iter().flatten().flatten() {
+            let fresh = std::mem::replace(&mut relay.lanes[l], Lane::retired());
+            let mut lane = std::mem::replace(&mut old.lanes[l], Lane::retired());
+            lane.route = fresh.route;
+            lane.sink = fresh.sink;
+            lane.capacity = fresh.capacity;
+            lane.policy = fresh.policy;
+            // Only a lead on a stream that goes on is left (see above).
+            lane.ahead_from = mapped_source(lane.ahead_from).unwrap_or(0);
+            if lane.mid_line {
+                relay.sink_owner[lane.sink] = Some(l);
+            }
+            relay.lanes[l] = lane;
+        }
+
         // A lane with a line partly written goes first: its sink must see
         // the rest of that line before anything else.
-        let mut order: Vec<LaneId> = (0..old.lanes.len()).collect();
+        let mut order: Vec<LaneId> = (0..old.lanes.len())
+            .filter(|&l| !keeps[l] && !old.lanes[l].is_retired())
+            .collect();
         order.sort_by_key(|&l| old.sink_owner[old.lanes[l].sink] != Some(l));
         let mut leftovers: Vec<(SinkId, Vec<u8>)> = Vec::new();
         for l in order {
             let lane = &old.lanes[l];
-            let exact = map.routes[lane.route];
-            let Some(sink) = map.sinks[lane.sink] else {
-                if !lane.held.is_empty() {
-                    leftovers.push((lane.sink, lane.held.iter().copied().collect()));
-                }
-                continue;
-            };
-            let shares_source = |new_route: usize| {
-                old.routes[lane.route].sources.iter().any(|&s| {
-                    map.sources[s].is_some_and(|n| self.routes[new_route].sources.contains(&n))
-                })
-            };
-            let target = match exact {
-                Some(r) => self.routes[r]
-                    .lanes
+            let target = mapped_sink(lane.sink).and_then(|sink| {
+                let shares_source = |new_route: usize| {
+                    old.routes[lane.route].sources.iter().any(|&s| {
+                        mapped_source(s)
+                            .is_some_and(|n| relay.routes[new_route].sources.contains(&n))
+                    })
+                };
+                relay.sink_lanes[sink]
                     .iter()
                     .copied()
-                    .find(|&t| self.lanes[t].sink == sink),
-                None => self.sink_lanes[sink]
-                    .iter()
-                    .copied()
-                    .find(|&t| shares_source(self.lanes[t].route))
-                    .or_else(|| self.sink_lanes[sink].first().copied()),
-            };
+                    .find(|&t| shares_source(relay.lanes[t].route))
+                    .or_else(|| relay.sink_lanes[sink].first().copied())
+            });
             let Some(target) = target else {
                 if !lane.held.is_empty() {
                     leftovers.push((lane.sink, lane.held.iter().copied().collect()));
                 }
                 continue;
             };
+            debug_assert_eq!(
+                lane.piped, 0,
+                "a lane that is not carried whole was unpiped"
+            );
             let from = std::mem::take(&mut old.lanes[l].held);
             let lane = &old.lanes[l];
-            let into = &mut self.lanes[target];
-            let base = into.front + into.held.len() as u64;
-            for &end in &lane.ends {
-                // An end a drop moved the front past is due at once.
-                into.ends.push_back(base + end.saturating_sub(lane.front));
+            let into = &mut relay.lanes[target];
+            into.stats.accepted += from.len() as u64;
+            if into.lines {
+                into.stats.lines_accepted += from.iter().filter(|&&b| b == b'\n').count() as u64;
             }
-            if exact.is_some() {
-                let s = lane.stats;
-                into.stats.accepted += s.accepted;
-                into.stats.delivered += s.delivered;
-                into.stats.dropped += s.dropped;
-                into.stats.lines_accepted += s.lines_accepted;
-                into.stats.lines_delivered += s.lines_delivered;
-                into.stats.lines_dropped += s.lines_dropped;
-                // A lead on a stream that stays is kept (a source that could
-                // not be settled); one on a stream that goes counts as taken.
-                match map.sources[lane.ahead_from] {
-                    Some(source) => {
-                        into.ahead_sent = lane.ahead_sent;
-                        into.ahead_from = source;
-                    }
-                    None => {
-                        into.stats.accepted += lane.ahead_sent as u64;
-                        into.stats.delivered += lane.ahead_sent as u64;
-                    }
+            // An end a drop moved the front past is due at once.
+            let ends = lane.ends.iter().map(|&end| end.saturating_sub(lane.front));
+            if lane.mid_line {
+                // Before what the lane has: the sink is in the middle of
+                // one of these lines.
+                debug_assert_eq!(into.piped, 0, "a lane that takes bytes first was unpiped");
+                let n = from.len() as u64;
+                let front = into.front;
+                for end in &mut into.ends {
+                    *end += n;
                 }
-            } else {
-                into.stats.accepted += from.len() as u64;
-                if into.lines {
-                    into.stats.lines_accepted +=
-                        from.iter().filter(|&&b| b == b'\n').count() as u64;
+                for end in ends.rev() {
+                    into.ends.push_front(front + end);
                 }
-            }
-            if lane.mid_line && into.held.is_empty() {
+                for &b in from.iter().rev() {
+                    into.held.push_front(b);
+                }
                 into.mid_line = true;
-                self.sink_owner[sink] = Some(target);
+                relay.sink_owner[into.sink] = Some(target);
+            } else {
+                let base = into.front + into.held() as u64;
+                into.ends.extend(ends.map(|end| base + end));
+                into.held.extend(from);
             }
-            into.held.extend(from);
+            // One slice, so that the sink is offered it in one write.
+            into.held.make_contiguous();
         }
         for (r, mut route) in old.routes.into_iter().enumerate() {
             let Some(new_route) = map.routes[r] else {
                 continue;
             };
-            self.routes[new_route].long_lines += route.long_lines;
+            relay.routes[new_route].long_lines += route.long_lines;
             for (position, &source) in route.sources.iter().enumerate() {
-                let Some(new_source) = map.sources[source] else {
+                let Some(new_source) = mapped_source(source) else {
                     continue;
                 };
-                let into = &mut self.routes[new_route];
+                let into = &mut relay.routes[new_route];
                 if let Some(p) = into.sources.iter().position(|&s| s == new_source) {
                     into.ended[p] = route.ended[position];
                     into.in_long_line[p] = route.in_long_line[position];
@@ -195,6 +238,6 @@ impl Relay {
                 }
             }
         }
-        leftovers
+        (relay, leftovers)
     }
 }

@@ -91,7 +91,57 @@ impl Took {
     }
 }
 
+/// The route of a lane slot a reload emptied (a new lane may take it).
+const RETIRED: usize = usize::MAX;
+
 impl Lane {
+    /// An empty lane of route `route` into `sink`.
+    pub(super) fn new(route: usize, sink: SinkId, spec: &super::RouteSpec) -> Lane {
+        Lane {
+            route,
+            sink,
+            piped: 0,
+            unwanted: 0,
+            held: VecDeque::new(),
+            front: 0,
+            ends: VecDeque::new(),
+            capacity: spec.buffer,
+            policy: spec.when_full,
+            lines: spec.max_line.is_some(),
+            mid_line: false,
+            ahead_sent: 0,
+            ahead_piped: 0,
+            ahead_from: 0,
+            stats: LaneStats::default(),
+        }
+    }
+
+    /// An empty slot: no route has it, and it holds and counts nothing.
+    pub(super) fn retired() -> Lane {
+        Lane {
+            route: RETIRED,
+            sink: 0,
+            piped: 0,
+            unwanted: 0,
+            held: VecDeque::new(),
+            front: 0,
+            ends: VecDeque::new(),
+            capacity: 0,
+            policy: WhenFull::Block,
+            lines: false,
+            mid_line: false,
+            ahead_sent: 0,
+            ahead_piped: 0,
+            ahead_from: 0,
+            stats: LaneStats::default(),
+        }
+    }
+
+    /// Whether no route has this lane slot now.
+    pub fn is_retired(&self) -> bool {
+        self.route == RETIRED
+    }
+
     pub fn held(&self) -> usize {
         self.piped + self.held.len()
     }

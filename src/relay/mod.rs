@@ -31,8 +31,6 @@
 //! after its last byte. A sink is given its end once every lane feeding it
 //! has reached a marker, and not a byte of the next session before that.
 
-use std::collections::VecDeque;
-
 use crate::config::WhenFull;
 
 mod carry;
@@ -79,6 +77,8 @@ struct RouteState {
 
 #[derive(Debug)]
 pub struct Relay {
+    /// By id: a lane keeps its id for as long as its route and sink stay,
+    /// through reloads; a slot no route has is `retired`.
     lanes: Vec<Lane>,
     routes: Vec<RouteState>,
     /// For each source, the routes it feeds and its place among their sources.
@@ -93,8 +93,22 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(routes: &[RouteSpec], sources: usize, sinks: usize) -> Relay {
+        Relay::build(routes, sources, sinks, &[], 0, Vec::new())
+    }
+
+    /// A relay for `routes`, whose lane `p` of route `r` has the id
+    /// `kept[r][p]` where that is set (a lane a reload carries over), and
+    /// otherwise one of `free`, or a new one past `slots`.
+    fn build(
+        routes: &[RouteSpec],
+        sources: usize,
+        sinks: usize,
+        kept: &[Vec<Option<LaneId>>],
+        slots: usize,
+        mut free: Vec<LaneId>,
+    ) -> Relay {
         let mut relay = Relay {
-            lanes: Vec::new(),
+            lanes: (0..slots).map(|_| Lane::retired()).collect(),
             routes: Vec::new(),
             source_routes: vec![Vec::new(); sources],
             sink_lanes: vec![Vec::new(); sinks],
@@ -103,27 +117,18 @@ impl Relay {
         };
         for (route_index, route) in routes.iter().enumerate() {
             let mut lanes = Vec::new();
-            for &sink in &route.sinks {
-                let lane = relay.lanes.len();
+            for (position, &sink) in route.sinks.iter().enumerate() {
+                let kept = kept.get(route_index).and_then(|k| k.get(position).copied());
+                let lane = match kept.flatten().or_else(|| free.pop()) {
+                    Some(id) => id,
+                    None => {
+                        relay.lanes.push(Lane::retired());
+                        relay.lanes.len() - 1
+                    }
+                };
                 lanes.push(lane);
                 relay.sink_lanes[sink].push(lane);
-                relay.lanes.push(Lane {
-                    route: route_index,
-                    sink,
-                    piped: 0,
-                    unwanted: 0,
-                    held: VecDeque::new(),
-                    front: 0,
-                    ends: VecDeque::new(),
-                    capacity: route.buffer,
-                    policy: route.when_full,
-                    lines: route.max_line.is_some(),
-                    mid_line: false,
-                    ahead_sent: 0,
-                    ahead_piped: 0,
-                    ahead_from: 0,
-                    stats: LaneStats::default(),
-                });
+                relay.lanes[lane] = Lane::new(route_index, sink, route);
             }
             for (position, &source) in route.sources.iter().enumerate() {
                 relay.source_routes[source].push((route_index, position));
@@ -140,6 +145,15 @@ impl Relay {
             });
         }
         relay
+    }
+
+    /// The lanes some route has, with their ids (`lanes` also has the
+    /// empty slots a reload left).
+    pub fn live_lanes(&self) -> impl Iterator<Item = (LaneId, &Lane)> {
+        self.lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, lane)| !lane.is_retired())
     }
 
     pub fn lanes(&self) -> &[Lane] {

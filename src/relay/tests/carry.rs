@@ -1,4 +1,4 @@
-//! Relay::inherit (reload)
+//! Relay::carry (reload)
 
 use super::*;
 
@@ -18,7 +18,7 @@ fn drain_by_lane(relay: &mut Relay, sink: SinkId, chunk: usize) -> Vec<(LaneId, 
 }
 
 #[test]
-fn inherit_keeps_an_end_that_drops_made_due() {
+fn carry_keeps_an_end_that_drops_made_due() {
     let spec = RouteSpec {
         forward_eof: true,
         ..route(&[0], &[0], 4, WhenFull::DropOldest)
@@ -29,15 +29,12 @@ fn inherit_keeps_an_end_that_drops_made_due() {
     // The next session pushes the end's bytes out: it is due, not lost.
     old.ingest(0, b"cdef", |_, _| 0);
     assert!(old.end_due(0));
-    let mut relay = Relay::new(&[spec], 1, 1);
-    relay.inherit(
-        old,
-        &RelayMap {
-            routes: &[Some(0)],
-            sources: &[Some(0)],
-            sinks: &[Some(0)],
-        },
-    );
+    let map = RelayMap {
+        routes: &[Some(0)],
+        sources: &[Some(0)],
+        sinks: &[Some(0)],
+    };
+    let (mut relay, _) = Relay::carry(old, &[spec], &map, (1, 1));
     assert!(relay.end_due(0));
     relay.end_delivered(0);
     let mut out = Vec::new();
@@ -47,7 +44,7 @@ fn inherit_keeps_an_end_that_drops_made_due() {
 }
 
 #[test]
-fn inherit_carries_an_unchanged_route_whole() {
+fn carry_carries_an_unchanged_route_whole() {
     // Old: one line route that forwards ends, source 0 -> sink 0.
     let old_spec = RouteSpec {
         forward_eof: true,
@@ -69,17 +66,18 @@ fn inherit_carries_an_unchanged_route_whole() {
         forward_eof: true,
         ..lines(&[1], &[1], 4096, WhenFull::Block, 100)
     };
-    let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block), carried], 2, 2);
-    let leftovers = relay.inherit(
-        old,
-        &RelayMap {
-            routes: &[Some(1)],
-            sources: &[Some(1)],
-            sinks: &[Some(1)],
-        },
-    );
+    let map = RelayMap {
+        routes: &[Some(1)],
+        sources: &[Some(1)],
+        sinks: &[Some(1)],
+    };
+    let routes = [route(&[0], &[0], 100, WhenFull::Block), carried];
+    let (mut relay, leftovers) = Relay::carry(old, &routes, &map, (2, 2));
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let lane = &relay.lanes()[1];
+    // The carried lane keeps its id; the new route's lane gets another.
+    assert_eq!(relay.lanes_of_route(1), [0]);
+    assert_eq!(relay.lanes_of_route(0), [1]);
+    let lane = &relay.lanes()[0];
     assert_eq!(lane.held(), 6, "e\\ntwo\\n");
     assert_eq!(lane.stats(), old_stats, "counters carried as they were");
     assert_eq!(lane.held_lines(), 2);
@@ -87,8 +85,8 @@ fn inherit_carries_an_unchanged_route_whole() {
     check_identity(&relay);
     // The rest of the half-written line first, then the end, then the
     // next session; the source's line in progress goes on where it was.
-    assert_eq!(relay.pending_bytes(1), Some((1, &b"e\n"[..])));
-    relay.delivered(1, 2);
+    assert_eq!(relay.pending_bytes(1), Some((0, &b"e\n"[..])));
+    relay.delivered(0, 2);
     assert!(relay.pending_bytes(1).is_none(), "nothing before the end");
     assert!(relay.end_due(1));
     relay.end_delivered(1);
@@ -97,14 +95,14 @@ fn inherit_carries_an_unchanged_route_whole() {
     drain(&mut relay, 1, &mut out, 100);
     assert_eq!(out, b"two\nthree\n");
     assert!(!relay.end_pending(1));
-    let s = relay.lanes()[1].stats();
+    let s = relay.lanes()[0].stats();
     assert_eq!((s.accepted, s.delivered, s.lines_delivered), (14, 14, 3));
-    assert_eq!(relay.lanes()[0].stats(), LaneStats::default());
+    assert_eq!(relay.lanes()[1].stats(), LaneStats::default());
     check_identity(&relay);
 }
 
 #[test]
-fn inherit_merges_a_changed_routes_bytes_into_the_lane_of_the_same_sink() {
+fn carry_merges_a_changed_routes_bytes_into_the_lane_of_the_same_sink() {
     // Old: two routes into sink 0, and one into sink 1.
     let mut old = Relay::new(
         &[
@@ -121,36 +119,35 @@ fn inherit_merges_a_changed_routes_bytes_into_the_lane_of_the_same_sink() {
     let kept_stats = old.lanes()[2].stats();
     // New: sources 0 and 1 merged into one route (a changed route), the
     // third route unchanged but now listed first.
-    let mut relay = Relay::new(
-        &[
-            route(&[2], &[1], 100, WhenFull::Block),
-            route(&[0, 1, 3], &[0], 100, WhenFull::Block),
-        ],
-        4,
-        2,
-    );
-    let leftovers = relay.inherit(
-        old,
-        &RelayMap {
-            routes: &[None, None, Some(0)],
-            sources: &[Some(0), Some(1), Some(2)],
-            sinks: &[Some(0), Some(1)],
-        },
-    );
+    let routes = [
+        route(&[2], &[1], 100, WhenFull::Block),
+        route(&[0, 1, 3], &[0], 100, WhenFull::Block),
+    ];
+    let map = RelayMap {
+        routes: &[None, None, Some(0)],
+        sources: &[Some(0), Some(1), Some(2)],
+        sinks: &[Some(0), Some(1)],
+    };
+    let (mut relay, leftovers) = Relay::carry(old, &routes, &map, (4, 2));
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The unchanged route keeps its lane (2); the changed one's lane takes
+    // the first id free.
+    assert_eq!(relay.lanes_of_route(0), [2]);
+    assert_eq!(relay.lanes_of_route(1), [0]);
+    assert!(relay.lanes()[1].is_retired());
     // Held bytes of both changed lanes, each in order, one after the other.
     assert_eq!(
         drain_by_lane(&mut relay, 0, 3),
-        [(1, b"firstsecond".to_vec())]
+        [(0, b"firstsecond".to_vec())]
     );
-    assert_eq!(drain_by_lane(&mut relay, 1, 100), [(0, b"other".to_vec())]);
+    assert_eq!(drain_by_lane(&mut relay, 1, 100), [(2, b"other".to_vec())]);
     // A changed route starts its counters over with what it inherited;
     // an unchanged one keeps them.
-    let merged = relay.lanes()[1].stats();
+    let merged = relay.lanes()[0].stats();
     assert_eq!((merged.accepted, merged.delivered), (11, 11));
     let mut expected = kept_stats;
     expected.delivered += 5;
-    assert_eq!(relay.lanes()[0].stats(), expected);
+    assert_eq!(relay.lanes()[2].stats(), expected);
     check_identity(&relay);
     // The merged route goes on, with its new source too.
     let mut offered = Vec::new();
@@ -163,21 +160,19 @@ fn inherit_merges_a_changed_routes_bytes_into_the_lane_of_the_same_sink() {
 }
 
 #[test]
-fn inherit_returns_bytes_for_a_sink_nothing_feeds_any_more() {
+fn carry_returns_bytes_for_a_sink_nothing_feeds_any_more() {
     // Old: fan-out to sinks 0, 1 and 2, which none takes.
     let mut old = Relay::new(&[route(&[0], &[0, 1, 2], 100, WhenFull::Block)], 1, 3);
     old.ingest(0, b"data", |_, _| 0);
     // New: sink 0 still fed; sink 1 gone from the config; sink 2 still
     // there (as new sink 1) but in no route.
-    let mut relay = Relay::new(&[route(&[0], &[0], 100, WhenFull::Block)], 1, 2);
-    let mut leftovers = relay.inherit(
-        old,
-        &RelayMap {
-            routes: &[None],
-            sources: &[Some(0)],
-            sinks: &[Some(0), None, Some(1)],
-        },
-    );
+    let map = RelayMap {
+        routes: &[None],
+        sources: &[Some(0)],
+        sinks: &[Some(0), None, Some(1)],
+    };
+    let routes = [route(&[0], &[0], 100, WhenFull::Block)];
+    let (mut relay, mut leftovers) = Relay::carry(old, &routes, &map, (1, 2));
     leftovers.sort();
     assert_eq!(leftovers, [(1, b"data".to_vec()), (2, b"data".to_vec())]);
     assert_eq!(relay.held_total(), 4);
@@ -186,7 +181,7 @@ fn inherit_returns_bytes_for_a_sink_nothing_feeds_any_more() {
 }
 
 #[test]
-fn inherit_puts_a_lane_mid_line_first() {
+fn carry_puts_a_lane_mid_line_first() {
     // Old: two line routes into sink 0; route 1's line is half written
     // (its lane owns the sink) when route 0 holds a whole line.
     let mut old = Relay::new(
@@ -204,15 +199,13 @@ fn inherit_puts_a_lane_mid_line_first() {
     old.ingest(0, b"aaa\n", |_, _| panic!("the sink is mid-line"));
     assert_eq!(old.pending_bytes(0), Some((1, &b"BB\n"[..])));
     // New: both sources on one line route (changed), with a second sink.
-    let mut relay = Relay::new(&[lines(&[0, 1], &[0, 1], 100, WhenFull::Block, 100)], 2, 2);
-    let leftovers = relay.inherit(
-        old,
-        &RelayMap {
-            routes: &[None, None],
-            sources: &[Some(0), Some(1)],
-            sinks: &[Some(0)],
-        },
-    );
+    let map = RelayMap {
+        routes: &[None, None],
+        sources: &[Some(0), Some(1)],
+        sinks: &[Some(0)],
+    };
+    let routes = [lines(&[0, 1], &[0, 1], 100, WhenFull::Block, 100)];
+    let (mut relay, leftovers) = Relay::carry(old, &routes, &map, (2, 2));
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The rest of the half-written line comes before anything else, and
     // the sink stays its lane's until that line is complete.
@@ -226,4 +219,75 @@ fn inherit_puts_a_lane_mid_line_first() {
     drain(&mut relay, 0, &mut out, 1);
     assert_eq!(out, b"BBBB\naaa\nccc\n");
     check_identity(&relay);
+}
+
+#[test]
+fn carry_keeps_a_carried_lanes_pipe_and_its_id() {
+    // Old: a byte route whose lane holds 3 bytes in its pipe, and another
+    // route into the same sink that the new config drops.
+    let kept = route(&[0], &[0], 100, WhenFull::DropNewest);
+    let mut old = Relay::new(&[route(&[1], &[1], 100, WhenFull::Block), kept], 2, 2);
+    old.spliced(0, [1], &[Took { sent: 2, piped: 3 }], 5);
+    let stats = old.lanes()[1].stats();
+    let map = RelayMap {
+        routes: &[None, Some(0)],
+        sources: &[Some(0), None],
+        sinks: &[Some(0), None],
+    };
+    // New: the same route, now blocking with a bigger buffer, and a new one.
+    let routes = [
+        route(&[0], &[0], 4096, WhenFull::Block),
+        route(&[2], &[2], 100, WhenFull::Block),
+    ];
+    let (relay, leftovers) = Relay::carry(old, &routes, &map, (3, 3));
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(
+        relay.lanes_of_route(0),
+        [1],
+        "the carried lane keeps its id"
+    );
+    assert_eq!(
+        relay.lanes_of_route(1),
+        [0],
+        "a new lane takes the id left free"
+    );
+    let lane = &relay.lanes()[1];
+    assert_eq!(
+        (lane.held(), lane.in_pipe()),
+        (3, 3),
+        "its pipe still holds them"
+    );
+    assert_eq!(lane.stats(), stats);
+    assert_eq!((lane.capacity(), lane.policy()), (4096, WhenFull::Block));
+    assert_eq!(relay.pending(0), Some((1, Out::Piped(3))));
+    check_identity(&relay);
+}
+
+#[test]
+fn lane_ids_are_reused_across_reloads() {
+    let one = [route(&[0], &[0], 100, WhenFull::Block)];
+    let many: Vec<RouteSpec> = (0..10)
+        .map(|i| route(&[i], &[i], 100, WhenFull::Block))
+        .collect();
+    let mut relay = Relay::new(&many, 10, 10);
+    for round in 0..100 {
+        let (routes, map): (&[RouteSpec], Vec<Option<usize>>) = if round % 2 == 0 {
+            (&one, (0..10).map(|r| (r == 0).then_some(0)).collect())
+        } else {
+            (&many, vec![Some(0)])
+        };
+        let identity: Vec<Option<usize>> = (0..10).map(Some).collect();
+        let map = RelayMap {
+            routes: &map,
+            sources: &identity,
+            sinks: &identity,
+        };
+        relay = Relay::carry(relay, routes, &map, (10, 10)).0;
+        assert_eq!(relay.lanes_of_route(0), [0], "route 0 keeps its lane");
+        assert!(
+            relay.lanes().len() <= 10,
+            "ids are reused: {}",
+            relay.lanes().len()
+        );
+    }
 }
