@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode as NixMode, SFlag, fstat, umask};
 
 use crate::child::{self, Exit, Supervised, Wiring};
-use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode, WhenFull};
+use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode};
 use crate::control::{
     ControlServer, FifoStatus, LineCounts, ProcessStatus, RouteStatus, STATUS_VERSION, SinkStatus,
     Status,
@@ -39,9 +39,12 @@ mod lanes;
 mod last_reload;
 mod processes;
 mod reload;
+mod replaced;
+mod retiring;
 mod shutdown;
 mod slots;
 mod status;
+mod timers;
 
 use slots::Slots;
 
@@ -188,14 +191,6 @@ enum Intake {
     Closed,
 }
 
-/// Rate-limiting of drop messages for one lane.
-#[derive(Debug, Default)]
-struct DropLog {
-    reported: u64,
-    last: Option<Instant>,
-    due: Option<Instant>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Running,
@@ -235,7 +230,7 @@ pub struct Daemon {
     sinks: Slots<Sink>,
     children: Vec<Supervised>,
     ends: Vec<ProcessEnds>,
-    drop_logs: Vec<DropLog>,
+    drop_logs: drops::DropLogs,
     scratch: Vec<u8>,
     state: State,
     control: Option<ControlServer>,
@@ -252,9 +247,9 @@ pub struct Daemon {
     /// How the last reload ended (a failure shows until one succeeds).
     last_reload: last_reload::LastReload,
     /// Output FIFOs a reload removed, until their reader has everything.
-    retiring: Vec<reload::Retiring>,
+    retiring: retiring::RetiringOutputs,
     /// Processes a reload stopped, until they are reaped.
-    stopped: Vec<reload::Stopped>,
+    replaced: replaced::ReplacedProcesses,
     /// Tells when a FIFO's directory changed (one may have been removed).
     dir_watch: Option<DirWatch>,
 }
@@ -566,7 +561,6 @@ impl Daemon {
                     .ok();
             }
         }
-        let drop_logs = relay.lanes().iter().map(|_| DropLog::default()).collect();
         let children = config
             .processes
             .iter()
@@ -584,7 +578,7 @@ impl Daemon {
             sinks: Slots::from_values(sinks),
             children,
             ends,
-            drop_logs,
+            drop_logs: drops::DropLogs::default(),
             scratch: vec![0; READ_CHUNK],
             state: State::Running,
             control,
@@ -598,8 +592,8 @@ impl Daemon {
             notifier: Notifier::from_env(),
             config_path,
             last_reload: last_reload::LastReload::default(),
-            retiring: Vec::new(),
-            stopped: Vec::new(),
+            retiring: retiring::RetiringOutputs::default(),
+            replaced: replaced::ReplacedProcesses::default(),
             dir_watch: None,
         };
         if let Some(e) = fail {

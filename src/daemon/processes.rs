@@ -45,7 +45,7 @@ impl Daemon {
         for (pid, how) in child::reap() {
             match self.children.iter().position(|c| c.pid == Some(pid)) {
                 Some(c) => self.child_exited(c, Some(pid), how),
-                None if self.reaped_stopped(pid, how) => {}
+                None if self.replaced.reaped(pid, how) => {}
                 None => debug!("reaped pid {pid}, {how}"),
             }
         }

@@ -15,40 +15,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use nix::unistd::Pid;
 
 use super::diff::{self, Diff, FifoPlan, Key};
 use super::*;
 use crate::config::{self, Environment, ProcessConfig};
 use crate::relay::RelayMap;
-
-/// An output FIFO the new config dropped: what fifod held for it is written
-/// as its reader makes room, and its path is removed once the pipe is empty
-/// or `deadline` passed.
-#[derive(Debug)]
-pub(super) struct Retiring {
-    fifo: ManagedFifo,
-    fd: OwnedFd,
-    bytes: Vec<u8>,
-    written: usize,
-    deadline: Instant,
-    /// When to look again, and the interval (doubling).
-    next: (Instant, Duration),
-}
-
-/// A process a reload stopped: SIGTERM was sent, SIGKILL follows at `kill_at`.
-#[derive(Debug)]
-pub(super) struct Stopped {
-    name: String,
-    pid: Pid,
-    kill_at: Option<Instant>,
-}
-
-impl Stopped {
-    pub(super) fn pid(&self) -> Pid {
-        self.pid
-    }
-}
 
 fn source_key(kind: SourceKind, config: &Config) -> Key {
     match kind {
@@ -210,11 +181,7 @@ impl Daemon {
             info!("the config did not change");
             return Ok(());
         };
-        let retiring: HashSet<&Path> = self
-            .retiring
-            .iter()
-            .map(|r| r.fifo.path.as_path())
-            .collect();
+        let retiring: HashSet<&Path> = self.retiring.paths().collect();
         let diff = diff::diff(&self.config, &new, &vanished, &retiring);
         // The only step that can fail, first: nothing has changed yet.
         let fifos = self.make_new_fifos(&new, &diff.fifos)?;
@@ -262,15 +229,16 @@ impl Daemon {
 
         // Swap in the rest and start what is new.
         self.footprint.fifos = fifos;
-        // Drops carried over were logged already (just above, at the latest).
-        self.drop_logs = relay
-            .lanes()
+        // Lanes that stay keep their drop messages' pace; the drops of the
+        // others were logged just above.
+        let kept_lanes: HashSet<LaneId> = next
+            .diff
+            .routes
             .iter()
-            .map(|lane| DropLog {
-                reported: lane.stats().dropped,
-                ..DropLog::default()
-            })
+            .flatten()
+            .flat_map(|&r| relay.lanes_of_route(r).iter().copied())
             .collect();
+        self.drop_logs.follow(&relay, |l| kept_lanes.contains(&l));
         self.lane_pipes.keep_for(&relay);
         self.relay = relay;
         self.ends = next.tables.ends;
@@ -540,19 +508,18 @@ impl Daemon {
             if let FifoPlan::Keep(o) = next.diff.fifos[i] {
                 next.fifos[i] = old_fifos[o].take();
             }
-            let retiring = (next.diff.fifos[i] == FifoPlan::Reclaim)
-                .then(|| self.retiring.iter().position(|r| r.fifo.path == spec.path))
+            let reclaimed = (next.diff.fifos[i] == FifoPlan::Reclaim)
+                .then(|| self.retiring.reclaim(&spec.path))
                 .flatten();
-            if let Some(r) = retiring {
+            if let Some((fifo, fd, rest)) = reclaimed {
                 // What it still had to write goes first.
-                let r = self.retiring.swap_remove(r);
                 next.changes.push(format!(
                     "fifo {}: kept, as it was still being removed",
                     spec.name
                 ));
-                next.reclaimed.push((i, r.bytes[r.written..].to_vec()));
-                next.spare.entry(spec.path.clone()).or_default().push(r.fd);
-                next.fifos[i] = Some(r.fifo);
+                next.reclaimed.push((i, rest));
+                next.spare.entry(spec.path.clone()).or_default().push(fd);
+                next.fifos[i] = Some(fifo);
             }
             if let Some(fifo) = &next.fifos[i] {
                 match fifo.set_attributes(spec) {
@@ -886,14 +853,7 @@ impl Daemon {
                 bytes.len(),
                 format_duration(timeout)
             );
-            self.retiring.push(Retiring {
-                fifo,
-                fd,
-                bytes,
-                written: 0,
-                deadline,
-                next: (Instant::now(), END_POLL_FIRST),
-            });
+            self.retiring.retire(fifo, fd, bytes, deadline);
         }
         for (name, bytes) in left_for.into_values() {
             if !bytes.is_empty() {
@@ -915,16 +875,7 @@ impl Daemon {
                     .push(format!("removed process {}", child.name()));
             }
             if let Some(pid) = child.pid {
-                info!(
-                    "sending SIGTERM to process {} (pid {pid}): the reload replaces it",
-                    child.name()
-                );
-                child::signal_group(pid, Signal::SIGTERM);
-                self.stopped.push(Stopped {
-                    name: child.name().to_string(),
-                    pid,
-                    kill_at: Some(now + KILL_GRACE),
-                });
+                self.replaced.stop(child.name(), pid, now);
             }
         }
     }
@@ -979,96 +930,6 @@ impl Daemon {
         }
         if matches!(self.sources[s].kind, SourceKind::Log(_)) {
             self.flush_log_line(s);
-        }
-    }
-
-    fn flush_drop_logs(&mut self) {
-        let now = Instant::now();
-        for l in 0..self.drop_logs.len() {
-            if self.relay.lanes()[l].stats().dropped > self.drop_logs[l].reported {
-                self.log_drops(l, now);
-            }
-        }
-    }
-
-    /// Writes on for the FIFOs a reload removed, and removes those whose
-    /// reader has everything, or whose time is up.
-    pub(super) fn tend_retiring(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.retiring.len() {
-            let r = &mut self.retiring[i];
-            if r.next.0 > now {
-                i += 1;
-                continue;
-            }
-            if r.written < r.bytes.len() {
-                r.written += write_some(r.fd.as_fd(), &r.bytes[r.written..]);
-            }
-            let unwritten = r.bytes.len() - r.written;
-            let unread = pipe::queued_bytes(r.fd.as_fd());
-            if unwritten == 0 && unread == 0 {
-                let r = self.retiring.swap_remove(i);
-                info!("fifo {}: its reader has everything", r.fifo.name);
-                Footprint::remove_fifo(&r.fifo);
-            } else if now >= r.deadline {
-                let r = self.retiring.swap_remove(i);
-                warn!(
-                    "fifo {}: removed with {} bytes undelivered ({unwritten} held by fifod, \
-                     {unread} unread in the pipe)",
-                    r.fifo.name,
-                    unwritten + unread
-                );
-                Footprint::remove_fifo(&r.fifo);
-            } else {
-                let wait = (r.next.1 * 2).min(END_POLL_MAX);
-                r.next = (now + r.next.1, wait);
-                i += 1;
-            }
-        }
-    }
-
-    /// When the retiring FIFOs and stopped processes next need a look.
-    pub(super) fn retired_deadline(&self) -> Option<Instant> {
-        let fifos = self.retiring.iter().map(|r| r.next.0);
-        let kills = self.stopped.iter().filter_map(|s| s.kill_at);
-        fifos.chain(kills).min()
-    }
-
-    /// A reaped pid that belonged to a process a reload stopped.
-    pub(super) fn reaped_stopped(&mut self, pid: Pid, how: Exit) -> bool {
-        let Some(i) = self.stopped.iter().position(|s| s.pid == pid) else {
-            return false;
-        };
-        let stopped = self.stopped.swap_remove(i);
-        info!(
-            "process {} (pid {pid}, replaced by a reload) {how}",
-            stopped.name
-        );
-        true
-    }
-
-    /// SIGKILL to the groups of stopped processes that outlived their grace.
-    pub(super) fn kill_stopped(&mut self, now: Instant, all: bool) {
-        for stopped in &mut self.stopped {
-            if all || stopped.kill_at.is_some_and(|at| at <= now) {
-                warn!(
-                    "process {} (pid {}, replaced by a reload) did not exit: sending SIGKILL",
-                    stopped.name, stopped.pid
-                );
-                child::signal_group(stopped.pid, Signal::SIGKILL);
-                stopped.kill_at = None;
-            }
-        }
-    }
-
-    /// At the very end: the retiring FIFOs go, whatever they hold.
-    pub(super) fn remove_retiring(&mut self) {
-        for r in self.retiring.drain(..) {
-            let left = r.bytes.len() - r.written + pipe::queued_bytes(r.fd.as_fd());
-            if left > 0 {
-                warn!("fifo {}: {left} bytes undelivered", r.fifo.name);
-            }
-            Footprint::remove_fifo(&r.fifo);
         }
     }
 }

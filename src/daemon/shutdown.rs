@@ -1,79 +1,8 @@
-//! Timers, the drain at stop, and the final report.
+//! The drain at stop, and the final report.
 
 use super::*;
 
 impl Daemon {
-    pub(super) fn next_timeout(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let mut next = self.drop_logs.iter().filter_map(|d| d.due).min();
-        let mut consider = |at: Option<Instant>| {
-            if let Some(at) = at {
-                next = Some(next.map_or(at, |n| n.min(at)));
-            }
-        };
-        for child in &self.children {
-            consider(child.restart_at);
-        }
-        for sink in self.sinks.values() {
-            consider(sink.end_check.map(|(at, _)| at));
-        }
-        consider(self.control.as_ref().and_then(ControlServer::next_deadline));
-        consider(self.control_retry_at);
-        consider(self.notifier.next_deadline());
-        consider(self.retired_deadline());
-        match self.state {
-            State::Draining { deadline, .. } => {
-                consider(Some(deadline));
-                consider(Some(now + DRAIN_POLL));
-            }
-            State::Killing { next, .. } => consider(Some(next)),
-            State::Running | State::Done => {}
-        }
-        next.map(|at| at.saturating_duration_since(now))
-    }
-
-    pub(super) fn on_timers(&mut self) {
-        let now = Instant::now();
-        for l in 0..self.drop_logs.len() {
-            if self.drop_logs[l].due.is_some_and(|due| due <= now) {
-                self.log_drops(l, now);
-            }
-        }
-        for k in 0..self.sinks.slot_count() {
-            if self
-                .sinks
-                .get(k)
-                .and_then(|sink| sink.end_check)
-                .is_some_and(|(at, _)| at <= now)
-            {
-                self.flush(k);
-            }
-        }
-        if self.control_retry_at.is_some_and(|at| at <= now) {
-            self.resume_control();
-        }
-        if let Some(control) = &mut self.control {
-            for slot in control.expired(now) {
-                debug!("dropping a status client that did not read its answer");
-                control.close(slot);
-            }
-        }
-        if self.state == State::Running {
-            for c in 0..self.children.len() {
-                if self.children[c].restart_at.is_some_and(|at| at <= now) {
-                    self.start_child(c);
-                }
-            }
-        }
-        self.notifier.on_timer(now);
-        self.tend_retiring(now);
-        self.kill_stopped(now, false);
-        if self.notifier.status_due(now) && self.state == State::Running {
-            self.offer_status();
-        }
-        self.advance_shutdown(now);
-    }
-
     pub(super) fn on_stop_signal(&mut self, signal: libc::c_int) {
         let name = signal_name(signal);
         match self.state {
@@ -293,11 +222,8 @@ impl Daemon {
                 let _ = nix::sys::wait::waitpid(pid, None);
             }
         }
-        self.kill_stopped(Instant::now(), true);
-        for stopped in self.stopped.drain(..) {
-            let _ = nix::sys::wait::waitpid(stopped.pid(), None);
-        }
-        self.remove_retiring();
+        self.replaced.kill_and_wait();
+        self.retiring.remove_all();
         // Lines still in progress are held too: count them with the rest.
         for s in self.sources.ids() {
             self.relay.flush_lines_of(s);
