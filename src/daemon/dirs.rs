@@ -3,7 +3,10 @@
 //! path as a reload (`watch` says something happened; `fifo` tells whether
 //! a FIFO is still its node).
 
-use super::*;
+use log::{error, warn};
+
+use super::{Daemon, State};
+use crate::fifo::ManagedFifo;
 
 impl Daemon {
     /// Watches the directories of every managed FIFO.

@@ -24,11 +24,19 @@ pub(super) struct DropLogs {
 }
 
 impl DropLogs {
+    /// Logs for `relay`'s lanes, none of which has dropped anything yet.
+    pub(super) fn new(relay: &Relay) -> DropLogs {
+        let mut logs = DropLogs::default();
+        logs.follow(relay, |_| false);
+        logs
+    }
+
     /// After a reload: a lane that stays keeps its log; a new one (or a
     /// lane id taken by a new lane) starts from what it has dropped so far,
     /// which was logged where it happened.
     pub(super) fn follow(&mut self, relay: &Relay, kept: impl Fn(LaneId) -> bool) {
-        self.lanes.resize_with(relay.lanes().len(), DropLog::default);
+        self.lanes
+            .resize_with(relay.lanes().len(), DropLog::default);
         for (l, log) in self.lanes.iter_mut().enumerate() {
             if !kept(l) {
                 *log = DropLog {

@@ -1,10 +1,21 @@
 //! Moving bytes: watching fds, reading sources, writing sinks, zero-copy
 //! transfers and the ends of sessions.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use log::{debug, error, info, warn};
+use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice, tee};
 
-use super::*;
-use crate::relay::{Out, Target, Took};
+use super::{
+    Daemon, END_POLL_FIRST, END_POLL_MAX, Intake, MAX_LOG_LINE, READ_CHUNK, RESUME_AT,
+    SPLICE_CHUNK, Sink, SinkKind, SourceKind, State, write_some,
+};
+use crate::event_loop::{Interest, Token};
+use crate::fifo::Access;
+use crate::pipe;
+use crate::relay::{LaneId, Out, Relay, SinkId, SourceId, Target, Took};
 
 /// Splices never block, and move pages rather than copy them when they can.
 const SPLICE_FLAGS: SpliceFFlags =

@@ -3,8 +3,15 @@
 //! memory. A lane gets a pipe when it first has to hold bytes and gives it
 //! back once they are delivered; a few empty ones are kept for the next.
 
-use super::*;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use log::{debug, error, warn};
+use nix::errno::Errno;
+
+use super::Daemon;
+use crate::pipe;
 use crate::pipe::PrivatePipe;
+use crate::relay::{LaneId, Relay, SinkId};
 
 /// Empty pipes kept for the next lane that needs one.
 const SPARE_MAX: usize = 8;
@@ -185,7 +192,7 @@ impl Daemon {
             return true;
         }
         let gone = match self.lane_pipes.get(lane) {
-            Some(pipe) => io::let_go(
+            Some(pipe) => super::io::let_go(
                 self.dev_null.as_ref(),
                 &mut self.scratch,
                 pipe.read.as_fd(),

@@ -17,18 +17,15 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode as NixMode, SFlag, fstat, umask};
 
-use crate::child::{self, Exit, Supervised, Wiring};
+use crate::child::{self, Supervised};
 use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode};
-use crate::control::{
-    ControlServer, FifoStatus, LineCounts, ProcessStatus, RouteStatus, STATUS_VERSION, SinkStatus,
-    Status,
-};
+use crate::control::ControlServer;
 use crate::event_loop::{Event, EventLoop, Interest, Token};
 use crate::fifo::{Access, Footprint, FsError, ManagedFifo};
 use crate::notify::Notifier;
 use crate::pipe::{self, Resized};
-use crate::relay::{LaneId, Relay, RouteSpec, SinkId, SourceId};
-use crate::units::{Size, format_duration};
+use crate::relay::{Relay, RouteSpec, SinkId, SourceId};
+use crate::units::Size;
 use crate::watch::DirWatch;
 
 mod diff;
@@ -543,6 +540,7 @@ impl Daemon {
             routes,
         } = tables;
         let relay = Relay::new(&routes, sources.len(), sinks.len());
+        let drop_logs = drops::DropLogs::new(&relay);
 
         // Take the FIFOs' fds. An input whose ends are forwarded is held
         // read-only: a write side of fifod's own would hide its writers' end.
@@ -578,7 +576,7 @@ impl Daemon {
             sinks: Slots::from_values(sinks),
             children,
             ends,
-            drop_logs: drops::DropLogs::default(),
+            drop_logs,
             scratch: vec![0; READ_CHUNK],
             state: State::Running,
             control,

@@ -1,6 +1,12 @@
 //! Starting, reaping and restarting the configured processes.
 
-use super::*;
+use std::time::Instant;
+
+use log::{debug, error, info, warn};
+
+use super::{Daemon, Intake, State};
+use crate::child::{self, Exit, Wiring};
+use crate::units::format_duration;
 
 impl Daemon {
     pub(super) fn start_child(&mut self, c: usize) {

@@ -12,14 +12,27 @@
 //! its path until its reader has what fifod held for it (or
 //! `shutdown_timeout`), a removed or changed process gets SIGTERM.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use log::{error, info, warn};
+use nix::errno::Errno;
 
 use super::diff::{self, Diff, FifoPlan, Key};
-use super::*;
+use super::{
+    Daemon, READ_CHUNK, SETTLE_TRIES, Sink, SinkKind, Source, SourceKind, State, Tables,
+    ensure_fd_limit, input_fd, read_write_fd,
+};
+use crate::child::Supervised;
 use crate::config::{self, Environment, ProcessConfig};
+use crate::config::{Config, Role};
+use crate::fifo::{Access, Footprint, ManagedFifo};
+use crate::pipe;
 use crate::relay::RelayMap;
+use crate::relay::{LaneId, Relay, SinkId, SourceId};
+use crate::units::format_duration;
 
 fn source_key(kind: SourceKind, config: &Config) -> Key {
     match kind {

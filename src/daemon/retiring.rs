@@ -35,7 +35,13 @@ impl RetiringOutputs {
 
     /// `fifo`, held open by `fd`, retires with `bytes` still to write,
     /// until `deadline`.
-    pub(super) fn retire(&mut self, fifo: ManagedFifo, fd: OwnedFd, bytes: Vec<u8>, deadline: Instant) {
+    pub(super) fn retire(
+        &mut self,
+        fifo: ManagedFifo,
+        fd: OwnedFd,
+        bytes: Vec<u8>,
+        deadline: Instant,
+    ) {
         self.outputs.push(Retiring {
             fifo,
             fd,

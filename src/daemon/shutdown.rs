@@ -1,6 +1,16 @@
 //! The drain at stop, and the final report.
 
-use super::*;
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use log::{info, warn};
+use nix::sys::signal::Signal;
+
+use super::{Daemon, Intake, KILL_GRACE, SinkKind, SourceKind, State, signal_name};
+use crate::child;
+use crate::pipe;
+use crate::relay::{SinkId, SourceId};
+use crate::units::format_duration;
 
 impl Daemon {
     pub(super) fn on_stop_signal(&mut self, signal: libc::c_int) {

@@ -1,6 +1,19 @@
 //! The status snapshot the control socket answers with.
 
-use super::*;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use log::warn;
+
+use super::{CONTROL_RETRY, Daemon, SinkKind, SourceKind, State};
+use crate::config::{Eof, Framing};
+use crate::control::{
+    FifoStatus, LineCounts, ProcessStatus, RouteStatus, STATUS_VERSION, SinkStatus, Status,
+};
+use crate::event_loop::{Interest, Token};
+use crate::pipe;
+use crate::relay::{SinkId, SourceId};
 
 impl Daemon {
     pub(super) fn answer_status(&mut self) {

@@ -2,7 +2,12 @@
 //! must wake up next, and what is due when it does. An idle daemon has no
 //! deadline at all, so `epoll_wait` sleeps until an event.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use log::debug;
+
+use super::{DRAIN_POLL, Daemon, State};
+use crate::control::ControlServer;
 
 impl Daemon {
     /// How long the loop may sleep: until the earliest deadline of any
