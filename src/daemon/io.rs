@@ -179,7 +179,7 @@ impl Daemon {
         if let Some(q) = &mut self.sources[s].quota {
             *q = q.saturating_sub(n);
         }
-        if matches!(self.sources[s].kind, SourceKind::Log(_)) {
+        if self.sources[s].kind.is_logged() {
             self.log_lines(s, n);
         } else {
             let sinks = &self.sinks;
@@ -212,7 +212,7 @@ impl Daemon {
     /// instead (a route frames lines, a lane holds bytes in memory or cannot
     /// have a pipe, the source is empty or ended).
     pub(super) fn splice_source(&mut self, s: SourceId) -> Option<usize> {
-        if matches!(self.sources[s].kind, SourceKind::Log(_)) {
+        if self.sources[s].kind.is_logged() {
             return None;
         }
         let mut plan = self.relay.zero_copy_lanes(s)?;

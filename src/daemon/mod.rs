@@ -115,6 +115,30 @@ enum SourceKind {
     Detached { fifo: usize },
 }
 
+impl SourceKind {
+    /// Whether others write into it (a FIFO, its removed node, fifod's
+    /// stdin): at stop, fifod takes what is in it then and no more. A
+    /// process's output is read to its end instead.
+    fn written_by_others(self) -> bool {
+        match self {
+            SourceKind::Fifo { .. } | SourceKind::Detached { .. } | SourceKind::Stdin => true,
+            SourceKind::Stdout(_) | SourceKind::Stderr(_) | SourceKind::Log(_) => false,
+        }
+    }
+
+    /// Whether its lines go to fifod's log rather than along a route.
+    fn is_logged(self) -> bool {
+        match self {
+            SourceKind::Log(_) => true,
+            SourceKind::Fifo { .. }
+            | SourceKind::Detached { .. }
+            | SourceKind::Stdin
+            | SourceKind::Stdout(_)
+            | SourceKind::Stderr(_) => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Source {
     kind: SourceKind,

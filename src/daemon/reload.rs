@@ -941,7 +941,7 @@ impl Daemon {
             }
             left -= taken;
         }
-        if matches!(self.sources[s].kind, SourceKind::Log(_)) {
+        if self.sources[s].kind.is_logged() {
             self.flush_log_line(s);
         }
     }

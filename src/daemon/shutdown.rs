@@ -6,7 +6,7 @@ use std::time::Instant;
 use log::{info, warn};
 use nix::sys::signal::Signal;
 
-use super::{Daemon, Intake, KILL_GRACE, SinkKind, SourceKind, State, signal_name};
+use super::{Daemon, Intake, KILL_GRACE, SinkKind, State, signal_name};
 use crate::child;
 use crate::pipe;
 use crate::relay::{SinkId, SourceId};
@@ -29,10 +29,7 @@ impl Daemon {
                 self.notifier.stopping(&self.last_reload.status_line(line));
                 // Take what writers already put in the inputs, and no more.
                 for s in self.sources.ids() {
-                    if matches!(
-                        self.sources[s].kind,
-                        SourceKind::Fifo { .. } | SourceKind::Stdin | SourceKind::Detached { .. }
-                    ) {
+                    if self.sources[s].kind.written_by_others() {
                         let queued = self.sources[s]
                             .fd
                             .as_ref()
@@ -83,10 +80,8 @@ impl Daemon {
                 // Writers that left a line unfinished get it delivered as
                 // it is, once their input is taken.
                 for s in self.sources.ids() {
-                    if matches!(
-                        self.sources[s].kind,
-                        SourceKind::Fifo { .. } | SourceKind::Stdin | SourceKind::Detached { .. }
-                    ) && self.sources[s].quota == Some(0)
+                    if self.sources[s].kind.written_by_others()
+                        && self.sources[s].quota == Some(0)
                         && self.relay.has_partial_lines(s)
                     {
                         self.relay.flush_lines_of(s);
@@ -140,14 +135,7 @@ impl Daemon {
     /// Whether a source will produce nothing more in this drain.
     fn source_finished(&self, s: SourceId) -> bool {
         let source = &self.sources[s];
-        match source.kind {
-            SourceKind::Fifo { .. } | SourceKind::Stdin | SourceKind::Detached { .. } => {
-                source.fd.is_none() || source.quota == Some(0)
-            }
-            SourceKind::Stdout(_) | SourceKind::Stderr(_) | SourceKind::Log(_) => {
-                source.fd.is_none()
-            }
-        }
+        source.fd.is_none() || (source.kind.written_by_others() && source.quota == Some(0))
     }
 
     /// Ends the input of each process whose every source has finished and
