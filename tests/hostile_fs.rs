@@ -520,6 +520,37 @@ fn a_writer_still_connected_to_a_removed_input_is_read_to_its_end() {
     d.stop_ok();
 }
 
+/// A reload while a writer is still connected to the removed node goes on
+/// reading that node: the writer sees no EPIPE and its bytes arrive.
+#[test]
+fn a_writer_still_connected_to_a_removed_input_outlives_a_reload() {
+    let mut d = Daemon::start(TWO_ROUTES);
+    let (input, output) = (d.fifo("in"), d.fifo("out"));
+    let r = open_reader(&output);
+    let w = open_writer(&input);
+    fs::remove_file(&input).unwrap();
+    let remade = format!("fifo in: made again at {}", input.display());
+    wait_log(&d, &remade, TIMEOUT, |log| log_has_line(log, &[&remade]));
+
+    // An unrelated change: the second route goes.
+    let mut config = TWO_ROUTES.replace("[[route]]\nfrom = [\"in2\"]\nto = [\"out2\"]\n", "");
+    config.push_str("\n[fifo.spare]\n");
+    d.reload_ok(&config);
+    match try_write(&w, b"after the reload\n") {
+        Ok(17) => {}
+        Ok(n) => panic!("short write of {n} bytes"),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => panic!(
+            "the reload cut the writer still connected to the removed input\n--- log ---\n{}",
+            d.log()
+        ),
+        Err(e) => panic!("write: {e}"),
+    }
+    assert_eq!(read_exact(&r, 17, TIMEOUT), b"after the reload\n");
+    drop(w);
+    relays(&input, &output, b"new\n");
+    d.stop_ok();
+}
+
 /// Bytes routed to an output while a file holds its path go into the old
 /// node, which nobody can open any more; when the FIFO is made again they
 /// are taken back out of it and reach the new one, in order.

@@ -501,10 +501,17 @@ impl Daemon {
         self.sources
             .iter()
             .filter(|&(s, source)| {
-                let vanished =
-                    matches!(source.kind, SourceKind::Fifo { fifo, .. } if next.vanished[fifo]);
-                named.contains(&source_key(source.kind, &self.config))
-                    && (vanished || self.same_stream(s, next))
+                let (key, vanished) = match source.kind {
+                    // A removed node is read on while its FIFO stays an input.
+                    SourceKind::Detached { fifo } => {
+                        (Key::Fifo(self.config.fifos[fifo].path.clone()), false)
+                    }
+                    SourceKind::Fifo { fifo, .. } => {
+                        (source_key(source.kind, &self.config), next.vanished[fifo])
+                    }
+                    kind => (source_key(kind, &self.config), false),
+                };
+                named.contains(&key) && (vanished || self.same_stream(s, next))
             })
             .map(|(s, _)| s)
             .collect()
@@ -642,7 +649,13 @@ impl Daemon {
     /// Bytes written into the node of an output someone removed, and not
     /// read, are taken back to go to the FIFO made again.
     fn detach_vanished(&mut self, next: &mut Next) {
-        if !next.vanished.contains(&true) {
+        let detached_before: Vec<SourceId> = self
+            .sources
+            .iter()
+            .filter(|(_, source)| matches!(source.kind, SourceKind::Detached { .. }))
+            .map(|(s, _)| s)
+            .collect();
+        if !next.vanished.contains(&true) && detached_before.is_empty() {
             return;
         }
         let new_inputs: HashMap<&Path, (usize, usize)> = next
@@ -670,20 +683,40 @@ impl Daemon {
                 continue;
             };
             match reopen_read_only(fd.as_fd()) {
-                Ok(fd) => detached.push((s, n, i, fd)),
+                Ok(fd) => detached.push((s, n, i, fd, None)),
                 Err(e) => warn!(
                     "fifo {}: cannot go on reading its removed node: {e}",
                     old.name
                 ),
             }
         }
-        for (s, n, i, fd) in detached {
+        // A node detached earlier is read on while its FIFO stays an input:
+        // the same stream, slot and registration.
+        for s in detached_before {
+            let SourceKind::Detached { fifo: o } = self.sources[s].kind else {
+                continue;
+            };
+            let path = self.config.fifos[o].path.as_path();
+            let Some(&(n, i)) = new_inputs.get(path) else {
+                continue;
+            };
+            let old = &mut self.sources[s];
+            if let Some(fd) = old.fd.take() {
+                detached.push((s, n, i, fd, Some((old.watched, old.bytes))));
+            }
+        }
+        for (s, n, i, fd, carried) in detached {
             let id = next.tables.sources.len();
             let mut source = Source::new(
                 SourceKind::Detached { fifo: i },
                 format!("{} (removed node)", next.config.fifos[i].name),
             );
             source.fd = Some(fd);
+            if let Some((watched, bytes)) = carried {
+                source.watched = watched;
+                source.bytes = bytes;
+                next.kept_sources.push((id, s));
+            }
             next.tables.sources.push(source);
             for route in &mut next.tables.routes {
                 if route.sources.contains(&n) {
