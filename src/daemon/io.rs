@@ -593,9 +593,11 @@ impl Daemon {
                         None => END_POLL_FIRST,
                     };
                     self.sinks[k].end_check = Some((now + delay, delay));
+                    self.ending.insert(k);
                     return false;
                 }
                 self.sinks[k].end_check = None;
+                self.ending.remove(&k);
                 match self.footprint.fifos[fifo].reopen(Access::Read) {
                     Ok(keep_alive) => {
                         self.sinks[k].keep_alive = Some(keep_alive);

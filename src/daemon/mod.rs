@@ -249,6 +249,9 @@ pub struct Daemon {
     /// relay and epoll know it by that index.
     sources: Slots<Source>,
     sinks: Slots<Sink>,
+    /// The sinks with an `end_check`, so that the loop's timers look at
+    /// those alone.
+    ending: HashSet<SinkId>,
     children: Vec<Supervised>,
     ends: Vec<ProcessEnds>,
     drop_logs: drops::DropLogs,
@@ -598,6 +601,7 @@ impl Daemon {
             relay,
             sources: Slots::from_values(sources),
             sinks: Slots::from_values(sinks),
+            ending: HashSet::new(),
             children,
             ends,
             drop_logs,

@@ -234,6 +234,12 @@ impl Daemon {
         self.unwatch_leaving(&next);
         let fifos = self.open_new_fds(&mut next);
         let removed_sinks = self.place(&mut next);
+        self.ending = self
+            .sinks
+            .iter()
+            .filter(|(_, sink)| sink.end_check.is_some())
+            .map(|(k, _)| k)
+            .collect();
         let (relay, leftovers) = self.carry_relay(&mut next);
         self.retire_removed(&mut next, old_fifos, leftovers, removed_sinks);
         self.stop_replaced(&mut next);

@@ -82,10 +82,6 @@ impl<T> Slots<T> {
         (entry.generation == key.generation && entry.value.is_some()).then_some(index)
     }
 
-    pub(super) fn get(&self, index: usize) -> Option<&T> {
-        self.entries.get(index)?.value.as_ref()
-    }
-
     /// The indices of full slots, in order (collected, so that the caller
     /// may change the table while it goes through them).
     pub(super) fn ids(&self) -> Vec<usize> {
@@ -220,7 +216,7 @@ mod tests {
         let two = slots.key(1);
         slots.replace_all(vec![1], &[Some(0)]);
         assert_eq!(slots.live(two), None);
-        assert!(slots.get(1).is_none());
+        assert_eq!(slots.live(slots.key(1)), None);
         assert_eq!(slots.ids(), vec![0]);
         assert_eq!(
             slots.live(SlotKey {

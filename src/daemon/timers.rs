@@ -8,6 +8,7 @@ use log::debug;
 
 use super::{DRAIN_POLL, Daemon, State};
 use crate::control::ControlServer;
+use crate::relay::SinkId;
 
 impl Daemon {
     /// How long the loop may sleep: until the earliest deadline of any
@@ -23,8 +24,8 @@ impl Daemon {
         for child in &self.children {
             consider(child.restart_at);
         }
-        for sink in self.sinks.values() {
-            consider(sink.end_check.map(|(at, _)| at));
+        for &k in &self.ending {
+            consider(self.sinks[k].end_check.map(|(at, _)| at));
         }
         consider(self.control.as_ref().and_then(ControlServer::next_deadline));
         consider(self.control_retry_at);
@@ -47,15 +48,14 @@ impl Daemon {
         for l in self.drop_logs.due(now) {
             self.log_drops(l, now);
         }
-        for k in 0..self.sinks.slot_count() {
-            if self
-                .sinks
-                .get(k)
-                .and_then(|sink| sink.end_check)
-                .is_some_and(|(at, _)| at <= now)
-            {
-                self.flush(k);
-            }
+        let due: Vec<SinkId> = self
+            .ending
+            .iter()
+            .copied()
+            .filter(|&k| self.sinks[k].end_check.is_some_and(|(at, _)| at <= now))
+            .collect();
+        for k in due {
+            self.flush(k);
         }
         if self.control_retry_at.is_some_and(|at| at <= now) {
             self.resume_control();
