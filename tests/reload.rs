@@ -16,8 +16,9 @@ use nix::unistd::Pid;
 use crate::common::{
     BULK_TIMEOUT, Daemon, IN_OUT, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats,
     assert_no_more, fifo_entry, fifo_node, gone_or_zombie, lstat, num, open_reader, open_writer,
-    pattern_block, pipe_pending, process_entry, read_exact, read_some, reload_outcomes, sink_entry,
-    spawn, status_json, status_until, text, wait_log, wait_until, write_all, write_pattern,
+    parse_stats, pattern_block, pipe_pending, process_entry, read_exact, read_some,
+    reload_outcomes, sink_entry, spawn, status_json, status_until, text, wait_log, wait_until,
+    write_all, write_pattern,
 };
 
 // ---------------------------------------------------------------------------
@@ -558,7 +559,7 @@ pipe_size = "64KiB"
 from = ["in"]
 to = ["out"]
 "#;
-    let d = Daemon::start(config);
+    let mut d = Daemon::start(config);
     hold(&d, "in", "out", 0, SEED, 0, 100 * KIB);
     let (ino, _) = node(&d.fifo("out"));
     // `out` goes, with bytes held for it, and comes back before a reader.
@@ -574,6 +575,10 @@ to = ["out"]
     assert_eq!(node(&d.fifo("out")).0, ino, "out is another node");
     let log = d.log();
     assert!(!log.contains("removed fifo out at"), "{log}");
+    // What it got back counts as accepted there: the counts add up.
+    d.stop_ok();
+    let stats = parse_stats(&d.log(), 0, "out");
+    assert_eq!(stats.undelivered, 0);
 }
 
 #[test]

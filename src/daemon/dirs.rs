@@ -3,21 +3,30 @@
 //! path as a reload (`watch` says something happened; `fifo` tells whether
 //! a FIFO is still its node).
 
+use std::collections::HashSet;
+use std::path::Path;
+
 use log::{error, warn};
 
 use super::{Daemon, State};
 use crate::fifo::ManagedFifo;
 
 impl Daemon {
-    /// Watches the directories of every managed FIFO.
+    /// Watches the directories of every managed FIFO: each directory once
+    /// (a large config has many FIFOs and few directories), and each time,
+    /// since one may have been removed and made again since the last.
     pub(super) fn watch_dirs(&mut self) {
-        let Some(watch) = &mut self.dir_watch else {
+        let Some(watch) = &self.dir_watch else {
             return;
         };
-        for fifo in &self.footprint.fifos {
-            if let Some(dir) = fifo.path.parent()
-                && let Err(e) = watch.watch(dir)
-            {
+        let dirs: HashSet<&Path> = self
+            .footprint
+            .fifos
+            .iter()
+            .filter_map(|fifo| fifo.path.parent())
+            .collect();
+        for dir in dirs {
+            if let Err(e) = watch.watch(dir) {
                 warn!("cannot watch {}: {e}", dir.display());
             }
         }
@@ -28,7 +37,7 @@ impl Daemon {
     /// reload would; writers still connected to the old one are read to
     /// their end like those of a removed FIFO.
     pub(super) fn on_dirs_changed(&mut self) {
-        let Some(watch) = &mut self.dir_watch else {
+        let Some(watch) = &self.dir_watch else {
             return;
         };
         if !watch.drain() || self.state != State::Running {

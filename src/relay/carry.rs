@@ -66,10 +66,17 @@ impl Relay {
         for end in &mut lane.ends {
             *end += n as u64;
         }
-        lane.stats.delivered = lane.stats.delivered.saturating_sub(n as u64);
+        // They no longer count as delivered; those this lane did not
+        // deliver itself (it is new, or took the place of another) are
+        // accepted here.
+        let back = (n as u64).min(lane.stats.delivered);
+        lane.stats.delivered -= back;
+        lane.stats.accepted += n as u64 - back;
         if lane.lines {
             let lines = newlines(bytes);
-            lane.stats.lines_delivered = lane.stats.lines_delivered.saturating_sub(lines);
+            let back = lines.min(lane.stats.lines_delivered);
+            lane.stats.lines_delivered -= back;
+            lane.stats.lines_accepted += lines - back;
         }
         // What was partly written is now whole again, at the front.
         lane.mid_line = false;
@@ -164,18 +171,24 @@ impl Relay {
         let mut leftovers: Vec<(SinkId, Vec<u8>)> = Vec::new();
         for l in order {
             let lane = &old.lanes[l];
+            // The rest of a line the sink is in the middle of goes, where
+            // it can, to a line lane, which keeps the sink until the line
+            // is whole.
+            let fits = |t: LaneId| !lane.mid_line || relay.lanes[t].lines;
             let target = mapped_sink(lane.sink).and_then(|sink| {
-                let shares_source = |new_route: usize| {
+                let shares_source = |t: LaneId| {
                     old.routes[lane.route].sources.iter().any(|&s| {
-                        mapped_source(s)
-                            .is_some_and(|n| relay.routes[new_route].sources.contains(&n))
+                        mapped_source(s).is_some_and(|n| {
+                            relay.routes[relay.lanes[t].route].sources.contains(&n)
+                        })
                     })
                 };
-                relay.sink_lanes[sink]
-                    .iter()
-                    .copied()
-                    .find(|&t| shares_source(relay.lanes[t].route))
-                    .or_else(|| relay.sink_lanes[sink].first().copied())
+                let lanes = &relay.sink_lanes[sink];
+                let first = |ok: &dyn Fn(LaneId) -> bool| lanes.iter().copied().find(|&t| ok(t));
+                first(&|t| fits(t) && shares_source(t))
+                    .or_else(|| first(&fits))
+                    .or_else(|| first(&shares_source))
+                    .or_else(|| lanes.first().copied())
             });
             let Some(target) = target else {
                 if !lane.held.is_empty() {
@@ -211,8 +224,11 @@ impl Relay {
                 for &b in from.iter().rev() {
                     into.held.push_front(b);
                 }
-                into.mid_line = true;
-                relay.sink_owner[into.sink] = Some(target);
+                // A byte lane has no lines to finish: it never holds a sink.
+                if into.lines {
+                    into.mid_line = true;
+                    relay.sink_owner[into.sink] = Some(target);
+                }
             } else {
                 let base = into.front + into.held() as u64;
                 into.ends.extend(ends.map(|end| base + end));

@@ -291,3 +291,50 @@ fn lane_ids_are_reused_across_reloads() {
         );
     }
 }
+
+#[test]
+fn the_rest_of_a_line_merged_into_a_byte_lane_does_not_hold_the_sink() {
+    // Old: a line route half-way through a line to sink 0, and a byte
+    // route into the same sink.
+    let old_routes = [
+        lines(&[0], &[0], 100, WhenFull::Block, 100),
+        route(&[1], &[0], 100, WhenFull::Block),
+    ];
+    let mut old = Relay::new(&old_routes, 2, 1);
+    old.ingest(0, b"abc\ndef\n", |_, _| 0);
+    old.delivered(0, 2);
+    // New: the first route frames bytes now (a changed route).
+    let routes = [
+        route(&[0], &[0], 100, WhenFull::Block),
+        route(&[1], &[0], 100, WhenFull::Block),
+    ];
+    let map = RelayMap {
+        routes: &[None, Some(1)],
+        sources: &[Some(0), Some(1)],
+        sinks: &[Some(0)],
+    };
+    let (mut relay, leftovers) = Relay::carry(old, &routes, &map, (2, 1));
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let mut out = Vec::new();
+    drain(&mut relay, 0, &mut out, 100);
+    assert_eq!(out, b"c\ndef\n");
+    relay.ingest(1, b"xyz", |_, _| 0);
+    drain(&mut relay, 0, &mut out, 100);
+    assert_eq!(out, b"c\ndef\nxyz", "the other route's bytes go out too");
+    check_identity(&relay);
+}
+
+#[test]
+fn bytes_given_back_to_a_new_lane_count_as_accepted_there() {
+    // A retiring output brought back: its lanes are new, and they get
+    // back what the old ones had not written yet.
+    let mut relay = Relay::new(&[lines(&[0], &[0], 100, WhenFull::Block, 100)], 1, 1);
+    relay.give_back(0, b"one\ntwo\n");
+    check_identity(&relay);
+    let lane = &relay.lanes()[0];
+    assert_eq!((lane.stats().accepted, lane.held_lines()), (8, 2));
+    let mut out = Vec::new();
+    drain(&mut relay, 0, &mut out, 100);
+    assert_eq!(out, b"one\ntwo\n");
+    check_identity(&relay);
+}
