@@ -31,7 +31,8 @@
 //! `watchdog` (deadlines and cleanup), `sys` (system helpers), `procs`
 //! (child processes), `traffic` (writer and reader threads), `report`
 //! (tables, ratios, targets), `fifod` (its config and launch), `competitors`
-//! (the other relays and the transfer runner), `workloads` (one module per
+//! (the other relays and the transfer runner), `reference` (the minimal
+//! splice/tee relay of the physical-limit rows), `workloads` (one module per
 //! workload).
 
 use std::fmt::Write as _;
@@ -42,6 +43,7 @@ mod competitors;
 mod fifod;
 mod harness;
 mod procs;
+mod reference;
 mod report;
 mod sys;
 mod traffic;
@@ -54,6 +56,10 @@ use sys::{affinity, raise_nofile, set_affinity};
 use watchdog::{cleanup_all, clear_deadline, start_watchdog};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == reference::FLAG) {
+        reference::main(&args[2..]);
+    }
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
     // binary without it, and must not start a ten-minute benchmark.
     if !std::env::args().any(|a| a == "--bench") {

@@ -222,6 +222,15 @@ pub fn targets(r: &mut Report) {
             f("w5_idle_cpu") == 0.0 && f("w5_idle_cs") == 0.0,
         );
     }
+    // Not a target: how close fifod comes to the physical limit.
+    let limit: Vec<String> = [("1→1", "w1"), ("1→3 fan-out", "w2")]
+        .into_iter()
+        .filter(|(_, w)| !f(&format!("{w}_reference")).is_nan())
+        .map(|(what, w)| {
+            let (a, b) = (f(&format!("{w}_fifod")), f(&format!("{w}_reference")));
+            format!("{what} {:.2} ({a:.2} vs {b:.2} GiB/s)", a / b)
+        })
+        .collect();
     let _ = writeln!(r.text, "\n### Targets\n");
     let _ = writeln!(r.text, "| target | measured | |");
     let _ = writeln!(r.text, "| --- | --- | --- |");
@@ -230,6 +239,13 @@ pub fn targets(r: &mut Report) {
             r.text,
             "| {name} | {got} | {} |",
             if ok { "met" } else { "MISSED" }
+        );
+    }
+    if !limit.is_empty() {
+        let _ = writeln!(
+            r.text,
+            "\nfifod ÷ reference relay (the physical limit: a relay that does nothing else): {}.",
+            limit.join("; ")
         );
     }
 }

@@ -7,9 +7,13 @@ use std::time::Duration;
 use crate::competitors::{Relay, cat, run_transfer, socat};
 use crate::fifod::fifod_body;
 use crate::harness::{GIB, IO_CHUNK, MIB, Opts, Res, guarded};
+use crate::reference;
 use crate::report::{Report, Samples, gibs, throughput_table};
 use crate::traffic::pattern;
 use crate::watchdog::{clear_deadline, deadline};
+
+/// The physical-limit row.
+const REFERENCE: &str = "reference splice relay";
 
 pub fn run(o: &Opts, r: &mut Report) -> Res<()> {
     let size = o.size(4 * GIB);
@@ -17,6 +21,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Res<()> {
     let body = |ps: &str| fifod_body(&["in", "out"], &[(&["in"], &["out"])], ps);
     let variants = [
         ("fifod", Relay::Fifod(body("")), None),
+        (REFERENCE, reference::relay("in", &["out"]), None),
         (
             "fifod pipe_size=64KiB",
             Relay::Fifod(body("pipe_size = \"64KiB\"")),
@@ -74,9 +79,11 @@ pub fn run(o: &Opts, r: &mut Report) -> Res<()> {
         "One writer thread (128 KiB writes) → relay → one reader thread (128 KiB reads). \
          fifod runs with its defaults (1 MiB FIFOs) and with the kernel's pipe size. \
          The direct rows are one FIFO with no relay (the floor), at the kernel's size and with \
-         F_SETPIPE_SZ to 1 MiB.",
+         F_SETPIPE_SZ to 1 MiB. The reference splice relay is the physical limit: a \
+         minimal relay (poll + splice, 1 MiB FIFOs, nothing else) written in the bench.",
     );
     r.fact("w1_fifod", s.med("fifod"));
+    r.fact("w1_reference", s.med(REFERENCE));
     r.fact("w1_fifod_64k", s.med("fifod pipe_size=64KiB"));
     r.fact("w1_socat", s.med("socat -u"));
     r.fact("w1_cat", s.med("cat"));
