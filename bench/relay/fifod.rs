@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -19,6 +19,8 @@ pub struct Fifod {
     proc_: Proc,
     /// From spawn to the `ready:` line.
     pub startup: Duration,
+    /// The config file (a reload rewrites it).
+    pub config: PathBuf,
 }
 
 /// The whole config file for `body` (FIFOs, routes, processes), with the
@@ -55,6 +57,7 @@ pub fn start_fifod(bin: &Path, dir: &Path, body: &str) -> Res<Fifod> {
                 return Ok(Fifod {
                     startup: at - t0,
                     proc_: p,
+                    config,
                 });
             }
             Ok(_) => {}
@@ -77,6 +80,31 @@ pub fn start_fifod(bin: &Path, dir: &Path, body: &str) -> Res<Fifod> {
 impl Fifod {
     pub fn pid(&self) -> i32 {
         self.proc_.pid
+    }
+
+    /// Sends `sig` to fifod.
+    pub fn signal(&self, sig: libc::c_int) {
+        self.proc_.signal(sig);
+    }
+
+    /// Waits (at most `within`) for the next log line containing `mark`,
+    /// one of `MARKS`; returns when it arrived and the line.
+    pub fn wait_mark(&self, mark: &[&str], within: Duration) -> Res<(Instant, String)> {
+        let rx = self.proc_.marks.as_ref().ok_or("no log marks")?;
+        let end = Instant::now() + within;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((at, line)) if mark.iter().any(|m| line.contains(m)) => return Ok((at, line)),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "no log line with {mark:?} within {within:?}:\n{}",
+                        self.proc_.log()
+                    ));
+                }
+            }
+        }
     }
 
     /// Stops it and checks that the stop was clean; returns its CPU seconds.

@@ -222,6 +222,7 @@ pub fn targets(r: &mut Report) {
             f("w5_idle_cpu") == 0.0 && f("w5_idle_cs") == 0.0,
         );
     }
+    crate::workloads::reload::targets(&f, &mut check);
     // Not a target: how close fifod comes to the physical limit.
     let limit: Vec<String> = [("1→1", "w1"), ("1→3 fan-out", "w2")]
         .into_iter()

@@ -149,3 +149,30 @@ pub fn set_affinity(cpus: &[usize]) -> Result<(), ()> {
     let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if r == 0 { Ok(()) } else { Err(()) }
 }
+
+/// Makes sure this process, and so every child it starts from now on, may
+/// open `needed` files: raises the soft limit, and the hard one if need be
+/// (which takes privilege).
+pub fn ensure_nofile(needed: u64) -> Res<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if lim.rlim_cur >= needed {
+        return Ok(());
+    }
+    lim.rlim_max = lim.rlim_max.max(needed);
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!(
+            "RLIMIT_NOFILE must allow {needed} files: {} (raise it with ulimit -n)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}

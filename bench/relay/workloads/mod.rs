@@ -10,6 +10,7 @@ mod cat_pipeline;
 mod fan_out;
 mod latency;
 mod lines;
+pub mod reload;
 mod scale;
 mod throughput;
 
@@ -24,7 +25,7 @@ pub struct Workload {
     pub run: fn(&Opts, &mut Report) -> Res<()>,
 }
 
-pub const ALL: [Workload; 6] = [
+pub const ALL: [Workload; 7] = [
     Workload {
         id: "w1",
         name: "throughput",
@@ -60,5 +61,11 @@ pub const ALL: [Workload; 6] = [
         name: "cat",
         first_mode_only: false,
         run: cat_pipeline::run,
+    },
+    Workload {
+        id: "w7",
+        name: "reload",
+        first_mode_only: true,
+        run: reload::run,
     },
 ];
