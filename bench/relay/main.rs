@@ -96,7 +96,16 @@ fn main() {
     let _ = writeln!(r.text, "\n{}", machine(&o.fifod));
     let mut failed = false;
     let original = affinity();
+    // Whether no CPU mode ran yet.
+    let mut first = true;
     for (mode, cpus) in cpu_modes(&original) {
+        let chosen: Vec<_> = workloads::ALL
+            .iter()
+            .filter(|w| o.wants(w.id, w.name) && (first || !w.first_mode_only))
+            .collect();
+        if chosen.is_empty() {
+            continue;
+        }
         if set_affinity(&cpus).is_err() {
             eprintln!("bench: cannot set the CPU affinity for {mode}; skipped");
             continue;
@@ -104,11 +113,8 @@ fn main() {
         eprintln!("\n######## {mode}");
         let _ = writeln!(r.text, "\n## {mode}");
         r.prefix = format!("{mode}:");
-        let first = r.facts.is_empty();
-        for w in &workloads::ALL {
-            if !o.wants(w.id, w.name) || (w.first_mode_only && !first) {
-                continue;
-            }
+        first = false;
+        for w in chosen {
             if let Err(e) = (w.run)(&o, &mut r) {
                 eprintln!("bench: {e}");
                 let _ = writeln!(r.text, "\n**{} FAILED:** {e}", w.id);

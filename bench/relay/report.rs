@@ -232,6 +232,9 @@ pub fn targets(r: &mut Report) {
             format!("{what} {:.2} ({a:.2} vs {b:.2} GiB/s)", a / b)
         })
         .collect();
+    if rows.is_empty() && limit.is_empty() {
+        return;
+    }
     let _ = writeln!(r.text, "\n### Targets\n");
     let _ = writeln!(r.text, "| target | measured | |");
     let _ = writeln!(r.text, "| --- | --- | --- |");
