@@ -79,7 +79,7 @@ fn relay_loop(input: RawFd, outs: &[RawFd], null: RawFd) -> io::Result<()> {
         if let [out] = outs {
             // SAFETY: splice between fds we own, no offsets.
             let n = unsafe { libc::splice(input, null_mut(), *out, null_mut(), CHUNK, FLAGS) };
-            match done(n)? {
+            match done(n, input)? {
                 Some(0) => return Ok(()), // the input is empty and its writer gone
                 Some(_) => moved = true,
                 None => {}
@@ -90,7 +90,7 @@ fn relay_loop(input: RawFd, outs: &[RawFd], null: RawFd) -> io::Result<()> {
                     continue;
                 }
                 // SAFETY: tee between fds we own.
-                match done(unsafe { libc::tee(input, out, CHUNK, FLAGS) })? {
+                match done(unsafe { libc::tee(input, out, CHUNK, FLAGS) }, input)? {
                     Some(0) => return Ok(()),
                     Some(n) => (*ahead, moved) = (n, true),
                     None => {}
@@ -101,7 +101,7 @@ fn relay_loop(input: RawFd, outs: &[RawFd], null: RawFd) -> io::Result<()> {
             while left > 0 {
                 // SAFETY: splice between fds we own, no offsets.
                 let n = unsafe { libc::splice(input, null_mut(), null, null_mut(), left, FLAGS) };
-                match done(n)? {
+                match done(n, input)? {
                     Some(n) if n > 0 => left -= n,
                     _ => return Err(io::Error::other("the input lost bytes that were teed")),
                 }
@@ -116,31 +116,39 @@ fn relay_loop(input: RawFd, outs: &[RawFd], null: RawFd) -> io::Result<()> {
 
 const FLAGS: libc::c_uint = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
 
-/// A splice's or tee's result: `None` when it would block.
-fn done(n: isize) -> io::Result<Option<usize>> {
+/// A splice's or tee's result: `None` when it would block, `Some(0)` at the
+/// end. The kernel reports an output without reader before an input at EOF,
+/// so EPIPE with the input empty is the end too (a reader may leave as soon
+/// as it has every byte).
+fn done(n: isize, input: RawFd) -> io::Result<Option<usize>> {
     if n >= 0 {
         return Ok(Some(n as usize));
     }
     let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EAGAIN) {
-        Ok(None)
-    } else {
-        Err(e)
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(None),
+        Some(libc::EPIPE) if pending(input) == 0 => Ok(Some(0)),
+        _ => Err(e),
     }
+}
+
+/// Bytes in a pipe.
+fn pending(fd: RawFd) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD into a c_int on an fd we own.
+    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    n
 }
 
 /// Nothing moved: sleeps until the input has bytes (or its writer left) if
 /// it is empty, else until an output at the input's front has room.
 fn wait(input: RawFd, outs: &[RawFd], ahead: &[usize]) -> io::Result<()> {
-    let mut pending: libc::c_int = 0;
-    // SAFETY: FIONREAD into a c_int on an fd we own.
-    unsafe { libc::ioctl(input, libc::FIONREAD, &mut pending) };
     let poll_fd = |fd, events| libc::pollfd {
         fd,
         events,
         revents: 0,
     };
-    let mut fds: Vec<libc::pollfd> = if pending == 0 {
+    let mut fds: Vec<libc::pollfd> = if pending(input) == 0 {
         vec![poll_fd(input, libc::POLLIN)]
     } else {
         let front = outs.iter().zip(ahead).filter(|(_, a)| **a == 0);
