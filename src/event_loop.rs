@@ -39,6 +39,8 @@ pub enum Token {
     Client(usize),
     /// The directories that hold managed FIFOs changed.
     Dirs,
+    /// A config loaded for a reload is ready.
+    Loaded,
 }
 
 /// Which readiness to wait for.
@@ -72,6 +74,7 @@ const KIND_SINK: u64 = 2;
 const KIND_CONTROL: u64 = 3;
 const KIND_CLIENT: u64 = 4;
 const KIND_DIRS: u64 = 5;
+const KIND_LOADED: u64 = 6;
 
 fn encode_key(kind: u64, key: SlotKey) -> u64 {
     (kind << KIND_SHIFT)
@@ -86,6 +89,7 @@ fn encode(token: Token) -> u64 {
         Token::Control => KIND_CONTROL << KIND_SHIFT,
         Token::Client(i) => (KIND_CLIENT << KIND_SHIFT) | i as u64,
         Token::Dirs => KIND_DIRS << KIND_SHIFT,
+        Token::Loaded => KIND_LOADED << KIND_SHIFT,
     }
 }
 
@@ -101,6 +105,7 @@ fn decode(data: u64) -> Option<Token> {
         KIND_CONTROL => Some(Token::Control),
         KIND_CLIENT => Some(Token::Client(index as usize)),
         KIND_DIRS => Some(Token::Dirs),
+        KIND_LOADED => Some(Token::Loaded),
         _ => None,
     }
 }
@@ -219,6 +224,7 @@ mod tests {
             Token::Control,
             Token::Client(12),
             Token::Dirs,
+            Token::Loaded,
         ] {
             assert_eq!(decode(encode(token)), Some(token));
         }

@@ -59,7 +59,7 @@ impl Daemon {
                 fifo.path.display()
             );
         }
-        if let Err(why) = self.apply(self.config.clone()) {
+        if let Err(why) = self.apply(self.config.clone(), true) {
             error!("{why}; the FIFO is made again as soon as its path is free");
         }
     }

@@ -34,6 +34,7 @@ mod drops;
 mod io;
 mod lanes;
 mod last_reload;
+mod loader;
 mod processes;
 mod reload;
 mod replaced;
@@ -276,6 +277,8 @@ pub struct Daemon {
     replaced: replaced::ReplacedProcesses,
     /// Tells when a FIFO's directory changed (one may have been removed).
     dir_watch: Option<DirWatch>,
+    /// Reads and checks the config again on SIGHUP, off the loop.
+    loader: loader::ConfigLoader,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -296,7 +299,9 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), RunError> {
     let old_umask = umask(NixMode::from_bits_truncate(0o077));
     let footprint = Footprint::create(&config, passed);
     umask(old_umask);
-    let mut daemon = Daemon::new(config, config_path, footprint?, events)?;
+    let loader = loader::ConfigLoader::new()
+        .map_err(|e| RunError::Start(format!("cannot set up reloading: {e}")))?;
+    let mut daemon = Daemon::new(config, config_path, footprint?, events, loader)?;
     daemon.start_all();
     daemon.run_loop();
     Ok(())
@@ -386,12 +391,19 @@ struct Tables {
 
 impl Tables {
     fn new(config: &Config) -> Tables {
-        let forwards_from = |r: &SourceRef| {
-            config
-                .routes
-                .iter()
-                .any(|route| route.eof == Eof::Forward && route.from.contains(r))
-        };
+        // Which endpoints routes name, and which sources' ends they
+        // forward, looked up in sets: a config may have thousands.
+        let mut named_from: HashSet<&SourceRef> = HashSet::new();
+        let mut named_to: HashSet<&SinkRef> = HashSet::new();
+        let mut forwarded: HashSet<&SourceRef> = HashSet::new();
+        for route in &config.routes {
+            named_from.extend(&route.from);
+            named_to.extend(&route.to);
+            if route.eof == Eof::Forward {
+                forwarded.extend(&route.from);
+            }
+        }
+        let forwards_from = |r: &SourceRef| forwarded.contains(r);
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
         let mut source_ids: HashMap<SourceRef, SourceId> = HashMap::new();
@@ -428,9 +440,8 @@ impl Tables {
                 ),
             }
         }
-        let named_in_from =
-            |r: &SourceRef| config.routes.iter().any(|route| route.from.contains(r));
-        let named_in_to = |r: &SinkRef| config.routes.iter().any(|route| route.to.contains(r));
+        let named_in_from = |r: &SourceRef| named_from.contains(r);
+        let named_in_to = |r: &SinkRef| named_to.contains(r);
         let mut ends = Vec::new();
         for (c, spec) in config.processes.iter().enumerate() {
             let mut e = ProcessEnds::default();
@@ -557,6 +568,7 @@ impl Daemon {
         config_path: PathBuf,
         mut footprint: Footprint,
         events: EventLoop,
+        loader: loader::ConfigLoader,
     ) -> Result<Daemon, RunError> {
         let mut tables = Tables::new(&config);
         tables.take_std_streams();
@@ -621,6 +633,7 @@ impl Daemon {
             retiring: retiring::RetiringOutputs::default(),
             replaced: replaced::ReplacedProcesses::default(),
             dir_watch: None,
+            loader,
         };
         if let Some(e) = fail {
             daemon.footprint.undo_start();
@@ -697,6 +710,13 @@ impl Daemon {
         {
             error!("cannot watch the control socket: {e}; fifod status will not answer");
         }
+        if let Err(e) = self
+            .events
+            .add(self.loader.fd(), Token::Loaded, Interest::Read)
+        {
+            warn!("cannot watch config loads: {e}; reloads read the config on the loop");
+            self.loader.load_inline();
+        }
         match DirWatch::new() {
             Ok(watch) => {
                 if let Err(e) = self.events.add(watch.fd(), Token::Dirs, Interest::Read) {
@@ -771,6 +791,10 @@ impl Daemon {
             Event::Ready {
                 token: Token::Dirs, ..
             } => self.on_dirs_changed(),
+            Event::Ready {
+                token: Token::Loaded,
+                ..
+            } => self.on_config_loaded(),
             Event::Ready {
                 token: Token::Client(slot),
                 ..

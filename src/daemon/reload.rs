@@ -21,18 +21,19 @@ use log::{error, info, warn};
 use nix::errno::Errno;
 
 use super::diff::{self, Diff, FifoPlan, Key};
+use super::loader::{Loaded, Start};
 use super::{
     Daemon, READ_CHUNK, SETTLE_TRIES, Sink, SinkKind, Source, SourceKind, State, Tables,
     ensure_fd_limit, input_fd, read_write_fd,
 };
 use crate::child::Supervised;
-use crate::config::{self, Environment, ProcessConfig};
-use crate::config::{Config, Role};
+use crate::config::{Config, ProcessConfig, Role};
 use crate::fifo::{Access, Footprint, ManagedFifo};
 use crate::pipe;
 use crate::relay::RelayMap;
 use crate::relay::{LaneId, Relay, SinkId, SourceId};
 use crate::units::format_duration;
+use crate::watch::DirWatch;
 
 fn source_key(kind: SourceKind, config: &Config) -> Key {
     match kind {
@@ -151,12 +152,42 @@ impl Daemon {
             return;
         }
         info!("received SIGHUP: reloading {}", self.config_path.display());
-        self.notifier.reloading();
+        match self.loader.start(&self.config_path) {
+            Start::Started => self.notifier.reloading(),
+            Start::Queued => info!("a reload is under way: the file is read again after it"),
+            Start::Done(loaded) => {
+                self.notifier.reloading();
+                self.finish_reload(*loaded);
+            }
+        }
+    }
+
+    /// The config loaded for a reload is ready: apply it, and load the
+    /// file again if a SIGHUP came meanwhile.
+    pub(super) fn on_config_loaded(&mut self) {
+        let Some((loaded, again)) = self.loader.finished() else {
+            return;
+        };
+        if self.state != State::Running {
+            info!("stopping: the reloaded config is not applied");
+            return;
+        }
+        self.finish_reload(loaded);
+        if again {
+            self.reload();
+        }
+    }
+
+    /// Applies a loaded config, or says why not, everywhere it shows.
+    fn finish_reload(&mut self, loaded: Loaded) {
         // What `STATUS=` and `fifod status` say of a failure: the config's
         // first error, else why it could not be applied.
         let mut first_error = None;
-        let outcome = match config::load(&self.config_path, &Environment::from_process()) {
-            Ok(new) => self.apply(new),
+        // Whether a FIFO may have been removed or replaced: the directory
+        // watch says (one read), else every node is looked at.
+        let look = self.dir_watch.as_ref().is_none_or(DirWatch::drain);
+        let outcome = match loaded {
+            Ok(new) => self.apply(new, look),
             Err(e) => {
                 let errors = e.to_string();
                 for line in errors.lines() {
@@ -189,8 +220,10 @@ impl Daemon {
     /// registration; only those that come or go are touched, so an event
     /// already read for one of them is still for the same endpoint (and
     /// one for an endpoint that went is dropped by its generation).
-    pub(super) fn apply(&mut self, new: Config) -> Result<(), String> {
-        let Some(vanished) = self.check_new(&new)? else {
+    /// With `look`, every FIFO's path is checked to still name its node;
+    /// without, the directory watch said nothing changed.
+    pub(super) fn apply(&mut self, new: Config, look: bool) -> Result<(), String> {
+        let Some(vanished) = self.check_new(&new, look)? else {
             info!("the config did not change");
             return Ok(());
         };
@@ -377,7 +410,7 @@ impl Daemon {
 
     /// What `new` must not change, and whether anything changed: `None` if
     /// nothing did, else which running FIFOs are no longer at their path.
-    fn check_new(&self, new: &Config) -> Result<Option<Vec<bool>>, String> {
+    fn check_new(&self, new: &Config, look: bool) -> Result<Option<Vec<bool>>, String> {
         let old = &self.config.daemon;
         for (key, changed) in [
             ("daemon.dir", old.dir != new.daemon.dir),
@@ -409,7 +442,7 @@ impl Daemon {
             .footprint
             .fifos
             .iter()
-            .map(|f| !f.passed && !f.in_place())
+            .map(|f| look && !f.passed && !f.in_place())
             .collect();
         if *new == self.config && !vanished.contains(&true) {
             return Ok(None);
@@ -531,8 +564,15 @@ impl Daemon {
                 continue;
             }
             let spec = &next.config.fifos[i];
+            // A running FIFO whose mode, owner and group the config leaves
+            // as they were is not looked at (a reload of a large config
+            // touches only what changed).
+            let mut attributes_changed = true;
             if let FifoPlan::Keep(o) = next.diff.fifos[i] {
                 next.fifos[i] = old_fifos[o].take();
+                let old = &self.config.fifos[o];
+                attributes_changed =
+                    (old.mode, old.owner, old.group) != (spec.mode, spec.owner, spec.group);
             }
             let reclaimed = (next.diff.fifos[i] == FifoPlan::Reclaim)
                 .then(|| self.retiring.reclaim(&spec.path))
@@ -547,7 +587,7 @@ impl Daemon {
                 next.spare.entry(spec.path.clone()).or_default().push(fd);
                 next.fifos[i] = Some(fifo);
             }
-            if let Some(fifo) = &next.fifos[i] {
+            if let Some(fifo) = next.fifos[i].as_ref().filter(|_| attributes_changed) {
                 match fifo.set_attributes(spec) {
                     Ok(done) if !done.is_empty() => {
                         next.changes
