@@ -6,7 +6,6 @@
 //! `event_loop` owns epoll; the daemon performs the reads and writes the
 //! relay asks for and keeps every endpoint's fd.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -16,6 +15,7 @@ use log::{debug, error, info, warn};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode as NixMode, SFlag, fstat, umask};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::child::{self, Supervised};
 use crate::config::{Config, Eof, Framing, Role, SinkRef, SourceRef, StderrMode};
@@ -172,7 +172,7 @@ impl Source {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum SinkKind {
     Fifo(usize),
     /// A process's stdin.
@@ -393,9 +393,9 @@ impl Tables {
     fn new(config: &Config) -> Tables {
         // Which endpoints routes name, and which sources' ends they
         // forward, looked up in sets: a config may have thousands.
-        let mut named_from: HashSet<&SourceRef> = HashSet::new();
-        let mut named_to: HashSet<&SinkRef> = HashSet::new();
-        let mut forwarded: HashSet<&SourceRef> = HashSet::new();
+        let mut named_from: HashSet<&SourceRef> = HashSet::default();
+        let mut named_to: HashSet<&SinkRef> = HashSet::default();
+        let mut forwarded: HashSet<&SourceRef> = HashSet::default();
         for route in &config.routes {
             named_from.extend(&route.from);
             named_to.extend(&route.to);
@@ -406,8 +406,8 @@ impl Tables {
         let forwards_from = |r: &SourceRef| forwarded.contains(r);
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
-        let mut source_ids: HashMap<SourceRef, SourceId> = HashMap::new();
-        let mut sink_ids: HashMap<SinkRef, SinkId> = HashMap::new();
+        let mut source_ids: HashMap<SourceRef, SourceId> = HashMap::default();
+        let mut sink_ids: HashMap<SinkRef, SinkId> = HashMap::default();
         let new_source = Source::new;
         let new_sink = |kind, name: String| Sink {
             kind,
@@ -613,7 +613,7 @@ impl Daemon {
             relay,
             sources: Slots::from_values(sources),
             sinks: Slots::from_values(sinks),
-            ending: HashSet::new(),
+            ending: HashSet::default(),
             children,
             ends,
             drop_logs,

@@ -12,15 +12,15 @@
 //! its path until its reader has what fifod held for it (or
 //! `shutdown_timeout`), a removed or changed process gets SIGTERM.
 
-use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use log::{error, info, warn};
 use nix::errno::Errno;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::diff::{self, Diff, FifoPlan, Key};
+use super::diff::{self, Diff, FifoPlan};
 use super::loader::{Loaded, Start};
 use super::{
     Daemon, READ_CHUNK, SETTLE_TRIES, Sink, SinkKind, Source, SourceKind, State, Tables,
@@ -34,25 +34,6 @@ use crate::relay::RelayMap;
 use crate::relay::{LaneId, Relay, SinkId, SourceId};
 use crate::units::format_duration;
 use crate::watch::DirWatch;
-
-fn source_key(kind: SourceKind, config: &Config) -> Key {
-    match kind {
-        SourceKind::Fifo { fifo, .. } => Key::Fifo(config.fifos[fifo].path.clone()),
-        SourceKind::Stdout(c) => Key::Stdout(config.processes[c].name.clone()),
-        SourceKind::Stderr(c) => Key::Stderr(config.processes[c].name.clone()),
-        SourceKind::Log(c) => Key::Log(config.processes[c].name.clone()),
-        SourceKind::Stdin => Key::OwnStdin,
-        SourceKind::Detached { fifo } => Key::Detached(config.fifos[fifo].path.clone()),
-    }
-}
-
-fn sink_key(kind: SinkKind, config: &Config) -> Key {
-    match kind {
-        SinkKind::Fifo(fifo) => Key::Fifo(config.fifos[fifo].path.clone()),
-        SinkKind::Stdin(c) => Key::Stdin(config.processes[c].name.clone()),
-        SinkKind::Stdout => Key::OwnStdout,
-    }
-}
 
 /// For each FIFO of a new config: the FIFO made for it and what the log
 /// says of it, or nothing if a running or retiring one is taken over.
@@ -68,8 +49,10 @@ struct Next {
     vanished: Vec<bool>,
     /// What the new config keeps, starts and stops.
     diff: Diff,
-    /// Processes that keep running through the reload, by name.
-    kept_processes: HashSet<String>,
+    /// For each running FIFO: the new config's FIFO at its path, if any.
+    successors: Vec<Option<usize>>,
+    /// For each running process: whether it keeps running.
+    kept_processes: Vec<bool>,
     /// The footprint's FIFOs for `config`, in its order: the new ones from
     /// the start, the kept ones as `take_kept_fifos` finds them; handed
     /// over (and emptied) by `open_new_fds`.
@@ -109,10 +92,10 @@ impl Next {
         vanished: Vec<bool>,
         diff: Diff,
         made: Vec<Made>,
-        (sources, sinks): (usize, usize),
+        (sources, sinks, old_processes): (usize, usize, usize),
     ) -> Next {
         let tables = Tables::new(&config);
-        let kept_processes = diff.kept_processes(&config);
+        let successors = diff.successors(vanished.len());
         let (fifos, changes): (Vec<_>, Vec<_>) = made
             .into_iter()
             .map(|m| m.map_or((None, None), |(fifo, change)| (Some(fifo), Some(change))))
@@ -120,15 +103,16 @@ impl Next {
         Next {
             config,
             tables,
+            kept_processes: diff.kept_processes(old_processes),
+            successors,
             vanished,
-            kept_processes,
             diff,
             fifos,
             children: Vec::new(),
             to_start: Vec::new(),
             replaced: Vec::new(),
             changes: changes.into_iter().flatten().collect(),
-            spare: HashMap::new(),
+            spare: HashMap::default(),
             reclaimed: Vec::new(),
             source_map: vec![None; sources],
             sink_map: vec![None; sinks],
@@ -136,11 +120,6 @@ impl Next {
             kept_sinks: Vec::new(),
             given_back: Vec::new(),
         }
-    }
-
-    /// Whether process `name` keeps running through the reload.
-    fn kept_process(&self, name: &str) -> bool {
-        self.kept_processes.contains(name)
     }
 }
 
@@ -233,8 +212,12 @@ impl Daemon {
         let fifos = self.make_new_fifos(&new, &diff.fifos)?;
         // From here on nothing fails: faults are logged and the reload goes on.
         self.flush_drop_logs();
-        let slots = (self.sources.slot_count(), self.sinks.slot_count());
-        let mut next = Next::new(new, vanished, diff, fifos, slots);
+        let counts = (
+            self.sources.slot_count(),
+            self.sinks.slot_count(),
+            self.config.processes.len(),
+        );
+        let mut next = Next::new(new, vanished, diff, fifos, counts);
         self.plan_processes(&mut next);
         // Before anything moves: no sink may be ahead of its source, and the
         // streams that are not carried over are read one last time.
@@ -323,7 +306,7 @@ impl Daemon {
     /// a sink that takes bytes from them, or that gets back bytes from a
     /// FIFO someone removed. Every other lane keeps its pipe.
     fn lanes_to_unpipe(&self, next: &Next) -> Vec<LaneId> {
-        let mut sinks: HashSet<SinkId> = HashSet::new();
+        let mut sinks: HashSet<SinkId> = HashSet::default();
         for (r, carried) in next.diff.routes.iter().enumerate() {
             if carried.is_none() {
                 for &l in self.relay.lanes_of_route(r) {
@@ -456,13 +439,13 @@ impl Daemon {
     fn make_new_fifos(&mut self, new: &Config, plans: &[FifoPlan]) -> Result<Vec<Made>, String> {
         let mut fifos = Vec::new();
         for (spec, &plan) in new.fifos.iter().zip(plans) {
-            let FifoPlan::Make { again } = plan else {
+            let FifoPlan::Make { replaces } = plan else {
                 fifos.push(None);
                 continue;
             };
             match self.footprint.make_fifo(&new.daemon, spec) {
                 Ok(fifo) => {
-                    let change = if again {
+                    let change = if replaces.is_some() {
                         format!(
                             "fifo {}: made again at {}: someone removed or replaced it",
                             fifo.name,
@@ -522,7 +505,7 @@ impl Daemon {
         match self.sources[s].kind {
             SourceKind::Fifo { fifo, .. } => !next.vanished[fifo],
             SourceKind::Stdout(c) | SourceKind::Stderr(c) | SourceKind::Log(c) => {
-                next.kept_process(&self.config.processes[c].name)
+                next.kept_processes[c]
             }
             SourceKind::Stdin | SourceKind::Detached { .. } => true,
         }
@@ -531,26 +514,17 @@ impl Daemon {
     /// The old sources that will be read on: carried over, or (a FIFO
     /// someone removed) detached. Any other is read one last time.
     fn staying_sources(&self, next: &Next) -> HashSet<SourceId> {
-        let named: HashSet<Key> = next
-            .tables
-            .sources
-            .iter()
-            .map(|n| source_key(n.kind, &next.config))
-            .collect();
+        let still_input =
+            |o: usize| next.successors[o].is_some_and(|i| next.config.fifos[i].role == Role::Input);
         self.sources
             .iter()
-            .filter(|&(s, source)| {
-                let (key, vanished) = match source.kind {
-                    // A removed node is read on while its FIFO stays an input.
-                    SourceKind::Detached { fifo } => {
-                        (Key::Fifo(self.config.fifos[fifo].path.clone()), false)
-                    }
-                    SourceKind::Fifo { fifo, .. } => {
-                        (source_key(source.kind, &self.config), next.vanished[fifo])
-                    }
-                    kind => (source_key(kind, &self.config), false),
-                };
-                named.contains(&key) && (vanished || self.same_stream(s, next))
+            .filter(|&(s, source)| match source.kind {
+                // A removed node is read on while its FIFO stays an input.
+                SourceKind::Fifo { fifo, .. } | SourceKind::Detached { fifo } => still_input(fifo),
+                SourceKind::Stdin => next.diff.carries_stdin,
+                SourceKind::Stdout(_) | SourceKind::Stderr(_) | SourceKind::Log(_) => {
+                    self.same_stream(s, next)
+                }
             })
             .map(|(s, _)| s)
             .collect()
@@ -603,20 +577,35 @@ impl Daemon {
     /// Sources of `next` take over the fd, counters and line in progress
     /// of the same stream in the running tables.
     fn carry_sources(&mut self, next: &mut Next) {
-        let old: HashMap<Key, SourceId> = self
-            .sources
-            .iter()
-            .map(|(s, source)| (source_key(source.kind, &self.config), s))
-            .collect();
+        let mut input_of_fifo = vec![None; self.config.fifos.len()];
+        let mut own_stdin = None;
+        for (s, source) in self.sources.iter() {
+            match source.kind {
+                SourceKind::Fifo { fifo, .. } => input_of_fifo[fifo] = Some(s),
+                SourceKind::Stdin => own_stdin = Some(s),
+                SourceKind::Stdout(_)
+                | SourceKind::Stderr(_)
+                | SourceKind::Log(_)
+                | SourceKind::Detached { .. } => {}
+            }
+        }
         for n in 0..next.tables.sources.len() {
             // Not carried: a process that starts anew, a FIFO made again,
             // an input whose ends start or stop being forwarded (opened
             // anew, the other way).
-            let key = source_key(next.tables.sources[n].kind, &next.config);
-            if !next.diff.carried_sources.contains(&key) {
-                continue;
-            }
-            let Some(&s) = old.get(&key) else {
+            let old = match next.tables.sources[n].kind {
+                SourceKind::Fifo { fifo, .. } => match next.diff.fifos[fifo] {
+                    FifoPlan::Keep(o) if next.diff.carried_inputs[fifo] => input_of_fifo[o],
+                    _ => None,
+                },
+                SourceKind::Stdout(c) => next.diff.processes[c].and_then(|o| self.ends[o].stdout),
+                SourceKind::Stderr(c) | SourceKind::Log(c) => {
+                    next.diff.processes[c].and_then(|o| self.ends[o].stderr)
+                }
+                SourceKind::Stdin => own_stdin.filter(|_| next.diff.carries_stdin),
+                SourceKind::Detached { .. } => None,
+            };
+            let Some(s) = old else {
                 continue;
             };
             // The same stream keeps its slot, and its epoll registration
@@ -635,21 +624,36 @@ impl Daemon {
     /// Sinks of `next` take over the same sink's state; its fd too, unless
     /// its process starts anew or its FIFO was made again.
     fn carry_sinks(&mut self, next: &mut Next) {
-        let old: HashMap<Key, SinkId> = self
-            .sinks
-            .iter()
-            .map(|(k, sink)| (sink_key(sink.kind, &self.config), k))
-            .collect();
+        let mut output_of_fifo = vec![None; self.config.fifos.len()];
+        let mut own_stdout = None;
+        for (k, sink) in self.sinks.iter() {
+            match sink.kind {
+                SinkKind::Fifo(fifo) => output_of_fifo[fifo] = Some(k),
+                SinkKind::Stdout => own_stdout = Some(k),
+                SinkKind::Stdin(_) => {}
+            }
+        }
         for n in 0..next.tables.sinks.len() {
-            let key = sink_key(next.tables.sinks[n].kind, &next.config);
-            let Some(&k) = old.get(&key) else {
+            // The same sink: the output at the same path (made again or
+            // not), the stdin of the process of the same name (started
+            // anew or not), fifod's stdout.
+            let (old, process_kept) = match next.tables.sinks[n].kind {
+                SinkKind::Fifo(i) => match next.diff.fifos[i] {
+                    FifoPlan::Keep(o) | FifoPlan::Make { replaces: Some(o) } => {
+                        (output_of_fifo[o], true)
+                    }
+                    FifoPlan::Reclaim | FifoPlan::Make { replaces: None } => (None, true),
+                },
+                SinkKind::Stdin(c) => (
+                    next.diff.same_name[c].and_then(|o| self.ends[o].stdin),
+                    next.diff.processes[c].is_some(),
+                ),
+                SinkKind::Stdout => (own_stdout, true),
+            };
+            let Some(k) = old else {
                 continue;
             };
             next.sink_map[k] = Some(n);
-            let process_kept = match &key {
-                Key::Stdin(name) => next.kept_process(name),
-                _ => true,
-            };
             let same_pipe = match self.sinks[k].kind {
                 SinkKind::Fifo(fifo) => !next.vanished[fifo],
                 _ => true,
@@ -704,18 +708,18 @@ impl Daemon {
         if !next.vanished.contains(&true) && detached_before.is_empty() {
             return;
         }
-        let new_inputs: HashMap<&Path, (usize, usize)> = next
-            .tables
-            .sources
-            .iter()
-            .enumerate()
-            .filter_map(|(n, new_source)| match new_source.kind {
-                SourceKind::Fifo { fifo, .. } => {
-                    Some((next.config.fifos[fifo].path.as_path(), (n, fifo)))
-                }
-                _ => None,
-            })
-            .collect();
+        // For each running FIFO, the input of `next` at its path: (its place
+        // in `next.tables`, its FIFO).
+        let mut source_of_fifo = vec![None; next.config.fifos.len()];
+        for (n, new_source) in next.tables.sources.iter().enumerate() {
+            if let SourceKind::Fifo { fifo, .. } = new_source.kind {
+                source_of_fifo[fifo] = Some(n);
+            }
+        }
+        let new_input = |o: usize| {
+            let i = next.successors[o]?;
+            Some((source_of_fifo[i]?, i))
+        };
         let mut detached = Vec::new();
         for (s, old) in self.sources.iter() {
             let SourceKind::Fifo { fifo: o, .. } = old.kind else {
@@ -724,8 +728,7 @@ impl Daemon {
             let Some(fd) = old.fd.as_ref().filter(|_| next.vanished[o]) else {
                 continue;
             };
-            let path = self.config.fifos[o].path.as_path();
-            let Some(&(n, i)) = new_inputs.get(path) else {
+            let Some((n, i)) = new_input(o) else {
                 continue;
             };
             match reopen_read_only(fd.as_fd()) {
@@ -742,8 +745,7 @@ impl Daemon {
             let SourceKind::Detached { fifo: o } = self.sources[s].kind else {
                 continue;
             };
-            let path = self.config.fifos[o].path.as_path();
-            let Some(&(n, i)) = new_inputs.get(path) else {
+            let Some((n, i)) = new_input(o) else {
                 continue;
             };
             let old = &mut self.sources[s];
@@ -888,7 +890,8 @@ impl Daemon {
         let timeout = next.config.daemon.shutdown_timeout;
         let deadline = Instant::now() + timeout;
         let removed_sinks: HashMap<SinkId, Sink> = removed_sinks.into_iter().collect();
-        let mut left_for: HashMap<Key, (String, Vec<u8>)> = HashMap::new();
+        // By the sink's kind in the running config.
+        let mut left_for: HashMap<SinkKind, (String, Vec<u8>)> = HashMap::default();
         for (k, bytes) in leftovers {
             // Bytes are left over only for sinks that left the tables.
             let Some(sink) = removed_sinks.get(&k) else {
@@ -899,7 +902,7 @@ impl Daemon {
                 continue;
             };
             left_for
-                .entry(sink_key(sink.kind, &self.config))
+                .entry(sink.kind)
                 .or_insert_with(|| (sink.name.clone(), Vec::new()))
                 .1
                 .extend(bytes);
@@ -917,7 +920,7 @@ impl Daemon {
             }
             next.changes.push(format!("removed fifo {}", fifo.name));
             let bytes = left_for
-                .remove(&Key::Fifo(spec.path.clone()))
+                .remove(&SinkKind::Fifo(o))
                 .map(|(_, b)| b)
                 .unwrap_or_default();
             // Opened before the old fds close, so the pipe keeps its bytes

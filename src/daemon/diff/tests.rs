@@ -1,6 +1,8 @@
 //! The diff against a model: the same questions answered by the plainest
 //! loops over the two configs, on random pairs of configs.
 
+use std::path::PathBuf;
+
 use proptest::prelude::*;
 
 use super::*;
@@ -149,9 +151,10 @@ impl Spec {
     }
 }
 
-/// The model: linear scans, no maps.
+/// The model: linear scans, no maps, endpoints compared by their names'
+/// text.
 fn model(old: &Config, new: &Config, vanished: &[bool], retiring: &[PathBuf]) -> Diff {
-    let fifos = new
+    let fifos: Vec<FifoPlan> = new
         .fifos
         .iter()
         .map(|f| {
@@ -161,7 +164,8 @@ fn model(old: &Config, new: &Config, vanished: &[bool], retiring: &[PathBuf]) ->
                 Some(o) => FifoPlan::Keep(o),
                 None if retiring.contains(&f.path) => FifoPlan::Reclaim,
                 None => FifoPlan::Make {
-                    again: (0..old.fifos.len()).any(|o| old.fifos[o].path == f.path && vanished[o]),
+                    replaces: (0..old.fifos.len())
+                        .find(|&o| old.fifos[o].path == f.path && vanished[o]),
                 },
             }
         })
@@ -180,6 +184,11 @@ fn model(old: &Config, new: &Config, vanished: &[bool], retiring: &[PathBuf]) ->
             stderr,
         )
     };
+    let same_name: Vec<Option<usize>> = new
+        .processes
+        .iter()
+        .map(|p| (0..old.processes.len()).find(|&o| old.processes[o].name == p.name))
+        .collect();
     let processes: Vec<Option<usize>> = new
         .processes
         .iter()
@@ -194,27 +203,24 @@ fn model(old: &Config, new: &Config, vanished: &[bool], retiring: &[PathBuf]) ->
             .fifos
             .iter()
             .find(|f| f.name == name)
-            .map(|f| f.path.clone())
+            .map(|f| f.path.display().to_string())
             .unwrap_or_default()
     };
     let key_of_route = |config: &Config, route: &RouteConfig| {
-        let mut from: Vec<Key> = route
+        let mut from: Vec<String> = route
             .from
             .iter()
             .map(|r| match r {
-                SourceRef::Fifo(name) => Key::Fifo(path_of(config, name)),
-                SourceRef::Process(name) => Key::Stdout(name.clone()),
-                SourceRef::Stderr(name) => Key::Stderr(name.clone()),
-                SourceRef::Stdin => Key::OwnStdin,
+                SourceRef::Fifo(name) => format!("fifo {}", path_of(config, name)),
+                other => other.to_string(),
             })
             .collect();
-        let mut to: Vec<Key> = route
+        let mut to: Vec<String> = route
             .to
             .iter()
             .map(|r| match r {
-                SinkRef::Fifo(name) => Key::Fifo(path_of(config, name)),
-                SinkRef::Process(name) => Key::Stdin(name.clone()),
-                SinkRef::Stdout => Key::OwnStdout,
+                SinkRef::Fifo(name) => format!("fifo {}", path_of(config, name)),
+                other => format!("to {other}"),
             })
             .collect();
         from.sort();
@@ -228,77 +234,38 @@ fn model(old: &Config, new: &Config, vanished: &[bool], retiring: &[PathBuf]) ->
             .find(|&r| key_of_route(new, &new.routes[r]) == key && !routes.contains(&Some(r)));
         routes.push(found);
     }
-    // A source goes on when both configs read it, the same way, from the
-    // same node or the same running process.
-    let reads = |config: &Config, key: &Key| -> Option<bool> {
-        let mut found = None;
-        for route in &config.routes {
-            for r in &route.from {
-                let k = match r {
-                    SourceRef::Fifo(name) => Key::Fifo(path_of(config, name)),
-                    SourceRef::Process(name) => Key::Stdout(name.clone()),
-                    SourceRef::Stderr(name) => Key::Stderr(name.clone()),
-                    SourceRef::Stdin => Key::OwnStdin,
-                };
-                if k == *key {
-                    let forwarded = config
-                        .routes
-                        .iter()
-                        .any(|other| other.eof == Eof::Forward && other.from.contains(r));
-                    found = Some(matches!(r, SourceRef::Fifo(_)) && forwarded);
-                }
-            }
-        }
-        if let Key::Log(name) = key
-            && config
-                .processes
-                .iter()
-                .any(|p| &p.name == name && p.stderr == StderrMode::Log)
-        {
-            found = Some(false);
-        }
-        found
+    let forwarded = |config: &Config, name: &str| {
+        config.routes.iter().any(|route| {
+            route.eof == Eof::Forward && route.from.contains(&SourceRef::Fifo(name.to_string()))
+        })
     };
-    let mut candidates: Vec<Key> = Vec::new();
-    for f in &new.fifos {
-        candidates.push(Key::Fifo(f.path.clone()));
-    }
-    for p in &new.processes {
-        for key in [
-            Key::Stdout(p.name.clone()),
-            Key::Stderr(p.name.clone()),
-            Key::Log(p.name.clone()),
-        ] {
-            candidates.push(key);
-        }
-    }
-    candidates.push(Key::OwnStdin);
-    let carried_sources = candidates
-        .into_iter()
-        .filter(|key| {
-            let same = match (reads(old, key), reads(new, key)) {
-                (Some(a), Some(b)) => a == b,
-                _ => false,
-            };
-            let same_stream = match key {
-                Key::Fifo(path) => {
-                    !(0..old.fifos.len()).any(|o| old.fifos[o].path == *path && vanished[o])
-                }
-                Key::Stdout(name) | Key::Stderr(name) | Key::Log(name) => new
-                    .processes
-                    .iter()
-                    .zip(&processes)
-                    .any(|(p, kept)| &p.name == name && kept.is_some()),
-                _ => true,
-            };
-            same && same_stream
+    let carried_inputs = new
+        .fifos
+        .iter()
+        .zip(&fifos)
+        .map(|(f, plan)| match *plan {
+            FifoPlan::Keep(o) => {
+                let was = &old.fifos[o];
+                was.role == Role::Input
+                    && f.role == Role::Input
+                    && forwarded(old, &was.name) == forwarded(new, &f.name)
+            }
+            _ => false,
         })
         .collect();
+    let reads_stdin = |config: &Config| {
+        config
+            .routes
+            .iter()
+            .any(|route| route.from.contains(&SourceRef::Stdin))
+    };
     Diff {
         fifos,
         processes,
+        same_name,
         routes,
-        carried_sources,
+        carried_inputs,
+        carries_stdin: reads_stdin(old) && reads_stdin(new),
     }
 }
 
@@ -342,19 +309,15 @@ fn a_renamed_fifo_keeps_its_node_and_its_route() {
         &env(),
     )
     .unwrap();
-    let d = diff(&old, &new, &[false, false], &HashSet::new());
+    let d = diff(&old, &new, &[false, false], &HashSet::default());
     assert_eq!(
         d.fifos,
         vec![
             FifoPlan::Keep(0),
             FifoPlan::Keep(1),
-            FifoPlan::Make { again: false }
+            FifoPlan::Make { replaces: None }
         ]
     );
     assert_eq!(d.routes, vec![Some(0)]);
-    let dir = &old.daemon.dir;
-    assert_eq!(
-        d.carried_sources,
-        HashSet::from([Key::Fifo(dir.join("in"))])
-    );
+    assert_eq!(d.carried_inputs, vec![true, false, false]);
 }
