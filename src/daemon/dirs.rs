@@ -15,7 +15,9 @@ impl Daemon {
     /// Watches the directories of every managed FIFO: each directory once
     /// (a large config has many FIFOs and few directories), and each time,
     /// since one may have been removed and made again since the last.
-    pub(super) fn watch_dirs(&mut self) {
+    /// With `only`, just those of the FIFOs at these indices (a reload's
+    /// new ones: the others' directories are watched already).
+    pub(super) fn watch_dirs(&mut self, only: Option<&dyn Fn(usize) -> bool>) {
         let Some(watch) = &self.dir_watch else {
             return;
         };
@@ -23,7 +25,9 @@ impl Daemon {
             .footprint
             .fifos
             .iter()
-            .filter_map(|fifo| fifo.path.parent())
+            .enumerate()
+            .filter(|&(i, _)| only.is_none_or(|only| only(i)))
+            .filter_map(|(_, fifo)| fifo.path.parent())
             .collect();
         for dir in dirs {
             if let Err(e) = watch.watch(dir) {

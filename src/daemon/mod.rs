@@ -389,25 +389,57 @@ struct Tables {
     routes: Vec<RouteSpec>,
 }
 
+/// An endpoint as a route names it, borrowed from the config: looked up
+/// without an allocation per endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Named<'a> {
+    Fifo(&'a str),
+    Process(&'a str),
+    Stderr(&'a str),
+    /// fifod's own stdin (as a source) or stdout (as a sink).
+    Own,
+}
+
+impl<'a> Named<'a> {
+    fn source(r: &'a SourceRef) -> Named<'a> {
+        match r {
+            SourceRef::Fifo(name) => Named::Fifo(name),
+            SourceRef::Process(name) => Named::Process(name),
+            SourceRef::Stderr(name) => Named::Stderr(name),
+            SourceRef::Stdin => Named::Own,
+        }
+    }
+
+    fn sink(r: &'a SinkRef) -> Named<'a> {
+        match r {
+            SinkRef::Fifo(name) => Named::Fifo(name),
+            SinkRef::Process(name) => Named::Process(name),
+            SinkRef::Stdout => Named::Own,
+        }
+    }
+}
+
 impl Tables {
     fn new(config: &Config) -> Tables {
         // Which endpoints routes name, and which sources' ends they
         // forward, looked up in sets: a config may have thousands.
-        let mut named_from: HashSet<&SourceRef> = HashSet::default();
-        let mut named_to: HashSet<&SinkRef> = HashSet::default();
-        let mut forwarded: HashSet<&SourceRef> = HashSet::default();
+        let mut named_from: HashSet<Named<'_>> = HashSet::default();
+        let mut named_to: HashSet<Named<'_>> = HashSet::default();
+        let mut forwarded: HashSet<Named<'_>> = HashSet::default();
         for route in &config.routes {
-            named_from.extend(&route.from);
-            named_to.extend(&route.to);
+            named_from.extend(route.from.iter().map(Named::source));
+            named_to.extend(route.to.iter().map(Named::sink));
             if route.eof == Eof::Forward {
-                forwarded.extend(&route.from);
+                forwarded.extend(route.from.iter().map(Named::source));
             }
         }
-        let forwards_from = |r: &SourceRef| forwarded.contains(r);
-        let mut sources = Vec::new();
-        let mut sinks = Vec::new();
-        let mut source_ids: HashMap<SourceRef, SourceId> = HashMap::default();
-        let mut sink_ids: HashMap<SinkRef, SinkId> = HashMap::default();
+        let endpoints = config.fifos.len() + 3 * config.processes.len() + 1;
+        let mut sources = Vec::with_capacity(endpoints);
+        let mut sinks = Vec::with_capacity(endpoints);
+        let mut source_ids: HashMap<Named<'_>, SourceId> = HashMap::default();
+        let mut sink_ids: HashMap<Named<'_>, SinkId> = HashMap::default();
+        source_ids.reserve(endpoints);
+        sink_ids.reserve(endpoints);
         let new_source = Source::new;
         let new_sink = |kind, name: String| Sink {
             kind,
@@ -420,18 +452,18 @@ impl Tables {
         };
 
         for (i, spec) in config.fifos.iter().enumerate() {
+            let named = Named::Fifo(&spec.name);
             match spec.role {
                 Role::Input => {
-                    let r = SourceRef::Fifo(spec.name.clone());
-                    let sessions = forwards_from(&r);
-                    source_ids.insert(r, sources.len());
+                    let sessions = forwarded.contains(&named);
+                    source_ids.insert(named, sources.len());
                     sources.push(new_source(
                         SourceKind::Fifo { fifo: i, sessions },
                         spec.name.clone(),
                     ));
                 }
                 Role::Output => {
-                    sink_ids.insert(SinkRef::Fifo(spec.name.clone()), sinks.len());
+                    sink_ids.insert(named, sinks.len());
                     sinks.push(new_sink(SinkKind::Fifo(i), spec.name.clone()));
                 }
                 Role::Unrouted => info!(
@@ -440,26 +472,23 @@ impl Tables {
                 ),
             }
         }
-        let named_in_from = |r: &SourceRef| named_from.contains(r);
-        let named_in_to = |r: &SinkRef| named_to.contains(r);
-        let mut ends = Vec::new();
+        let mut ends = Vec::with_capacity(config.processes.len());
         for (c, spec) in config.processes.iter().enumerate() {
             let mut e = ProcessEnds::default();
             let name = &spec.name;
-            if named_in_to(&SinkRef::Process(name.clone())) {
+            if named_to.contains(&Named::Process(name)) {
                 e.stdin = Some(sinks.len());
-                sink_ids.insert(SinkRef::Process(name.clone()), sinks.len());
+                sink_ids.insert(Named::Process(name), sinks.len());
                 sinks.push(new_sink(SinkKind::Stdin(c), name.clone()));
             }
-            if named_in_from(&SourceRef::Process(name.clone())) {
+            if named_from.contains(&Named::Process(name)) {
                 e.stdout = Some(sources.len());
-                source_ids.insert(SourceRef::Process(name.clone()), sources.len());
+                source_ids.insert(Named::Process(name), sources.len());
                 sources.push(new_source(SourceKind::Stdout(c), name.clone()));
             }
-            let stderr_ref = SourceRef::Stderr(name.clone());
-            if spec.stderr == StderrMode::Separate && named_in_from(&stderr_ref) {
+            if spec.stderr == StderrMode::Separate && named_from.contains(&Named::Stderr(name)) {
                 e.stderr = Some(sources.len());
-                source_ids.insert(stderr_ref, sources.len());
+                source_ids.insert(Named::Stderr(name), sources.len());
                 sources.push(new_source(SourceKind::Stderr(c), format!("{name}.stderr")));
             } else if spec.stderr == StderrMode::Log {
                 e.stderr = Some(sources.len());
@@ -467,12 +496,12 @@ impl Tables {
             }
             ends.push(e);
         }
-        if named_in_from(&SourceRef::Stdin) {
-            source_ids.insert(SourceRef::Stdin, sources.len());
+        if named_from.contains(&Named::Own) {
+            source_ids.insert(Named::Own, sources.len());
             sources.push(new_source(SourceKind::Stdin, "stdin".to_string()));
         }
-        if named_in_to(&SinkRef::Stdout) {
-            sink_ids.insert(SinkRef::Stdout, sinks.len());
+        if named_to.contains(&Named::Own) {
+            sink_ids.insert(Named::Own, sinks.len());
             sinks.push(new_sink(SinkKind::Stdout, "stdout".to_string()));
         }
 
@@ -483,12 +512,12 @@ impl Tables {
                 sources: r
                     .from
                     .iter()
-                    .filter_map(|e| source_ids.get(e).copied())
+                    .filter_map(|e| source_ids.get(&Named::source(e)).copied())
                     .collect(),
                 sinks: r
                     .to
                     .iter()
-                    .filter_map(|e| sink_ids.get(e).copied())
+                    .filter_map(|e| sink_ids.get(&Named::sink(e)).copied())
                     .collect(),
                 buffer: usize::try_from(r.buffer.bytes()).unwrap_or(usize::MAX),
                 when_full: r.when_full,
@@ -723,7 +752,7 @@ impl Daemon {
                     warn!("cannot watch the FIFOs' directories: {e}");
                 }
                 self.dir_watch = Some(watch);
-                self.watch_dirs();
+                self.watch_dirs(None);
             }
             Err(e) => warn!("cannot watch the FIFOs' directories: {e}"),
         }

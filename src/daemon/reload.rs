@@ -297,7 +297,7 @@ impl Daemon {
         for c in next.to_start {
             self.start_child(c);
         }
-        self.watch_dirs();
+        self.watch_dirs(Some(&|i| new_fifos.contains(&i)));
         Ok(())
     }
 

@@ -107,14 +107,16 @@ impl Relay {
         slots: usize,
         mut free: Vec<LaneId>,
     ) -> Relay {
+        let lanes: usize = routes.iter().map(|r| r.sinks.len()).sum();
         let mut relay = Relay {
-            lanes: (0..slots).map(|_| Lane::retired()).collect(),
-            routes: Vec::new(),
+            lanes: Vec::with_capacity(slots.max(lanes)),
+            routes: Vec::with_capacity(routes.len()),
             source_routes: vec![Vec::new(); sources],
             sink_lanes: vec![Vec::new(); sinks],
             sink_turn: vec![0; sinks],
             sink_owner: vec![None; sinks],
         };
+        relay.lanes.resize_with(slots, Lane::retired);
         for (route_index, route) in routes.iter().enumerate() {
             let mut lanes = Vec::new();
             for (position, &sink) in route.sinks.iter().enumerate() {
