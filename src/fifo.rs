@@ -154,6 +154,10 @@ pub struct ManagedFifo {
     pub path: PathBuf,
     /// The read-write fd opened at start, until the daemon takes it.
     fd: Option<OwnedFd>,
+    /// An `O_PATH` handle on the node itself: every later open goes through
+    /// it, never through the path, so nothing swapped in at the path is
+    /// ever opened.
+    node: OwnedFd,
     /// It was already there at start (left by a crash, say).
     pub adopted: bool,
     /// The service manager made it and passed its fd: it is systemd's to
@@ -536,101 +540,206 @@ fn make_dir(parent: &OwnedFd, name: &OsStr, shown: &Path, mode: Mode) -> Result<
     Ok(fd)
 }
 
-/// Creates the FIFO, or adopts one already there, following the safe order:
-/// inspect without opening, open non-blocking without following, check the
-/// opened node is the inspected one, then chown, then chmod.
+/// Creates the FIFO, or adopts one already there. A new node is made under
+/// a private name in the same directory, opened, given its owner and mode,
+/// and only then renamed into place (never over anything): no one can open
+/// it before fifod holds it. An existing node is inspected through an
+/// `O_PATH` handle (which opens nothing) and, if it is a FIFO fifod may
+/// adopt, opened through that handle, never through its path.
 fn open_fifo(parent: &Rc<OwnedFd>, spec: &FifoConfig) -> Result<ManagedFifo, FsError> {
     let path = spec.path.as_path();
     let name = path
         .file_name()
         .ok_or_else(|| refused(path, "no file name"))?;
-    let before = match fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => {
-            check_adoptable(path, &st, spec)?;
-            Some(st)
+    // Someone may make the path between our look and our rename: then it
+    // is adopted (or refused) as if it had been there.
+    for _ in 0..2 {
+        if let Some(fifo) = adopt_fifo(parent, name, spec)? {
+            return Ok(fifo);
         }
-        Err(Errno::ENOENT) => {
-            // The umask is 077 while fifod runs, so the node starts private.
-            mkfifoat(parent.as_fd(), name, NixMode::S_IRUSR | NixMode::S_IWUSR)
-                .map_err(failed(path, "create FIFO"))?;
-            None
+        if let Some(fifo) = create_fifo(parent, name, spec)? {
+            return Ok(fifo);
         }
-        Err(e) => return Err(failed(path, "inspect")(e)),
-    };
-    let entry_for = |id| Entry {
-        parent: Rc::clone(parent),
-        name: name.to_owned(),
-        path: path.to_owned(),
-        id,
-    };
-    // The node just made, so that a failure from here on removes it (and
-    // only it: the path is checked to still name it).
-    let made = match before {
-        None => fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .ok()
-            .map(|st| NodeId::of(&st)),
-        Some(_) => None,
-    };
-    let undo = |e: FsError| {
-        if let Some(id) = made {
-            let _ = entry_for(id).remove(UnlinkatFlags::NoRemoveDir);
-        }
-        e
-    };
-    let fd = openat(
+    }
+    Err(refused(
+        path,
+        "something keeps appearing at this path while fifod makes its FIFO",
+    ))
+}
+
+/// A name in `parent` for a node that is not in place yet: hidden, and
+/// fifod's own (its pid and a count).
+fn private_name() -> OsString {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    OsString::from(format!(".fifod-new-{}-{n}", std::process::id()))
+}
+
+/// Adopts the node at `name`, if there is one (`None` if there is none).
+fn adopt_fifo(
+    parent: &Rc<OwnedFd>,
+    name: &OsStr,
+    spec: &FifoConfig,
+) -> Result<Option<ManagedFifo>, FsError> {
+    let path = spec.path.as_path();
+    let node = match openat(
         parent.as_fd(),
         name,
-        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         NixMode::empty(),
-    )
-    .map_err(|e| undo(failed(path, "open FIFO")(e)))?;
-    let st = fstat(&fd).map_err(|e| undo(failed(path, "inspect")(e)))?;
-    let entry = entry_for(NodeId::of(&st));
-    let expected = before.map(|b| NodeId::of(&b)).or(made);
-    if !is_kind(&st, SFlag::S_IFIFO) || expected.is_some_and(|id| id != NodeId::of(&st)) {
-        return Err(undo(refused(path, "it was replaced while fifod opened it")));
-    }
+    ) {
+        Ok(node) => node,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(failed(path, "inspect")(e)),
+    };
+    let before = fstat(&node).map_err(failed(path, "inspect"))?;
+    check_adoptable(path, &before, spec)?;
+    let fd = reopen_node(node.as_fd(), OFlag::O_RDWR).map_err(failed(path, "open FIFO"))?;
+    let st = fstat(&fd).map_err(failed(path, "inspect"))?;
     if st.st_nlink != 1 {
-        return Err(undo(refused(
-            path,
-            format!("it has {} hard links", st.st_nlink),
-        )));
+        return Err(refused(path, format!("it has {} hard links", st.st_nlink)));
     }
-    if spec.owner.is_some() || spec.group.is_some() {
-        fchown(
-            &fd,
-            spec.owner.map(Uid::from_raw),
-            spec.group.map(Gid::from_raw),
-        )
-        .map_err(|e| undo(failed(path, "change the owner of")(e)))?;
-    }
-    fchmod(&fd, NixMode::from_bits_truncate(spec.mode.bits()))
-        .map_err(|e| undo(failed(path, "set the mode of")(e)))?;
-    match before {
-        None => info!(
-            "created fifo {} at {} (mode {})",
-            spec.name,
-            path.display(),
-            spec.mode
-        ),
-        Some(b) => info!(
-            "adopted fifo {} at {} (mode {:04o} -> {}, owner {}:{})",
-            spec.name,
-            path.display(),
-            b.st_mode & 0o7777,
-            spec.mode,
-            b.st_uid,
-            b.st_gid
-        ),
-    }
-    Ok(ManagedFifo {
+    set_owner_and_mode(&fd, path, spec)?;
+    info!(
+        "adopted fifo {} at {} (mode {:04o} -> {}, owner {}:{})",
+        spec.name,
+        path.display(),
+        before.st_mode & 0o7777,
+        spec.mode,
+        before.st_uid,
+        before.st_gid
+    );
+    Ok(Some(ManagedFifo {
         name: spec.name.clone(),
         path: path.to_owned(),
         fd: Some(fd),
-        adopted: before.is_some(),
+        node,
+        adopted: true,
         passed: false,
-        entry,
-    })
+        entry: Entry {
+            parent: Rc::clone(parent),
+            name: name.to_owned(),
+            path: path.to_owned(),
+            id: NodeId::of(&st),
+        },
+    }))
+}
+
+/// Makes a new FIFO at `name`: under a private name first, held open with
+/// its owner and mode set, then renamed into place. `None` if something
+/// took the path meanwhile (nothing is left behind then).
+fn create_fifo(
+    parent: &Rc<OwnedFd>,
+    name: &OsStr,
+    spec: &FifoConfig,
+) -> Result<Option<ManagedFifo>, FsError> {
+    let path = spec.path.as_path();
+    let temp = private_name();
+    // The umask is 077 while fifod runs, so the node starts private.
+    mkfifoat(
+        parent.as_fd(),
+        temp.as_os_str(),
+        NixMode::S_IRUSR | NixMode::S_IWUSR,
+    )
+    .map_err(failed(path, "create FIFO"))?;
+    let made = fstatat(
+        parent.as_fd(),
+        temp.as_os_str(),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map(|st| NodeId::of(&st))
+    .map_err(failed(path, "inspect"))?;
+    let entry_at = |name: &OsStr| Entry {
+        parent: Rc::clone(parent),
+        name: name.to_owned(),
+        path: path.to_owned(),
+        id: made,
+    };
+    // Until it is in place, a failure removes it (if it is still ours).
+    let undo = |e: FsError| {
+        let _ = entry_at(&temp).remove(UnlinkatFlags::NoRemoveDir);
+        e
+    };
+    let node = openat(
+        parent.as_fd(),
+        temp.as_os_str(),
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        NixMode::empty(),
+    )
+    .map_err(|e| undo(failed(path, "open FIFO")(e)))?;
+    let st = fstat(&node).map_err(|e| undo(failed(path, "inspect")(e)))?;
+    if !is_kind(&st, SFlag::S_IFIFO) || NodeId::of(&st) != made || st.st_nlink != 1 {
+        return Err(undo(refused(
+            path,
+            "its new node was replaced while fifod made it",
+        )));
+    }
+    let fd =
+        reopen_node(node.as_fd(), OFlag::O_RDWR).map_err(|e| undo(failed(path, "open FIFO")(e)))?;
+    set_owner_and_mode(&fd, path, spec).map_err(undo)?;
+    match move_into_place(parent, &temp, name) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            let _ = entry_at(&temp).remove(UnlinkatFlags::NoRemoveDir);
+            return Ok(None);
+        }
+        Err(e) => return Err(undo(failed(path, "create FIFO")(e))),
+    }
+    info!(
+        "created fifo {} at {} (mode {})",
+        spec.name,
+        path.display(),
+        spec.mode
+    );
+    Ok(Some(ManagedFifo {
+        name: spec.name.clone(),
+        path: path.to_owned(),
+        fd: Some(fd),
+        node,
+        adopted: false,
+        passed: false,
+        entry: entry_at(name),
+    }))
+}
+
+/// Renames `temp` to `name` in `parent` without replacing anything there
+/// (`EEXIST` if something is); where the filesystem cannot rename that
+/// way, links the node at `name` and removes `temp`.
+fn move_into_place(parent: &OwnedFd, temp: &OsStr, name: &OsStr) -> nix::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    match nix::fcntl::renameat2(
+        parent.as_fd(),
+        temp,
+        parent.as_fd(),
+        name,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Err(Errno::EINVAL | Errno::ENOSYS) => {}
+        done => return done,
+    }
+    nix::unistd::linkat(
+        parent.as_fd(),
+        temp,
+        parent.as_fd(),
+        name,
+        nix::fcntl::AtFlags::empty(),
+    )?;
+    unlinkat(parent.as_fd(), temp, UnlinkatFlags::NoRemoveDir)
+}
+
+/// Owner first (chown may clear set-id bits), then the exact mode.
+fn set_owner_and_mode(fd: &OwnedFd, path: &Path, spec: &FifoConfig) -> Result<(), FsError> {
+    if spec.owner.is_some() || spec.group.is_some() {
+        fchown(
+            fd,
+            spec.owner.map(Uid::from_raw),
+            spec.group.map(Gid::from_raw),
+        )
+        .map_err(failed(path, "change the owner of"))?;
+    }
+    fchmod(fd, NixMode::from_bits_truncate(spec.mode.bits()))
+        .map_err(failed(path, "set the mode of"))
 }
 
 /// Takes a FIFO the service manager passed (socket activation) as `spec`,
@@ -674,10 +783,12 @@ fn take_passed(
         path.display(),
         st.st_mode & 0o7777
     );
+    let node = node_handle(fd.as_fd()).map_err(failed(path, "inspect"))?;
     Ok(ManagedFifo {
         name: spec.name.clone(),
         path: path.to_owned(),
         fd: Some(fd),
+        node,
         adopted: true,
         passed: true,
         entry: Entry {
@@ -963,13 +1074,7 @@ impl ManagedFifo {
             Access::Read => OFlag::O_RDONLY,
             Access::ReadWrite => OFlag::O_RDWR,
         };
-        let fd = openat(
-            self.entry.parent.as_fd(),
-            self.entry.name.as_os_str(),
-            mode | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-            NixMode::empty(),
-        )
-        .map_err(failed(&self.path, "open FIFO"))?;
+        let fd = reopen_node(self.node.as_fd(), mode).map_err(failed(&self.path, "open FIFO"))?;
         let st = fstat(&fd).map_err(failed(&self.path, "inspect"))?;
         if NodeId::of(&st) != self.entry.id {
             return Err(refused(
@@ -979,4 +1084,21 @@ impl ManagedFifo {
         }
         Ok(fd)
     }
+}
+
+/// Opens the node `handle` is on (an `O_PATH` handle, or any fd) anew,
+/// through `/proc/self/fd`: the same inode, whatever its path names now,
+/// or no path at all. Never blocks, never becomes a controlling terminal.
+pub fn reopen_node(handle: BorrowedFd<'_>, access: OFlag) -> nix::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    nix::fcntl::open(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(),
+        access | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        NixMode::empty(),
+    )
+}
+
+/// An `O_PATH` handle on the node `fd` is open on.
+fn node_handle(fd: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    reopen_node(fd, OFlag::O_PATH)
 }

@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, lchown, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, lchown, symlink};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,10 +21,10 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 use crate::common::{
-    Daemon, LOCK, Launch, Outcome, Sandbox, TIMEOUT, assert_fifo, assert_logged, is_root,
-    log_has_line, lstat, mkdir_mode, mkfifo_mode, mode_of, names, names_in, nobody, open_reader,
-    open_writer, pipe_pending, read_exact, read_until, relays, snapshot, try_write, wait_log,
-    wait_until, write_all, write_mode,
+    Daemon, LOCK, Launch, Outcome, Sandbox, TIMEOUT, assert_fifo, assert_logged, attach_strace,
+    detach_strace, have_strace, is_root, log_has_line, lstat, mkdir_mode, mkfifo_mode, mode_of,
+    names, names_in, nobody, open_reader, open_writer, pipe_pending, read_exact, read_to_eof,
+    read_until, relays, snapshot, try_write, wait_log, wait_until, write_all, write_mode,
 };
 
 // ---------------------------------------------------------------------------
@@ -548,6 +548,105 @@ fn a_writer_still_connected_to_a_removed_input_outlives_a_reload() {
     assert_eq!(read_exact(&r, 17, TIMEOUT), b"after the reload\n");
     drop(w);
     relays(&input, &output, b"new\n");
+    d.stop_ok();
+}
+
+/// A FIFO is made under a private name and renamed into place once fifod
+/// holds it: a reader that opens it the moment it appears never reads an
+/// EOF (which it would if it came before fifod's own open).
+#[test]
+fn a_fifo_is_never_seen_before_fifod_holds_it() {
+    let mut d = Daemon::start(TWO_ROUTES);
+    let input = d.fifo("in");
+    for round in 0..100 {
+        fs::remove_file(&input).unwrap();
+        let end = Instant::now() + TIMEOUT;
+        let reader = loop {
+            match fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&input)
+            {
+                Ok(f) => break f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && Instant::now() < end => {}
+                Err(e) => panic!("round {round}: {e}\n--- log ---\n{}", d.log()),
+            }
+        };
+        let mut byte = [0u8; 1];
+        match io::Read::read(&mut &reader, &mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(0) => panic!(
+                "round {round}: EOF: the FIFO was there before fifod held it\n--- log ---\n{}",
+                d.log()
+            ),
+            other => panic!("round {round}: {other:?}"),
+        }
+        assert!(
+            !names_in(&d.sb.run_dir())
+                .iter()
+                .any(|n| n.to_string_lossy().starts_with(".fifod-new")),
+            "a private name is left in the directory"
+        );
+    }
+    relays(&input, &d.fifo("out"), b"still relayed\n");
+    d.stop_ok();
+}
+
+/// After making or adopting a FIFO, fifod never opens its path again: an
+/// end of session, an output's next session and a reload go through a
+/// handle on the node itself, so nothing swapped in at the path is opened.
+#[test]
+fn fifod_never_opens_a_managed_path_by_name_once_it_holds_the_node() {
+    if !have_strace() {
+        println!("note: skipped: strace is not installed");
+        return;
+    }
+    let config = |mode: &str| {
+        format!(
+            "[fifo.in]\n[fifo.out]\nmode = \"{mode}\"\n\n[[route]]\nfrom = [\"in\"]\nto = [\"out\"]\neof = \"forward\"\n"
+        )
+    };
+    let mut d = Daemon::start(&config("0640"));
+    let trace = d.sb.path("strace.out");
+    let strace = attach_strace(d.pid(), &trace, &["trace=open,openat,openat2"]);
+    let (input, output) = (d.fifo("in"), d.fifo("out"));
+    // A session: its end is forwarded, and `in` is read anew.
+    let w = open_writer(&input);
+    write_all(&w, b"one\n", Instant::now() + TIMEOUT);
+    drop(w);
+    let r = open_reader(&output);
+    assert_eq!(read_to_eof(&r, TIMEOUT), b"one\n");
+    drop(r);
+    // The next session opens `out` for writing again (a reader that came
+    // before it would read the last session's end).
+    let w = open_writer(&input);
+    write_all(&w, b"two\n", Instant::now() + TIMEOUT);
+    assert!(wait_until(TIMEOUT, || pipe_pending(&w) == 0), "not read");
+    let r = open_reader(&output);
+    assert_eq!(read_exact(&r, 4, TIMEOUT), b"two\n");
+    drop(w);
+    // A reload that changes `out`'s mode sets it through the node.
+    d.reload_ok(&config("0600"));
+    assert_eq!(mode_of(&output), 0o600);
+    detach_strace(strace);
+    let traced = fs::read_to_string(&trace).unwrap_or_default();
+    let by_name: Vec<&str> = traced
+        .lines()
+        .filter(|l| l.contains("open") && (l.contains(", \"in\",") || l.contains(", \"out\",")))
+        .collect();
+    assert!(
+        by_name.is_empty(),
+        "fifod opened a managed path by name:\n{}",
+        by_name.join("\n")
+    );
+    let through_node = traced
+        .lines()
+        .filter(|l| l.contains("\"/proc/self/fd/"))
+        .count();
+    assert!(
+        through_node >= 3,
+        "fifod reopened nothing through its handles, so the test saw nothing:\n{traced}"
+    );
     d.stop_ok();
 }
 

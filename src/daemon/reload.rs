@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use log::{error, info, warn};
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::diff::{self, Diff, FifoPlan};
@@ -28,7 +29,7 @@ use super::{
 };
 use crate::child::Supervised;
 use crate::config::{Config, ProcessConfig, Role};
-use crate::fifo::{Access, Footprint, ManagedFifo};
+use crate::fifo::{Access, Footprint, ManagedFifo, reopen_node};
 use crate::pipe;
 use crate::relay::RelayMap;
 use crate::relay::{LaneId, Relay, SinkId, SourceId};
@@ -732,7 +733,7 @@ impl Daemon {
             let Some((n, i)) = new_input(o) else {
                 continue;
             };
-            match reopen_read_only(fd.as_fd()) {
+            match reopen_node(fd.as_fd(), OFlag::O_RDONLY) {
                 Ok(fd) => detached.push((s, n, i, fd, None)),
                 Err(e) => warn!(
                     "fifo {}: cannot go on reading its removed node: {e}",
@@ -1028,17 +1029,6 @@ impl Daemon {
             self.flush_log_line(s);
         }
     }
-}
-
-/// A read-only fd on the same pipe as `fd`, through `/proc/self/fd`: the
-/// node may have no path any more.
-fn reopen_read_only(fd: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
-    nix::fcntl::open(
-        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
 }
 
 /// Reads what is queued in a pipe fifod holds (a pipe's worth at most).
