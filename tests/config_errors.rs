@@ -961,6 +961,44 @@ fn rows() -> Vec<Row> {
                 ("1.5", "1.5", "process.p.user", NAME_OR_ID),
             ],
         ),
+        invalid(
+            "the id chown reads as \"leave it as it is\"",
+            with_dir("[fifo.a]\nowner = 4294967295\n[fifo.b]\ngroup = \"4294967295\"\n"),
+            &[
+                (
+                    "owner",
+                    "4294967295",
+                    "fifo.a.owner",
+                    Starts("4294967295 is (uid_t) -1"),
+                ),
+                (
+                    "group",
+                    "\"4294967295\"",
+                    "fifo.b.group",
+                    Starts("4294967295 is (uid_t) -1"),
+                ),
+            ],
+        ),
+        invalid(
+            "the root directory as dir",
+            "[daemon]\ndir = \"/\"\n[fifo.in]\n".to_string(),
+            &[(
+                "dir",
+                "\"/\"",
+                "daemon.dir",
+                Starts("/ is a system directory"),
+            )],
+        ),
+        invalid(
+            "a system directory as dir, spelt another way",
+            "[daemon]\ndir = \"/var//run/\"\n[fifo.in]\n".to_string(),
+            &[(
+                "dir",
+                "\"/var",
+                "daemon.dir",
+                Starts("/var/run is a system directory"),
+            )],
+        ),
         // Out of range.
         invalid(
             "daemon sizes and durations out of range",

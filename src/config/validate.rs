@@ -11,6 +11,18 @@ pub(super) fn validate_daemon(
     let mut ok = true;
     let dir = match &raw.dir {
         Some(dir) => match normalize_path(dir.get_ref()) {
+            Ok(path) if SYSTEM_DIRS.iter().any(|d| path == Path::new(d)) => {
+                problems.at(
+                    dir,
+                    "daemon.dir",
+                    format!(
+                        "{} is a system directory; fifod keeps its lock and control socket in \
+                         `dir`: give it a directory of its own, such as /run/fifod",
+                        path.display()
+                    ),
+                );
+                None
+            }
             Ok(path) if path.is_absolute() => Some(path),
             Ok(_) => {
                 problems.at(dir, "daemon.dir", "must be an absolute path");
@@ -260,11 +272,11 @@ pub(super) enum IdKind {
 
 pub(super) fn lookup_id(spec: &Spanned<IdSpec>, kind: IdKind) -> Result<u32, String> {
     let name = match spec.get_ref() {
-        IdSpec::Number(n) => return Ok(*n),
+        IdSpec::Number(n) => return real_id(*n),
         IdSpec::Name(name) => name,
     };
     if let Ok(n) = name.parse::<u32>() {
-        return Ok(n);
+        return real_id(n);
     }
     if name.contains('\0') {
         return Err("must not contain a NUL byte".to_string());
@@ -282,6 +294,26 @@ pub(super) fn lookup_id(spec: &Spanned<IdSpec>, kind: IdKind) -> Result<u32, Str
         },
     }
 }
+
+/// `n`, unless it is the id that `chown` reads as "leave it as it is".
+fn real_id(n: u32) -> Result<u32, String> {
+    if n == u32::MAX {
+        return Err(
+            "4294967295 is (uid_t) -1, which chown reads as \"leave it as it is\": \
+             name a real user or group"
+                .to_string(),
+        );
+    }
+    Ok(n)
+}
+
+/// Directories that belong to the system: fifod puts its lock and its
+/// control socket in `dir`, and removes it at stop if it made it.
+const SYSTEM_DIRS: [&str; 25] = [
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt",
+    "/proc", "/root", "/run", "/run/user", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+    "/var/lib", "/var/log", "/var/run", "/var/tmp",
+];
 
 /// Lexically normalises a path: drops `.` and repeated slashes, refuses `..`
 /// (which could climb out of `dir`, and makes two spellings of one path hard
