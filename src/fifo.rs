@@ -80,8 +80,8 @@ fn failed<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(Errno) -> FsE
 }
 
 /// `(st_dev, st_ino)`: how fifod recognises a node it made or adopted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct NodeId {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId {
     dev: u64,
     ino: u64,
 }
@@ -213,6 +213,7 @@ impl Footprint {
             ));
         }
         self.lock = Some(take_lock(&dir, &daemon.dir)?);
+        let mut nodes: HashMap<NodeId, usize> = HashMap::new();
         for spec in &config.fifos {
             let fifo = match passed.remove(&spec.name) {
                 Some(fd) => {
@@ -222,6 +223,12 @@ impl Footprint {
                 }
                 None => self.make_fifo(daemon, spec)?,
             };
+            if let Some(&other) = nodes.get(&fifo.node_id()) {
+                let err = one_node(&fifo, &self.fifos[other]);
+                self.fifos.push(fifo);
+                return Err(err);
+            }
+            nodes.insert(fifo.node_id(), self.fifos.len());
             self.fifos.push(fifo);
         }
         if let Some(path) = &daemon.control {
@@ -1003,7 +1010,26 @@ pub enum Access {
     ReadWrite,
 }
 
+/// Two FIFOs of the config are one node (their paths meet through a
+/// symbolic link above `dir`): each would feed the other.
+pub fn one_node(fifo: &ManagedFifo, other: &ManagedFifo) -> FsError {
+    refused(
+        &fifo.path,
+        format!(
+            "it is the same node as fifo {} ({}): two FIFOs that are one node would feed \
+             each other",
+            other.name,
+            other.path.display()
+        ),
+    )
+}
+
 impl ManagedFifo {
+    /// The node it is: two managed FIFOs must never share one.
+    pub fn node_id(&self) -> NodeId {
+        self.entry.id
+    }
+
     /// The read-write fd opened at start, if the daemon has not taken it.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.fd.as_ref().map(AsFd::as_fd)

@@ -746,6 +746,62 @@ fn root_owned_symlink_above_dir_is_followed() {
     assert!(lstat(&link).is_some_and(|m| m.file_type().is_symlink()));
 }
 
+/// Two FIFOs whose paths meet through a root-owned symbolic link are one
+/// node: each would feed the other. Refused at start, and on reload.
+#[test]
+fn two_fifos_that_are_one_node_are_refused() {
+    if !is_root() {
+        println!("note: skipped: a root-owned symlink needs root to make");
+        return;
+    }
+    // `dir` is reached through the link (as /var/run is); `out` names the
+    // same place without it.
+    let sb = Sandbox::new();
+    let (real, link) = real_and_link(&sb);
+    let (dir, real_dir) = (link.join("run"), real.join("run"));
+    mkdir_mode(&real_dir, 0o755);
+    let twice = format!(
+        "[daemon]\ndir = \"{}\"\n\n[fifo.in]\n[fifo.out]\npath = \"{}\"\n\n\
+         [[route]]\nfrom = [\"in\"]\nto = [\"out\"]\n",
+        dir.display(),
+        real_dir.join("in").display()
+    );
+    sb.write_config(&twice);
+    run_refused(&sb, &["is the same node as fifo in"]);
+    assert_eq!(
+        names_in(&real_dir),
+        names(&[]),
+        "fifod left something behind"
+    );
+
+    // On reload: the running config is kept, and what the reload made goes.
+    let once = format!(
+        "[daemon]\ndir = \"{}\"\n\n[fifo.in]\n[fifo.out]\n\n[[route]]\nfrom = [\"in\"]\nto = [\"out\"]\n",
+        dir.display()
+    );
+    sb.write_config(&once);
+    let mut d = Daemon::start_with(sb, &Launch::default());
+    let again = format!(
+        "{once}\n[fifo.fresh]\n[fifo.alias]\npath = \"{}\"\n",
+        real_dir.join("out").display()
+    );
+    d.sb.write_config(&again);
+    let outcome = d.reload();
+    assert!(
+        outcome
+            .as_ref()
+            .is_err_and(|why| why.contains("is the same node as fifo out")),
+        "{outcome:?}\n--- log ---\n{}",
+        d.log()
+    );
+    assert!(
+        lstat(&real_dir.join("fresh")).is_none(),
+        "the failed reload left fresh"
+    );
+    relays(&dir.join("in"), &dir.join("out"), b"still one route\n");
+    d.stop_ok();
+}
+
 #[test]
 fn symlink_above_dir_not_owned_by_root_is_refused() {
     let sb = Sandbox::new();

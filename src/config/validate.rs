@@ -310,9 +310,31 @@ fn real_id(n: u32) -> Result<u32, String> {
 /// Directories that belong to the system: fifod puts its lock and its
 /// control socket in `dir`, and removes it at stop if it made it.
 const SYSTEM_DIRS: [&str; 25] = [
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt",
-    "/proc", "/root", "/run", "/run/user", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
-    "/var/lib", "/var/log", "/var/run", "/var/tmp",
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/run/user",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/run",
+    "/var/tmp",
 ];
 
 /// Lexically normalises a path: drops `.` and repeated slashes, refuses `..`

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::child::Supervised;
 use crate::config::{Config, ProcessConfig, Role};
-use crate::fifo::{Access, Footprint, ManagedFifo, reopen_node};
+use crate::fifo::{Access, Footprint, ManagedFifo, NodeId, one_node, reopen_node};
 use crate::pipe;
 use crate::relay::RelayMap;
 use crate::relay::{LaneId, Relay, SinkId, SourceId};
@@ -459,12 +459,30 @@ impl Daemon {
                     fifos.push(Some((fifo, change)));
                 }
                 Err(e) => {
-                    for (fifo, _) in fifos.iter().flatten().filter(|(f, _)| !f.adopted) {
-                        Footprint::remove_fifo(fifo);
-                    }
+                    undo_made(&fifos);
                     return Err(e.to_string());
                 }
             }
+        }
+        // Two FIFOs that are one node (paths that meet through a symbolic
+        // link above `dir`) would feed each other.
+        let mut nodes: HashMap<NodeId, &ManagedFifo> = HashMap::default();
+        for &plan in plans {
+            if let FifoPlan::Keep(o) = plan {
+                let kept = &self.footprint.fifos[o];
+                nodes.insert(kept.node_id(), kept);
+            }
+        }
+        let mut clash = None;
+        for (fifo, _) in fifos.iter().flatten() {
+            if let Some(other) = nodes.insert(fifo.node_id(), fifo) {
+                clash = Some(one_node(fifo, other).to_string());
+                break;
+            }
+        }
+        if let Some(why) = clash {
+            undo_made(&fifos);
+            return Err(why);
         }
         Ok(fifos)
     }
@@ -1060,5 +1078,12 @@ fn give_memory_back() {
     // arenas; it is safe to call at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Removes the FIFOs a failed reload made (those it adopted stay).
+fn undo_made(fifos: &[Made]) {
+    for (fifo, _) in fifos.iter().flatten().filter(|(f, _)| !f.adopted) {
+        Footprint::remove_fifo(fifo);
     }
 }
