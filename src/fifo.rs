@@ -123,6 +123,16 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether its path still names the node.
+    fn in_place(&self) -> bool {
+        fstatat(
+            self.parent.as_fd(),
+            self.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| NodeId::of(&st) == self.id)
+    }
+
     /// Removes the entry if it still is the same node; says why not otherwise.
     fn remove(&self, flags: UnlinkatFlags) -> Result<(), String> {
         match fstatat(
@@ -241,6 +251,28 @@ impl Footprint {
             self.control = Some(listener);
             self.control_entry = Some(entry);
         }
+        Ok(())
+    }
+
+    /// Makes sure fifod still holds the lock in `dir` before it makes
+    /// anything there again: after someone removed `dir` (or the lock
+    /// file), `dir` is made again and the lock taken again. An error (another
+    /// fifod took the directory meanwhile, say) means nothing may be made.
+    pub fn relock(&mut self, daemon: &DaemonConfig) -> Result<(), FsError> {
+        if self
+            .lock
+            .as_ref()
+            .is_some_and(|(_, entry)| entry.in_place())
+        {
+            return Ok(());
+        }
+        let dir = self.open_dir(&daemon.dir, Some(daemon.dir_mode))?;
+        let (file, entry) = take_lock(&dir, &daemon.dir)?;
+        warn!(
+            "{}: the lock was gone (someone removed the directory or the file); took it again",
+            entry.path.display()
+        );
+        self.lock = Some((file, entry));
         Ok(())
     }
 

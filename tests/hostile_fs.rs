@@ -551,6 +551,35 @@ fn a_writer_still_connected_to_a_removed_input_outlives_a_reload() {
     d.stop_ok();
 }
 
+/// One fifod per directory, always: after someone removes its whole
+/// directory, fifod makes it again with its lock before its FIFOs, and a
+/// second fifod on that directory is refused.
+#[test]
+fn a_removed_directory_is_made_again_with_its_lock() {
+    let mut d = Daemon::start(TWO_ROUTES);
+    let dir = d.sb.run_dir();
+    let input = d.fifo("in");
+    fs::remove_dir_all(&dir).unwrap();
+    let remade = format!("fifo in: made again at {}", input.display());
+    wait_log(&d, &remade, TIMEOUT, |log| log_has_line(log, &[&remade]));
+    assert!(
+        lstat(&dir.join(LOCK)).is_some_and(|m| m.file_type().is_file()),
+        "no lock in the directory made again\n--- log ---\n{}",
+        d.log()
+    );
+    let second = d.sb.run_expect_exit(&Launch::default());
+    second.assert_code(1);
+    assert_logged(
+        &second.stderr,
+        &[&format!(
+            "another fifod is already running on {}",
+            dir.display()
+        )],
+    );
+    relays(&input, &d.fifo("out"), b"still the only one\n");
+    d.stop_ok();
+}
+
 /// A FIFO is made under a private name and renamed into place once fifod
 /// holds it: a reader that opens it the moment it appears never reads an
 /// EOF (which it would if it came before fifod's own open).

@@ -210,7 +210,11 @@ impl Daemon {
         };
         let retiring: HashSet<&Path> = self.retiring.paths().collect();
         let diff = diff::diff(&self.config, &new, &vanished, &retiring);
-        // The only step that can fail, first: nothing has changed yet.
+        // The only steps that can fail, first: nothing has changed yet.
+        // Nothing is made in `dir` unless fifod still holds its lock there.
+        self.footprint
+            .relock(&new.daemon)
+            .map_err(|e| e.to_string())?;
         let fifos = self.make_new_fifos(&new, &diff.fifos)?;
         // From here on nothing fails: faults are logged and the reload goes on.
         self.flush_drop_logs();
