@@ -133,25 +133,69 @@ impl Entry {
         .is_ok_and(|st| NodeId::of(&st) == self.id)
     }
 
-    /// Removes the entry if it still is the same node; says why not otherwise.
+    /// Removes the entry if it still is the same node; says why not
+    /// otherwise. Once the path is seen to name it, it is renamed to a
+    /// private name, and what is looked at there is what is removed: a node
+    /// swapped in between the look and the rename is never the one unlinked
+    /// (it is renamed back).
     fn remove(&self, flags: UnlinkatFlags) -> Result<(), String> {
+        // A directory is removed only if empty, by name: moving one that
+        // someone filled out of the way would disturb its users.
+        if matches!(flags, UnlinkatFlags::RemoveDir) {
+            return self.remove_by_name(flags);
+        }
+        // Something else at the path already is not touched at all.
+        self.still_here()?;
+        let parent = self.parent.as_fd();
+        let temp = private_name();
+        match rename_noreplace(parent, &self.name, &temp) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => return Err("it is already gone".to_string()),
+            // The filesystem cannot: look, then unlink by name.
+            Err(Errno::EINVAL | Errno::ENOSYS) => return self.remove_by_name(flags),
+            Err(e) => return Err(e.desc().to_string()),
+        }
+        let put_back = |why: String| match rename_noreplace(parent, &temp, &self.name) {
+            Ok(()) => why,
+            Err(e) => format!(
+                "{why}; it is left at {} ({})",
+                self.path.with_file_name(&temp).display(),
+                e.desc()
+            ),
+        };
+        match fstatat(parent, temp.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if NodeId::of(&st) == self.id => unlinkat(parent, temp.as_os_str(), flags)
+                .map_err(|e| put_back(e.desc().to_string())),
+            Ok(st) => Err(put_back(format!(
+                "it was replaced by {} that fifod did not make",
+                file_kind(&st)
+            ))),
+            Err(e) => Err(put_back(e.desc().to_string())),
+        }
+    }
+
+    /// `remove` where a rename that replaces nothing is not to be had.
+    fn remove_by_name(&self, flags: UnlinkatFlags) -> Result<(), String> {
+        self.still_here()?;
+        unlinkat(self.parent.as_fd(), self.name.as_os_str(), flags)
+            .map_err(|e| e.desc().to_string())
+    }
+
+    /// Ok if the path still names the node; else why not.
+    fn still_here(&self) -> Result<(), String> {
         match fstatat(
             self.parent.as_fd(),
             self.name.as_os_str(),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         ) {
-            Ok(st) if NodeId::of(&st) == self.id => {}
-            Ok(st) => {
-                return Err(format!(
-                    "it was replaced by {} that fifod did not make",
-                    file_kind(&st)
-                ));
-            }
-            Err(Errno::ENOENT) => return Err("it is already gone".to_string()),
-            Err(e) => return Err(e.desc().to_string()),
+            Ok(st) if NodeId::of(&st) == self.id => Ok(()),
+            Ok(st) => Err(format!(
+                "it was replaced by {} that fifod did not make",
+                file_kind(&st)
+            )),
+            Err(Errno::ENOENT) => Err("it is already gone".to_string()),
+            Err(e) => Err(e.desc().to_string()),
         }
-        unlinkat(self.parent.as_fd(), self.name.as_os_str(), flags)
-            .map_err(|e| e.desc().to_string())
     }
 }
 
@@ -746,14 +790,7 @@ fn create_fifo(
 /// (`EEXIST` if something is); where the filesystem cannot rename that
 /// way, links the node at `name` and removes `temp`.
 fn move_into_place(parent: &OwnedFd, temp: &OsStr, name: &OsStr) -> nix::Result<()> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    match nix::fcntl::renameat2(
-        parent.as_fd(),
-        temp,
-        parent.as_fd(),
-        name,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    ) {
+    match rename_noreplace(parent.as_fd(), temp, name) {
         Err(Errno::EINVAL | Errno::ENOSYS) => {}
         done => return done,
     }
@@ -765,6 +802,24 @@ fn move_into_place(parent: &OwnedFd, temp: &OsStr, name: &OsStr) -> nix::Result<
         nix::fcntl::AtFlags::empty(),
     )?;
     unlinkat(parent.as_fd(), temp, UnlinkatFlags::NoRemoveDir)
+}
+
+/// Renames `from` to `to` in `dir` unless something is at `to` (`EEXIST`);
+/// `EINVAL` or `ENOSYS` where the filesystem or the system cannot.
+fn rename_noreplace(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> nix::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    return nix::fcntl::renameat2(
+        dir,
+        from,
+        dir,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (dir, from, to);
+        Err(Errno::ENOSYS)
+    }
 }
 
 /// Owner first (chown may clear set-id bits), then the exact mode.

@@ -580,6 +580,48 @@ fn a_removed_directory_is_made_again_with_its_lock() {
     d.stop_ok();
 }
 
+/// At stop, fifod moves each of its nodes to a private name before it
+/// looks at it and unlinks it: a node swapped in at the path in between is
+/// never the one removed. strace shows no unlink of a managed name.
+#[test]
+fn removal_unlinks_only_what_it_moved_aside_and_checked() {
+    if !have_strace() {
+        println!("note: skipped: strace is not installed");
+        return;
+    }
+    let mut d = Daemon::start(TWO_ROUTES);
+    let trace = d.sb.path("strace.out");
+    let strace = attach_strace(
+        d.pid(),
+        &trace,
+        &["trace=unlink,unlinkat,rename,renameat,renameat2"],
+    );
+    let dir = d.sb.run_dir();
+    d.stop_ok();
+    detach_strace(strace);
+    let traced = fs::read_to_string(&trace).unwrap_or_default();
+    let unlinked_by_name: Vec<&str> = traced
+        .lines()
+        .filter(|l| l.contains("unlink"))
+        .filter(|l| {
+            ["in", "out", "in2", "out2", LOCK, "control.sock"]
+                .iter()
+                .any(|n| l.contains(&format!(", \"{n}\"")))
+        })
+        .collect();
+    assert!(
+        unlinked_by_name.is_empty(),
+        "fifod unlinked a managed name directly:\n{}",
+        unlinked_by_name.join("\n")
+    );
+    let moved_aside = traced
+        .lines()
+        .filter(|l| l.contains("rename") && l.contains(".fifod-new-"))
+        .count();
+    assert!(moved_aside >= 4, "nothing was moved aside:\n{traced}");
+    assert!(lstat(&dir).is_none(), "{} left", dir.display());
+}
+
 /// A FIFO is made under a private name and renamed into place once fifod
 /// holds it: a reader that opens it the moment it appears never reads an
 /// EOF (which it would if it came before fifod's own open).
