@@ -112,15 +112,17 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
-    // std drops root's supplementary groups before it changes the uid.
-    if let Some(gid) = spec.group {
-        command.gid(gid);
-    }
-    if let Some(uid) = spec.user {
-        command.uid(uid);
-    }
     for variable in PRIVATE_VARIABLES {
         command.env_remove(variable);
+    }
+    // Who it runs as, worked out here: the child only makes system calls.
+    let identity = Identity::of(spec)?;
+    if let Some(account) = &identity.account {
+        command
+            .env("HOME", &account.dir)
+            .env("USER", &account.name)
+            .env("LOGNAME", &account.name)
+            .env("SHELL", &account.shell);
     }
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
 
@@ -162,13 +164,14 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
         }
     }
     // SAFETY: the closure runs in the child between fork and exec. It only
-    // makes system calls (prctl, getppid, _exit, rt_sigaction), which are
-    // async-signal-safe, and allocates nothing. The raw call reaches the signals glibc keeps for
+    // makes system calls (setgroups, setgid, setuid, prctl, getppid, _exit,
+    // rt_sigaction), which are async-signal-safe, and allocates nothing. The raw call reaches the signals glibc keeps for
     // itself (32 and 33), which a posix_spawn higher up may have left
     // ignored; SIGKILL and SIGSTOP refuse, which is fine.
     let fifod = std::process::id();
     unsafe {
         command.pre_exec(move || {
+            identity.assume()?;
             // If fifod dies (even by SIGKILL), the child goes too, rather
             // than run on beside the next fifod's copy of it. Set after the
             // uid changed (std does that first), which would clear it.
@@ -200,6 +203,132 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
     drop(command);
     let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
     Ok((Pid::from_raw(pid), pipes))
+}
+
+/// The user, groups and account a process runs as.
+#[derive(Debug)]
+struct Identity {
+    /// The uid to take, if `user` is set (with `no_new_privs`).
+    uid: Option<libc::uid_t>,
+    /// The gid to take, if `user` or `group` is set.
+    gid: Option<libc::gid_t>,
+    /// The supplementary groups: the user's own (as `initgroups` gives
+    /// them), or none with `group` alone.
+    groups: Vec<libc::gid_t>,
+    /// The user's passwd entry, for its environment.
+    account: Option<nix::unistd::User>,
+}
+
+impl Identity {
+    fn of(spec: &ProcessConfig) -> io::Result<Identity> {
+        let Some(uid) = spec.user else {
+            return Ok(Identity {
+                uid: None,
+                gid: spec.group,
+                groups: Vec::new(),
+                account: None,
+            });
+        };
+        let account = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .map_err(io::Error::from)?;
+        let gid = spec
+            .group
+            .or(account.as_ref().map(|a| a.gid.as_raw()))
+            .unwrap_or(uid);
+        let groups = match &account {
+            Some(a) => {
+                let name = std::ffi::CString::new(a.name.as_bytes())
+                    .map_err(|_| io::Error::other("a user name with a NUL byte"))?;
+                nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid))
+                    .map_err(io::Error::from)?
+                    .into_iter()
+                    .map(nix::unistd::Gid::as_raw)
+                    .collect()
+            }
+            None => vec![gid],
+        };
+        Ok(Identity {
+            uid: Some(uid),
+            gid: Some(gid),
+            groups,
+            account,
+        })
+    }
+
+    /// In the child, between fork and exec: groups, gid, then uid (after
+    /// which nothing could be changed back), and `no_new_privs`, so that a
+    /// setuid program cannot give root back. System calls only.
+    fn assume(&self) -> io::Result<()> {
+        let check = |r: libc::c_int| {
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        if self.gid.is_some() || self.uid.is_some() {
+            // SAFETY: setgroups reads `groups.len()` gids from a live Vec.
+            check(unsafe { libc::setgroups(self.groups.len(), self.groups.as_ptr()) })?;
+        }
+        if let Some(gid) = self.gid {
+            // SAFETY: setgid takes a plain id.
+            check(unsafe { libc::setgid(gid) })?;
+        }
+        if let Some(uid) = self.uid {
+            // SAFETY: setuid takes a plain id; prctl with constant arguments.
+            check(unsafe { libc::setuid(uid) })?;
+            check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes fifod the reaper of every descendant of its processes: one that
+/// leaves its process group and session (`setsid`) and outlives its parent
+/// becomes fifod's child, so that fifod still finds it at stop.
+pub fn become_subreaper() {
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        log::warn!(
+            "cannot become the reaper of processes' descendants: {}; one that leaves its \
+             process group may outlive fifod",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// At the very end: every process still fifod's child (descendants of its
+/// processes that left their group, whose parent exited) gets SIGKILL, on
+/// its group too, and is reaped. Returns how many there were.
+pub fn kill_leftovers() -> usize {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        // The parent's pid is the field after the command, which ends
+        // with the last ')'.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if parent != Some(me) {
+            continue;
+        }
+        let pid = Pid::from_raw(pid);
+        log::warn!("process {pid}, left by one of fifod's processes, is still running: SIGKILL");
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        killed += 1;
+    }
+    killed
 }
 
 /// Marks every fd fifod inherited beyond its standard streams

@@ -11,8 +11,9 @@ use nix::unistd::Group;
 
 use crate::common::{
     Daemon, IN_OUT, KIB, LOCK, Launch, Sandbox, Snapshot, TIMEOUT, assert_fifo, assert_logged,
-    is_root, lstat, mkfifo_mode, mode_of, names, names_in, nobody, nobody_user, open_reader,
-    open_writer, read_exact, read_until, snapshot, under_prlimit, write_all,
+    gone_or_zombie, is_root, lstat, mkfifo_mode, mode_of, names, names_in, nobody, nobody_user,
+    open_reader, open_writer, read_exact, read_until, snapshot, under_prlimit, wait_until,
+    write_all,
 };
 
 fn lock_pid(dir: &Path) -> u32 {
@@ -595,4 +596,83 @@ to = ["out"]
         format!("uid={uid} gid={gid} groups={gid} end\n")
     );
     d.stop_ok();
+}
+
+/// A process that sets `user` gets that user's account in its environment
+/// (not root's), the user's own groups (as `initgroups` gives them), and
+/// `no_new_privs`, so that no setuid program can give root back.
+#[test]
+fn a_process_that_sets_user_gets_its_account_groups_and_no_new_privileges() {
+    if !is_root() {
+        println!("note: skipped: starting a process as another user needs root");
+        return;
+    }
+    let user = nobody_user();
+    let groups = std::process::Command::new("id")
+        .args(["-G", "nobody"])
+        .output()
+        .unwrap();
+    let groups = String::from_utf8_lossy(&groups.stdout).trim().to_string();
+    let mut d = Daemon::start(
+        r#"
+[fifo.out]
+
+[process.who]
+command = ["sh", "-c", "echo home=$HOME user=$USER logname=$LOGNAME shell=$SHELL groups=$(id -G) $(grep NoNewPrivs /proc/self/status | tr -d '\t') end; exec sleep 60"]
+user = "nobody"
+restart = "never"
+
+[[route]]
+from = ["who"]
+to = ["out"]
+"#,
+    );
+    let r = open_reader(&d.fifo("out"));
+    let got = read_until(&r, b"end\n");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        format!(
+            "home={} user=nobody logname=nobody shell={} groups={groups} NoNewPrivs:1 end\n",
+            user.dir.display(),
+            user.shell.display()
+        )
+    );
+    d.stop_ok();
+}
+
+/// A descendant that leaves its process group and session (`setsid`) and
+/// outlives its parent is still found and stopped with fifod.
+#[test]
+fn a_descendant_that_leaves_its_group_is_stopped_with_fifod() {
+    let mut d = Daemon::start(
+        r#"
+[daemon]
+shutdown_timeout = "1s"
+
+[fifo.out]
+
+[process.parent]
+# It waits until the sleep has left its process group (field 5 of stat).
+command = ["sh", "-c", "setsid sleep 600 & while [ \"$(cut -d' ' -f5 /proc/$!/stat)\" = $$ ]; do :; done; echo pid=$! end; exit 0"]
+restart = "never"
+
+[[route]]
+from = ["parent"]
+to = ["out"]
+"#,
+    );
+    let r = open_reader(&d.fifo("out"));
+    let got = String::from_utf8_lossy(&read_until(&r, b" end\n")).to_string();
+    let pid: i32 = got
+        .trim_start_matches("pid=")
+        .trim_end_matches(" end\n")
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid in {got:?}"));
+    assert!(!gone_or_zombie(pid), "the descendant did not start");
+    d.stop_ok();
+    assert!(
+        wait_until(TIMEOUT, || gone_or_zombie(pid)),
+        "process {pid}, left by a process, outlived fifod\n--- log ---\n{}",
+        d.log()
+    );
 }

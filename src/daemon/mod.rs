@@ -288,6 +288,7 @@ fn signal_name(signal: libc::c_int) -> &'static str {
 /// Runs the daemon until SIGTERM or SIGINT and a clean shutdown.
 pub fn run(config: Config, config_path: PathBuf) -> Result<(), RunError> {
     child::keep_inherited_fds_from_children();
+    child::become_subreaper();
     ensure_fd_limit(&config)?;
     // Handlers first: a SIGTERM during start must not kill fifod before it
     // can remove what it made.

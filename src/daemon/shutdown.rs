@@ -221,6 +221,7 @@ impl Daemon {
             }
         }
         self.replaced.kill_and_wait();
+        child::kill_leftovers();
         self.retiring.remove_all();
         // Lines still in progress are held too: count them with the rest.
         for s in self.sources.ids() {
