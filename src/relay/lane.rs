@@ -250,6 +250,21 @@ impl Lane {
                 *end = (*end).saturating_sub(n as u64).max(start);
             }
         }
+        self.collapse_ends();
+    }
+
+    /// Ends with no byte left between them are one end: sessions whose
+    /// every byte was dropped leave one, so that a lane nobody reads holds
+    /// at most one end per byte it holds, plus one.
+    fn collapse_ends(&mut self) {
+        let front = self.front;
+        let mut last = None;
+        self.ends.retain(|&end| {
+            let at = end.max(front);
+            let keep = last != Some(at);
+            last = Some(at);
+            keep
+        });
     }
 
     /// Drops `n` bytes held in memory starting `at` bytes after the front,
@@ -268,6 +283,7 @@ impl Lane {
         self.stats.dropped += n as u64;
         if at == 0 {
             self.remove_front(n);
+            self.collapse_ends();
             return;
         }
         self.held.drain(at..at + n);
@@ -277,6 +293,7 @@ impl Lane {
                 *end = (*end).saturating_sub(n as u64).max(start);
             }
         }
+        self.collapse_ends();
     }
 
     /// Counts bytes that were never held as dropped.
@@ -349,6 +366,7 @@ impl Lane {
         self.front += from_pipe as u64;
         self.stats.dropped += from_pipe as u64;
         self.drop_held(0, n - from_pipe);
+        self.collapse_ends();
     }
 
     /// Drops the oldest held bytes (whole lines on a line route, and never

@@ -58,3 +58,33 @@ fn drop_oldest_keeps_an_end_after_the_bytes_it_followed() {
     assert_eq!(out, b"efgh");
     check_identity(&relay);
 }
+
+#[test]
+fn ends_of_sessions_nobody_reads_stay_bounded() {
+    // An output nobody reads, on a drop-oldest route that forwards ends:
+    // every session's bytes push the last ones out, and its end with them.
+    let spec = RouteSpec {
+        buffer: 4,
+        when_full: WhenFull::DropOldest,
+        ..forwarding(&[0], &[0])
+    };
+    let mut relay = Relay::new(&[spec], 1, 1);
+    for _ in 0..100_000 {
+        relay.ingest(0, b"abc", |_, _| 0);
+        relay.source_ended(0);
+    }
+    let lane = &relay.lanes()[0];
+    assert!(
+        lane.ends.len() <= lane.capacity() + 1,
+        "{} end markers for a lane of {} bytes",
+        lane.ends.len(),
+        lane.capacity()
+    );
+    check_identity(&relay);
+    // What is left: the newest bytes, each session's end after its own.
+    assert!(relay.end_due(0), "the dropped sessions' end is due");
+    relay.end_delivered(0);
+    let mut out = Vec::new();
+    drain(&mut relay, 0, &mut out, 100);
+    assert!(out.ends_with(b"c"), "{out:?}");
+}
