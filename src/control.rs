@@ -9,17 +9,19 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped when a field changes meaning or goes away.
 pub const STATUS_VERSION: u32 = 1;
-/// At most this many answers are being written at once; a further client
-/// is answered when one of them finishes.
+/// At most this many answers are being written at once; while they are,
+/// fifod accepts no other connection (it waits in the listen queue).
 const MAX_CLIENTS: usize = 16;
-/// A client that does not read its answer in this time is dropped.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that reads nothing of its answer for this long is dropped, so
+/// that clients that never read hold a slot no longer than that.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -119,8 +121,10 @@ pub struct LineCounts {
 #[derive(Debug)]
 struct Client {
     stream: UnixStream,
-    answer: Vec<u8>,
+    /// One document, shared by every client accepted in the same pass.
+    answer: Rc<[u8]>,
     written: usize,
+    /// The client is dropped if it reads nothing more by then.
     deadline: Instant,
 }
 
@@ -161,26 +165,48 @@ impl ControlServer {
         self.clients.iter().any(Option::is_none)
     }
 
-    /// Accepts one connection and starts answering it with `answer`.
-    /// Returns the slot to watch, if the answer did not fit at once.
-    pub fn accept(&mut self, answer: &Status) -> io::Result<Option<usize>> {
-        let (stream, _) = self.listener.accept()?;
-        stream.set_nonblocking(true)?;
-        let Some(slot) = self.clients.iter().position(Option::is_none) else {
-            return Ok(None);
-        };
-        let mut document = serde_json::to_vec(answer).map_err(io::Error::other)?;
-        document.push(b'\n');
-        self.clients[slot] = Some(Client {
-            stream,
-            answer: document,
-            written: 0,
-            deadline: Instant::now() + CLIENT_TIMEOUT,
-        });
-        Ok(match self.write(slot) {
-            Progress::Write(slot) => Some(slot),
-            Progress::Done(_) => None,
-        })
+    /// Accepts every waiting connection there is room for, and starts
+    /// answering each with the document `answer` makes (made once, and
+    /// only if a connection came). A peer that is neither root nor fifod's
+    /// own user is refused. Returns the slots to watch for writability.
+    pub fn accept_all(&mut self, answer: impl FnOnce() -> Status) -> io::Result<Vec<usize>> {
+        let mut answer = Some(answer);
+        let mut document: Option<Rc<[u8]>> = None;
+        let mut watch = Vec::new();
+        while let Some(slot) = self.clients.iter().position(Option::is_none) {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => return Err(e),
+            };
+            if !peer_allowed(&stream) {
+                continue;
+            }
+            stream.set_nonblocking(true)?;
+            let document = match (&document, answer.take()) {
+                (Some(d), _) => Rc::clone(d),
+                (None, Some(make)) => {
+                    let mut bytes = serde_json::to_vec(&make()).map_err(io::Error::other)?;
+                    bytes.push(b'\n');
+                    let made: Rc<[u8]> = bytes.into();
+                    document = Some(Rc::clone(&made));
+                    made
+                }
+                (None, None) => unreachable!("the document is made with the first answer"),
+            };
+            self.clients[slot] = Some(Client {
+                stream,
+                answer: document,
+                written: 0,
+                deadline: Instant::now() + CLIENT_TIMEOUT,
+            });
+            if let Progress::Write(slot) = self.write(slot) {
+                watch.push(slot);
+            }
+        }
+        Ok(watch)
     }
 
     /// Writes more of a client's answer.
@@ -192,6 +218,7 @@ impl ControlServer {
             match client.stream.write(&client.answer[client.written..]) {
                 Ok(n) => {
                     client.written += n;
+                    client.deadline = Instant::now() + CLIENT_TIMEOUT;
                     if client.written == client.answer.len() {
                         self.clients[slot] = None;
                         return Progress::Done(slot);
@@ -237,6 +264,16 @@ pub enum QueryError {
     /// Nothing listens at the socket: the daemon is not running.
     NotRunning(String),
     Failed(String),
+}
+
+/// Whether the peer of `stream` may read fifod's status: root or fifod's
+/// own user (the socket's mode says so too; this holds if it is widened).
+fn peer_allowed(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    match getsockopt(stream, PeerCredentials) {
+        Ok(peer) => peer.uid() == 0 || peer.uid() == nix::unistd::geteuid().as_raw(),
+        Err(_) => false,
+    }
 }
 
 /// Connects to the control socket at `path` and reads the daemon's answer.

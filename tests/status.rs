@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    Counts, Daemon, IN_OUT, Launch, Sandbox, TIMEOUT, array, checked_counts, fifo_entry, lstat,
-    num, open_reader, open_writer, process_entry, read_exact, route_entry, sink_entry, status_json,
-    status_of, text, write_all,
+    Counts, Daemon, IN_OUT, Launch, Sandbox, TIMEOUT, array, checked_counts, fifo_entry, is_root,
+    lstat, nobody, num, open_reader, open_writer, process_entry, read_exact, route_entry,
+    sink_entry, status_json, status_of, text, write_all,
 };
 
 // ---------------------------------------------------------------------------
@@ -536,5 +536,63 @@ fn an_empty_control_turns_the_socket_off() {
     }
     // The daemon did not mind.
     assert!(d.try_exited().is_none(), "{}", d.log());
+    d.stop_ok();
+}
+
+/// Clients that connect and never read their answer hold a slot only for a
+/// while, and while every slot is taken fifod takes no new connection (it
+/// waits in the queue): `fifod status` still answers.
+#[test]
+fn clients_that_never_read_do_not_keep_status_from_answering() {
+    // Enough FIFOs that an answer does not fit in a socket's buffer.
+    let mut toml = String::new();
+    for i in 0..1500 {
+        toml.push_str(&format!(
+            "[fifo.in{i}]\n[fifo.out{i}]\n[[route]]\nfrom = [\"in{i}\"]\nto = [\"out{i}\"]\n"
+        ));
+    }
+    let mut d = Daemon::start(&toml);
+    let socket = d.sb.run_dir().join("control.sock");
+    let stuck: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let start = Instant::now();
+    let out = status_of(&d.sb, true);
+    out.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(array(&status, "fifos").len(), 3000);
+    assert!(start.elapsed() < TIMEOUT);
+    drop(stuck);
+    d.stop_ok();
+}
+
+/// The control socket answers root and fifod's own user only, whatever
+/// its mode says.
+#[test]
+fn status_is_refused_to_other_users_even_through_a_wider_socket() {
+    if !is_root() {
+        println!("note: skipped: asking as another user needs root");
+        return;
+    }
+    let mut d = Daemon::start(IN_OUT);
+    for dir in [d.sb.root().to_path_buf(), d.sb.run_dir()] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(d.sb.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
+    let socket = d.sb.run_dir().join("control.sock");
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    let launch = Launch {
+        user: Some(nobody()),
+        ..Launch::default()
+    };
+    let out = d.sb.run_to_exit(&d.sb.cmd_args("status"), &launch);
+    assert!(
+        !out.status.success(),
+        "nobody read the status:\n{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("in"), "{}", out.stdout);
+    // Root still gets it.
+    status_of(&d.sb, false).assert_code(0);
     d.stop_ok();
 }

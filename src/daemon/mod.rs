@@ -261,6 +261,8 @@ pub struct Daemon {
     control: Option<ControlServer>,
     /// The control socket is not watched until then (after an error).
     control_retry_at: Option<Instant>,
+    /// The control socket is not watched: every answer slot is taken.
+    control_full: bool,
     started_at: Instant,
     /// Where bytes every sink already has (by `tee`) are spliced to be
     /// consumed from their source without a copy.
@@ -651,6 +653,7 @@ impl Daemon {
             state: State::Running,
             control,
             control_retry_at: None,
+            control_full: false,
             started_at: Instant::now(),
             dev_null: std::fs::OpenOptions::new()
                 .write(true)
@@ -833,6 +836,7 @@ impl Daemon {
                     // A finished client's fd is closed, which ends its watch.
                     let _ = control.write(slot);
                 }
+                self.control_has_room();
             }
         }
     }

@@ -16,22 +16,29 @@ use crate::pipe;
 use crate::relay::{SinkId, SourceId};
 
 impl Daemon {
+    /// Answers every connection waiting on the control socket, with one
+    /// status snapshot for all of them. While every answer slot is taken,
+    /// the socket is not watched: further clients wait in its queue, and
+    /// cost the loop nothing.
     pub(super) fn answer_status(&mut self) {
-        let status = self.status();
-        let Some(control) = &mut self.control else {
+        let Some(mut control) = self.control.take() else {
             return;
         };
-        match control.accept(&status) {
-            Ok(Some(slot)) => {
-                if let Some(fd) = control.client_fd(slot)
-                    && let Err(e) = self.events.add(fd, Token::Client(slot), Interest::Write)
-                {
-                    warn!("cannot watch a status client: {e}");
-                    control.close(slot);
+        match control.accept_all(|| self.status()) {
+            Ok(slots) => {
+                for slot in slots {
+                    if let Some(fd) = control.client_fd(slot)
+                        && let Err(e) = self.events.add(fd, Token::Client(slot), Interest::Write)
+                    {
+                        warn!("cannot watch a status client: {e}");
+                        control.close(slot);
+                    }
+                }
+                if !control.has_room() && !self.control_full {
+                    let _ = self.events.remove(control.listener_fd());
+                    self.control_full = true;
                 }
             }
-            Ok(None) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 // Out of fds, say: the listener stays readable, so stop
                 // watching it for a while rather than spin.
@@ -40,11 +47,32 @@ impl Daemon {
                 self.control_retry_at = Some(Instant::now() + CONTROL_RETRY);
             }
         }
+        self.control = Some(control);
+    }
+
+    /// A status client finished or was dropped: if the socket was left
+    /// unwatched for want of room, it is watched again.
+    pub(super) fn control_has_room(&mut self) {
+        if !self.control_full || self.control_retry_at.is_some() {
+            return;
+        }
+        if let Some(control) = &self.control
+            && control.has_room()
+        {
+            self.control_full = false;
+            if let Err(e) = self
+                .events
+                .add(control.listener_fd(), Token::Control, Interest::Read)
+            {
+                warn!("cannot watch the control socket: {e}");
+            }
+        }
     }
 
     /// Watches the control socket again after a pause.
     pub(super) fn resume_control(&mut self) {
         self.control_retry_at = None;
+        self.control_full = false;
         if let Some(control) = &self.control
             && let Err(e) = self
                 .events

@@ -66,6 +66,7 @@ impl Daemon {
                 control.close(slot);
             }
         }
+        self.control_has_room();
         if self.state == State::Running {
             for c in 0..self.children.len() {
                 if self.children[c].restart_at.is_some_and(|at| at <= now) {
