@@ -494,6 +494,22 @@ impl Footprint {
                         ));
                     }
                     check_dir_is_safe(&shown, &st)?;
+                    // One as fifod makes them below its dir (its user, its
+                    // `dir_mode`: left by a fifod that was killed, say) is
+                    // adopted: removed at stop if empty. One made otherwise
+                    // (an admin's sticky directory) is left alone.
+                    let id = NodeId::of(&st);
+                    if create.is_some_and(|mode| st.st_mode & 0o7777 == mode.bits())
+                        && st.st_uid == nix::unistd::geteuid().as_raw()
+                        && !self.created_dirs.iter().any(|d| d.id == id)
+                    {
+                        self.created_dirs.push(Entry {
+                            parent: Rc::clone(&current),
+                            name: name.clone(),
+                            path: shown.clone(),
+                            id,
+                        });
+                    }
                     fd
                 }
                 Err(Errno::ENOENT) if let Some(mode) = create => {

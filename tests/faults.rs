@@ -1708,3 +1708,32 @@ to = ["out"]
         assert_clean_stats(&d, route, sink, n);
     }
 }
+
+/// A subdirectory a killed fifod made below its dir is adopted by the next
+/// one, and removed at its clean stop like one it made.
+#[test]
+fn a_subdirectory_left_by_a_killed_fifod_is_adopted_and_removed_at_stop() {
+    let shared = Sandbox::new();
+    let config = format!(
+        "[daemon]\ndir = \"{}\"\n[fifo.in]\npath = \"sub/in\"\n[fifo.out]\npath = \"sub/out\"\n\n\
+         [[route]]\nfrom = [\"in\"]\nto = [\"out\"]\n",
+        shared.run_dir().display()
+    );
+    let sub = shared.run_dir().join("sub");
+    let mut first = Daemon::start(&config);
+    assert!(lstat(&sub).is_some_and(|m| m.is_dir()));
+    first.stop(Signal::SIGKILL);
+    let mut second = Daemon::start(&config);
+    relays(
+        &sub.join("in"),
+        &sub.join("out"),
+        b"through the adopted directory\n",
+    );
+    second.stop_ok();
+    assert!(
+        lstat(&sub).is_none(),
+        "{} stays after a clean stop\n--- log ---\n{}",
+        sub.display(),
+        second.log()
+    );
+}
