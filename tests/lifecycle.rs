@@ -567,6 +567,10 @@ fn too_low_a_file_limit_is_a_clear_error_at_start() {
     assert!(!sb.run_dir().exists(), "nothing is created");
 }
 
+/// A process that sets `user` runs as that user with its own groups (as
+/// `initgroups` gives them: none of root's), that user's account in its
+/// environment (not root's), and `no_new_privs`, so that no setuid program
+/// can give root back.
 #[test]
 fn process_runs_as_its_user_and_group() {
     if !is_root() {
@@ -574,39 +578,6 @@ fn process_runs_as_its_user_and_group() {
         return;
     }
     let (uid, gid) = nobody();
-    let mut d = Daemon::start(
-        r#"
-[fifo.out]
-
-[process.who]
-command = ["sh", "-c", "echo uid=$(id -u) gid=$(id -g) groups=$(id -G) end; exec sleep 60"]
-user = "nobody"
-restart = "never"
-
-[[route]]
-from = ["who"]
-to = ["out"]
-"#,
-    );
-    let r = open_reader(&d.fifo("out"));
-    let got = read_until(&r, b"end\n");
-    // Only the user's primary group: none of root's groups are kept.
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        format!("uid={uid} gid={gid} groups={gid} end\n")
-    );
-    d.stop_ok();
-}
-
-/// A process that sets `user` gets that user's account in its environment
-/// (not root's), the user's own groups (as `initgroups` gives them), and
-/// `no_new_privs`, so that no setuid program can give root back.
-#[test]
-fn a_process_that_sets_user_gets_its_account_groups_and_no_new_privileges() {
-    if !is_root() {
-        println!("note: skipped: starting a process as another user needs root");
-        return;
-    }
     let user = nobody_user();
     let groups = std::process::Command::new("id")
         .args(["-G", "nobody"])
@@ -618,7 +589,7 @@ fn a_process_that_sets_user_gets_its_account_groups_and_no_new_privileges() {
 [fifo.out]
 
 [process.who]
-command = ["sh", "-c", "echo home=$HOME user=$USER logname=$LOGNAME shell=$SHELL groups=$(id -G) $(grep NoNewPrivs /proc/self/status | tr -d '\t') end; exec sleep 60"]
+command = ["sh", "-c", "echo uid=$(id -u) gid=$(id -g) groups=$(id -G) home=$HOME user=$USER logname=$LOGNAME shell=$SHELL $(grep NoNewPrivs /proc/self/status | tr -d '\t') end; exec sleep 60"]
 user = "nobody"
 restart = "never"
 
@@ -632,7 +603,8 @@ to = ["out"]
     assert_eq!(
         String::from_utf8_lossy(&got),
         format!(
-            "home={} user=nobody logname=nobody shell={} groups={groups} NoNewPrivs:1 end\n",
+            "uid={uid} gid={gid} groups={groups} home={} user=nobody logname=nobody shell={} \
+             NoNewPrivs:1 end\n",
             user.dir.display(),
             user.shell.display()
         )
