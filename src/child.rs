@@ -117,12 +117,23 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
     }
     // Who it runs as, worked out here: the child only makes system calls.
     let identity = Identity::of(spec)?;
-    if let Some(account) = &identity.account {
-        command
-            .env("HOME", &account.dir)
-            .env("USER", &account.name)
-            .env("LOGNAME", &account.name)
-            .env("SHELL", &account.shell);
+    match &identity.account {
+        Some(account) => {
+            command
+                .env("HOME", &account.dir)
+                .env("USER", &account.name)
+                .env("LOGNAME", &account.name)
+                .env("SHELL", &account.shell);
+        }
+        // A uid with no account: none of fifod's own (root's) either.
+        None if identity.uid.is_some() => {
+            command
+                .env("HOME", "/")
+                .env_remove("USER")
+                .env_remove("LOGNAME")
+                .env_remove("SHELL");
+        }
+        None => {}
     }
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
 
