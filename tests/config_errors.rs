@@ -808,6 +808,20 @@ fn unreadable(what: &'static str, input: Input, reason: &'static str) -> Row {
     }
 }
 
+/// A config that declares no FIFO and no process: one error, at 1:1.
+fn nothing_declared(what: &'static str, text: &str) -> Row {
+    Row {
+        what,
+        input: Input::Text(text.to_string()),
+        verdict: Verdict::Errors(vec![Expect {
+            line: 1,
+            col: 1,
+            key: "fifo",
+            msg: Msg::Starts("the config declares no FIFO and no process"),
+        }]),
+    }
+}
+
 fn valid(what: &'static str, input: Input, lines: &'static [&'static str]) -> Row {
     Row {
         what,
@@ -1239,17 +1253,13 @@ fn rows() -> Vec<Row> {
                 "fifo in: {RUN}/in (unrouted, mode 0600)",
             ],
         ),
-        // An empty file is an empty TOML document: every default, nothing to
-        // make. `check` says so by listing nothing but the daemon.
-        valid(
-            "an empty file",
-            Input::Text(String::new()),
-            &["daemon: dir {RUN} (mode 0755), shutdown_timeout 5s, pipe_size auto"],
-        ),
-        valid(
-            "only comments and blank lines",
-            Input::Text("# nothing yet\n\n   \n".to_string()),
-            &["daemon: dir {RUN} (mode 0755), shutdown_timeout 5s, pipe_size auto"],
+        // A file that declares nothing (an empty one, most likely caught
+        // half-written) is refused, at start as on reload.
+        nothing_declared("an empty file", ""),
+        nothing_declared("only comments and blank lines", "# nothing yet\n\n   \n"),
+        nothing_declared(
+            "only a [daemon] table",
+            "[daemon]\nshutdown_timeout = \"1s\"\n",
         ),
     ];
 

@@ -614,6 +614,16 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
         .filter_map(|(name, raw)| validate_process(&name, raw, env, problems))
         .collect();
     let routes = validate_routes(raw_routes, &mut fifos, &processes, &declared, problems);
+    if declared.is_empty() && routes.is_empty() && problems.0.is_empty() {
+        // Most likely a file caught half-written; at start as on reload,
+        // there would be nothing for fifod to do.
+        problems.add(
+            Some(0..0),
+            "fifo",
+            "the config declares no FIFO and no process: there is nothing for fifod to do \
+             (an empty or truncated file?)",
+        );
+    }
     let daemon = daemon?;
     Some(Config {
         daemon,

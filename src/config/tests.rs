@@ -113,13 +113,13 @@ fn defaults() {
         is_root: true,
         ..Environment::default()
     };
-    let config = parse("f.toml", "", &root).unwrap();
+    let config = parse("f.toml", "[fifo.a]\n", &root).unwrap();
     assert_eq!(config.daemon.dir, PathBuf::from("/run/fifod"));
     let systemd = Environment {
         runtime_directory: Some("/run/fifod-x:/run/other".into()),
         ..root
     };
-    let config = parse("f.toml", "", &systemd).unwrap();
+    let config = parse("f.toml", "[fifo.a]\n", &systemd).unwrap();
     assert_eq!(config.daemon.dir, PathBuf::from("/run/fifod-x"));
     let nothing = Environment::default();
     assert_eq!(
@@ -352,12 +352,17 @@ fn the_control_socket_lives_inside_dir() {
     );
     let config = parse(
         "f.toml",
-        "[daemon]\ndir = \"/d\"\ncontrol = \"sub/c.sock\"\n",
+        "[daemon]\ndir = \"/d\"\ncontrol = \"sub/c.sock\"\n[fifo.a]\n",
         &env(),
     )
     .unwrap();
     assert_eq!(config.daemon.control, Some(PathBuf::from("/d/sub/c.sock")));
-    let off = parse("f.toml", "[daemon]\ndir = \"/d\"\ncontrol = \"\"\n", &env()).unwrap();
+    let off = parse(
+        "f.toml",
+        "[daemon]\ndir = \"/d\"\ncontrol = \"\"\n[fifo.a]\n",
+        &env(),
+    )
+    .unwrap();
     assert_eq!(off.daemon.control, None);
 }
 
@@ -978,4 +983,16 @@ to = ["out", "stdout"]
             check_outcome(&edited(SEEDS[seed], &edits), root)?;
         }
     }
+}
+
+#[test]
+fn a_config_that_declares_nothing_is_refused() {
+    assert_eq!(
+        errors("[daemon]\ndir = \"/d\"\n"),
+        [
+            "f.toml:1:1: fifo: the config declares no FIFO and no process: there is nothing for \
+          fifod to do (an empty or truncated file?)"
+        ]
+    );
+    assert_eq!(errors("").len(), 1);
 }
