@@ -133,6 +133,8 @@ struct Client {
 pub struct ControlServer {
     listener: UnixListener,
     clients: Vec<Option<Client>>,
+    /// Members of this group may ask too (`daemon.control_group`).
+    group: Option<u32>,
 }
 
 /// How far an answer got.
@@ -145,10 +147,11 @@ pub enum Progress {
 }
 
 impl ControlServer {
-    pub fn new(listener: UnixListener) -> ControlServer {
+    pub fn new(listener: UnixListener, group: Option<u32>) -> ControlServer {
         ControlServer {
             listener,
             clients: (0..MAX_CLIENTS).map(|_| None).collect(),
+            group,
         }
     }
 
@@ -181,7 +184,7 @@ impl ControlServer {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => return Err(e),
             };
-            if !peer_allowed(&stream) {
+            if !peer_allowed(&stream, self.group) {
                 continue;
             }
             stream.set_nonblocking(true)?;
@@ -266,14 +269,29 @@ pub enum QueryError {
     Failed(String),
 }
 
-/// Whether the peer of `stream` may read fifod's status: root or fifod's
-/// own user (the socket's mode says so too; this holds if it is widened).
-fn peer_allowed(stream: &UnixStream) -> bool {
+/// Whether the peer of `stream` may read fifod's status: root, fifod's
+/// own user, or a member of `group` (the socket's mode says so too; this
+/// holds if it is widened).
+fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    match getsockopt(stream, PeerCredentials) {
-        Ok(peer) => peer.uid() == 0 || peer.uid() == nix::unistd::geteuid().as_raw(),
-        Err(_) => false,
+    let Ok(peer) = getsockopt(stream, PeerCredentials) else {
+        return false;
+    };
+    if peer.uid() == 0 || peer.uid() == nix::unistd::geteuid().as_raw() {
+        return true;
     }
+    group.is_some_and(|gid| peer.gid() == gid || in_group(peer.pid(), gid))
+}
+
+/// Whether process `pid` has `gid` among its supplementary groups.
+fn in_group(pid: libc::pid_t, gid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
 /// Connects to the control socket at `path` and reads the daemon's answer.

@@ -291,7 +291,7 @@ impl Footprint {
                 .starts_with(&daemon.dir)
                 .then_some(daemon.dir_mode);
             let parent = self.open_dir(parent_path, create)?;
-            let (listener, entry) = bind_control(&parent, path)?;
+            let (listener, entry) = bind_control(&parent, path, daemon.control_group)?;
             self.control = Some(listener);
             self.control_entry = Some(entry);
         }
@@ -952,7 +952,11 @@ fn check_adoptable(path: &Path, st: &FileStat, spec: &FifoConfig) -> Result<(), 
 /// Creates the control socket, mode 0600. A socket of ours already there was
 /// left by a crash (the lock is ours, so no fifod uses it) and is replaced;
 /// anything else at the path is refused.
-fn bind_control(parent: &Rc<OwnedFd>, path: &Path) -> Result<(UnixListener, Entry), FsError> {
+fn bind_control(
+    parent: &Rc<OwnedFd>,
+    path: &Path,
+    group: Option<u32>,
+) -> Result<(UnixListener, Entry), FsError> {
     let name = path
         .file_name()
         .ok_or_else(|| refused(path, "no file name"))?;
@@ -1003,6 +1007,29 @@ fn bind_control(parent: &Rc<OwnedFd>, path: &Path) -> Result<(UnixListener, Entr
         return Err(failed(path, "configure")(Errno::from_raw(
             e.raw_os_error().unwrap_or(0),
         )));
+    }
+    // `control_group` may connect too: the socket becomes its, mode 0660.
+    // By name, in a directory only fifod's user can write to.
+    if let Some(gid) = group {
+        let opened = nix::unistd::fchownat(
+            parent.as_fd(),
+            name,
+            None,
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .and_then(|()| {
+            nix::sys::stat::fchmodat(
+                parent.as_fd(),
+                name,
+                NixMode::from_bits_truncate(0o660),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+        });
+        if let Err(e) = opened {
+            let _ = entry.remove(UnlinkatFlags::NoRemoveDir);
+            return Err(failed(path, "give the control socket to control_group")(e));
+        }
     }
     Ok((listener, entry))
 }

@@ -596,3 +596,42 @@ fn status_is_refused_to_other_users_even_through_a_wider_socket() {
     status_of(&d.sb, false).assert_code(0);
     d.stop_ok();
 }
+
+/// With `control_group`, that group's members may ask for the status too,
+/// and still nobody else.
+#[test]
+fn control_group_members_may_ask_for_the_status() {
+    if !is_root() {
+        println!("note: skipped: asking as other users needs root");
+        return;
+    }
+    let (uid, gid) = nobody();
+    let mut d = Daemon::start(&format!("[daemon]\ncontrol_group = {gid}\n{IN_OUT}"));
+    for dir in [d.sb.root().to_path_buf(), d.sb.run_dir()] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(d.sb.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
+    let socket = d.sb.run_dir().join("control.sock");
+    let md = fs::metadata(&socket).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.gid()), (0o660, gid));
+    let member = Launch {
+        user: Some((uid, gid)),
+        ..Launch::default()
+    };
+    let out = d.sb.run_to_exit(&d.sb.cmd_args("status"), &member);
+    out.assert_code(0);
+    assert!(out.stdout.contains("in"), "{}", out.stdout);
+    // Someone outside the group, even with the socket opened to all.
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    let stranger = Launch {
+        user: Some((uid, gid + 1)),
+        ..Launch::default()
+    };
+    let out = d.sb.run_to_exit(&d.sb.cmd_args("status"), &stranger);
+    assert!(
+        !out.status.success(),
+        "a stranger read the status:\n{}",
+        out.stdout
+    );
+    d.stop_ok();
+}

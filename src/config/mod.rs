@@ -58,6 +58,9 @@ pub struct DaemonConfig {
     pub log_level: LevelFilter,
     /// The control socket `fifod status` talks to; `None` when disabled.
     pub control: Option<PathBuf>,
+    /// A group whose members may ask for the status too (the socket is
+    /// then theirs to connect to, mode 0660).
+    pub control_group: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -404,6 +407,7 @@ struct RawDaemon {
     shutdown_timeout: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
     control: Option<Spanned<String>>,
+    control_group: Option<Spanned<IdSpec>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -54,6 +54,7 @@ when_full = "drop-oldest"
                 shutdown_timeout: Duration::from_secs(2),
                 log_level: LevelFilter::Debug,
                 control: Some("/srv/fifo/x/control.sock".into()),
+                control_group: None,
             },
             fifos: vec![
                 FifoConfig {

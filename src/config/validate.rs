@@ -91,6 +91,17 @@ pub(super) fn validate_daemon(
         })
     });
     let control = validate_control(&raw.control, problems);
+    let control_group = match &raw.control_group {
+        Some(group) => match lookup_id(group, IdKind::Group) {
+            Ok(gid) => Some(gid),
+            Err(e) => {
+                problems.at(group, "daemon.control_group", e);
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
     let (true, Ok(control), Some(dir)) = (ok, control, dir) else {
         return None;
     };
@@ -108,6 +119,7 @@ pub(super) fn validate_daemon(
             .and_then(|s| s.parse().ok())
             .unwrap_or(LevelFilter::Info),
         control: control.map(|c| dir.join(c)),
+        control_group,
     })
 }
 

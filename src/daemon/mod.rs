@@ -636,7 +636,10 @@ impl Daemon {
             .cloned()
             .map(Supervised::new)
             .collect();
-        let control = footprint.take_control().map(ControlServer::new);
+        let control_group = config.daemon.control_group;
+        let control = footprint
+            .take_control()
+            .map(|listener| ControlServer::new(listener, control_group));
         let mut daemon = Daemon {
             config,
             footprint,

@@ -405,6 +405,10 @@ impl Daemon {
             ("daemon.dir", old.dir != new.daemon.dir),
             ("daemon.dir_mode", old.dir_mode != new.daemon.dir_mode),
             ("daemon.control", old.control != new.daemon.control),
+            (
+                "daemon.control_group",
+                old.control_group != new.daemon.control_group,
+            ),
         ] {
             if changed {
                 return Err(format!("{key} cannot change while fifod runs; restart it"));
