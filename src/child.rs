@@ -20,7 +20,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::config::{ProcessConfig, Restart, StderrMode};
+use crate::config::{CLEAN_PATH, ProcessConfig, Restart, StderrMode};
 
 /// The back-off never grows past this (unless `restart_delay` is longer).
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
@@ -114,6 +114,9 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
     }
     for variable in PRIVATE_VARIABLES {
         command.env_remove(variable);
+    }
+    if spec.clean_env {
+        command.env_clear().env("PATH", CLEAN_PATH);
     }
     // Who it runs as, worked out here: the child only makes system calls.
     let identity = Identity::of(spec)?;
@@ -516,6 +519,7 @@ mod tests {
             restart_delay: Duration::from_millis(100),
             user: None,
             group: None,
+            clean_env: false,
         }
     }
 

@@ -1466,3 +1466,58 @@ eof = "forward"
     assert_clean_stats(&d, 0, "gz", total_in);
     assert_clean_stats(&d, 1, "out", total_out);
 }
+
+/// `clean_env = true` starts a process from an empty environment: what its
+/// `env` names and a `PATH`, none of fifod's own variables.
+#[test]
+fn a_process_with_clean_env_sees_only_what_its_env_names() {
+    let sb = Sandbox::new();
+    sb.write_config(
+        r#"
+[fifo.clean]
+[fifo.inherited]
+
+[process.c]
+command = ["sh", "-c", "echo mark=${FIFOD_TEST_MARK:-none} own=$OWN path=$PATH end; exec sleep 60"]
+clean_env = true
+env = { OWN = "yes" }
+restart = "never"
+
+[process.i]
+command = ["sh", "-c", "echo mark=${FIFOD_TEST_MARK:-none} own=$OWN end; exec sleep 60"]
+env = { OWN = "yes" }
+restart = "never"
+
+[[route]]
+from = ["c"]
+to = ["clean"]
+
+[[route]]
+from = ["i"]
+to = ["inherited"]
+"#,
+    );
+    let launch = Launch {
+        env: vec![("FIFOD_TEST_MARK".into(), "from fifod".into())],
+        ..Launch::default()
+    };
+    let mut d = Daemon::start_with(sb, &launch);
+    let read_line = |name: &str| {
+        let r = open_reader(&d.fifo(name));
+        let mut line = Vec::new();
+        let end = std::time::Instant::now() + TIMEOUT;
+        let mut buf = [0u8; 256];
+        while !line.ends_with(b"end\n") {
+            let n = read_some(&r, &mut buf, end);
+            assert!(n > 0, "EOF after {:?}", String::from_utf8_lossy(&line));
+            line.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&line).to_string()
+    };
+    assert_eq!(
+        read_line("clean"),
+        "mark=none own=yes path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin end\n"
+    );
+    assert_eq!(read_line("inherited"), "mark=from fifod own=yes end\n");
+    d.stop_ok();
+}

@@ -92,8 +92,12 @@ pub struct ProcessConfig {
     /// argv; `command[0]` is looked up on `PATH` unless it contains a `/`.
     pub command: Vec<String>,
     pub cwd: Option<PathBuf>,
-    /// Added to the inherited environment.
+    /// Added to the inherited environment (or to a clean one).
     pub env: Vec<(String, String)>,
+    /// Start from an empty environment (only `env`, a `PATH`, and the
+    /// account's `HOME`, `USER`, `LOGNAME` and `SHELL`) rather than
+    /// fifod's; the default for a process that sets `user`.
+    pub clean_env: bool,
     pub stderr: StderrMode,
     pub restart: Restart,
     pub restart_delay: Duration,
@@ -453,7 +457,12 @@ struct RawProcess {
     restart_delay: Option<Spanned<String>>,
     user: Option<Spanned<IdSpec>>,
     group: Option<Spanned<IdSpec>>,
+    clean_env: Option<Spanned<bool>>,
 }
+
+/// The `PATH` of a process started with a clean environment, unless its
+/// `env` sets one.
+pub const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Errors gathered while loading, still as byte spans.
 #[derive(Default)]

@@ -459,6 +459,10 @@ pub(super) fn validate_process(
                 None
             }
         });
+    let clean_env = raw
+        .clean_env
+        .as_ref()
+        .map_or(raw.user.is_some(), |v| *v.get_ref());
     let env: Vec<(String, String)> = raw
         .env
         .as_ref()
@@ -502,11 +506,18 @@ pub(super) fn validate_process(
             );
         }
         Some(program) => {
+            let inherited = || {
+                if clean_env {
+                    Some(CLEAN_PATH.to_string())
+                } else {
+                    std::env::var("PATH").ok()
+                }
+            };
             let path_var = env
                 .iter()
                 .find(|(k, _)| k == "PATH")
                 .map(|(_, v)| v.clone())
-                .or_else(|| std::env::var("PATH").ok());
+                .or_else(inherited);
             if let Err(e) = find_program(program.get_ref(), cwd.as_deref(), path_var.as_deref()) {
                 problems.at(program, format!("{key}.command"), e);
             }
@@ -565,6 +576,7 @@ pub(super) fn validate_process(
         restart_delay,
         user,
         group,
+        clean_env,
     })
 }
 
