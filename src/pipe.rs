@@ -19,6 +19,29 @@ pub fn queued_bytes(fd: BorrowedFd<'_>) -> usize {
     }
 }
 
+/// Fills the pipe `fd` is on to the brim through a write fd of fifod's
+/// own, so that no writer can put another byte in it, and returns how many
+/// bytes others had put in it and nobody read: an exact count of what a
+/// writer still writing at stop wrote and will lose (its next write fails
+/// once fifod closes the pipe).
+pub fn freeze(fd: BorrowedFd<'_>) -> usize {
+    let Ok(writer) = crate::fifo::reopen_node(fd, nix::fcntl::OFlag::O_WRONLY) else {
+        return queued_bytes(fd);
+    };
+    // Larger than PIPE_BUF, so a write takes whatever room is left.
+    let filler = [0u8; 64 * 1024];
+    let mut filled = 0;
+    loop {
+        match nix::unistd::write(&writer, &filler) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    queued_bytes(fd).saturating_sub(filled)
+}
+
 /// The pipe's capacity in bytes.
 pub fn capacity(fd: BorrowedFd<'_>) -> Result<usize, Errno> {
     fcntl(fd, FcntlArg::F_GETPIPE_SZ).map(|n| usize::try_from(n).unwrap_or(0))

@@ -6,7 +6,7 @@ use std::time::Instant;
 use log::{info, warn};
 use nix::sys::signal::Signal;
 
-use super::{Daemon, Intake, KILL_GRACE, SinkKind, State, signal_name};
+use super::{Daemon, Intake, KILL_GRACE, SinkKind, SourceKind, State, signal_name};
 use crate::child;
 use crate::pipe;
 use crate::relay::{SinkId, SourceId};
@@ -252,11 +252,27 @@ impl Daemon {
                 );
             }
         }
+        // What writers put in the inputs after fifod took its share. The
+        // pipe of a FIFO that goes with fifod is filled first, so that this
+        // count is the last word; never one that outlives it (a FIFO the
+        // service manager holds, fifod's own stdin), whose bytes are kept.
         for source in self.sources.values() {
-            let left = source
-                .fd
-                .as_ref()
-                .map_or(0, |fd| pipe::queued_bytes(fd.as_fd()));
+            let goes = match source.kind {
+                SourceKind::Fifo { fifo, .. } | SourceKind::Detached { fifo } => {
+                    !self.footprint.fifos[fifo].passed
+                }
+                SourceKind::Stdin
+                | SourceKind::Stdout(_)
+                | SourceKind::Stderr(_)
+                | SourceKind::Log(_) => false,
+            };
+            let left = source.fd.as_ref().map_or(0, |fd| {
+                if goes {
+                    pipe::freeze(fd.as_fd())
+                } else {
+                    pipe::queued_bytes(fd.as_fd())
+                }
+            });
             if left > 0 {
                 warn!("{}: {left} bytes left unread", source.name);
             }
