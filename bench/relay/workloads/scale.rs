@@ -16,9 +16,17 @@ use crate::sys::{open_nonblock, proc_cpu, proc_status};
 use crate::traffic::pattern;
 use crate::watchdog::{clear_deadline, deadline};
 
-/// Writes `each` bytes into every fd (non-blocking, one poll loop).
-fn pump_writes(fds: Vec<OwnedFd>, each: u64, buf: &[u8]) -> Res<()> {
-    let mut left: Vec<u64> = vec![each; fds.len()];
+/// Moves `each` bytes through every fd with one poll loop, waiting for
+/// `events`: `step` moves what it can on a ready fd, at most the bytes
+/// given, and says how many it moved (0 when none could).
+fn pump(
+    fds: &[OwnedFd],
+    each: u64,
+    events: libc::c_short,
+    what: &str,
+    mut step: impl FnMut(RawFd, u64) -> Res<u64>,
+) -> Res<()> {
+    let mut done: Vec<u64> = vec![0; fds.len()];
     let end = Instant::now() + Duration::from_secs(120);
     let index: BTreeMap<RawFd, usize> = fds
         .iter()
@@ -28,11 +36,11 @@ fn pump_writes(fds: Vec<OwnedFd>, each: u64, buf: &[u8]) -> Res<()> {
     loop {
         let mut pfds: Vec<libc::pollfd> = fds
             .iter()
-            .zip(&left)
-            .filter(|(_, l)| **l > 0)
+            .zip(&done)
+            .filter(|(_, d)| **d < each)
             .map(|(f, _)| libc::pollfd {
                 fd: f.as_raw_fd(),
-                events: libc::POLLOUT,
+                events,
                 revents: 0,
             })
             .collect();
@@ -40,7 +48,7 @@ fn pump_writes(fds: Vec<OwnedFd>, each: u64, buf: &[u8]) -> Res<()> {
             return Ok(());
         }
         if Instant::now() > end {
-            return Err("writers: deadline".into());
+            return Err(format!("{what}: deadline"));
         }
         // SAFETY: pfds is a valid array of pollfd.
         let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
@@ -49,65 +57,42 @@ fn pump_writes(fds: Vec<OwnedFd>, each: u64, buf: &[u8]) -> Res<()> {
         }
         for p in pfds.iter().filter(|p| p.revents != 0) {
             let i = index[&p.fd];
-            let n = left[i].min(buf.len() as u64) as usize;
-            // SAFETY: writes from a live buffer to an fd we own.
-            let w = unsafe { libc::write(p.fd, buf.as_ptr().cast(), n) };
-            if w > 0 {
-                left[i] -= w as u64;
-            } else if w < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
-            {
-                return Err(format!("write: {}", std::io::Error::last_os_error()));
-            }
+            done[i] += step(p.fd, each - done[i])?;
+        }
+        if done.iter().any(|&d| d > each) {
+            return Err(format!("{what}: more than was written"));
         }
     }
 }
 
+/// Writes `each` bytes into every fd (non-blocking, one poll loop).
+fn pump_writes(fds: Vec<OwnedFd>, each: u64, buf: &[u8]) -> Res<()> {
+    pump(&fds, each, libc::POLLOUT, "writers", |fd, left| {
+        let n = left.min(buf.len() as u64) as usize;
+        // SAFETY: writes from a live buffer to an fd we own.
+        let w = unsafe { libc::write(fd, buf.as_ptr().cast(), n) };
+        if w >= 0 {
+            Ok(w as u64)
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+            Ok(0)
+        } else {
+            Err(format!("write: {}", std::io::Error::last_os_error()))
+        }
+    })
+}
+
 /// Reads `each` bytes from every fd (non-blocking, one poll loop).
 fn pump_reads(fds: Vec<OwnedFd>, each: u64) -> Res<()> {
-    let mut got: Vec<u64> = vec![0; fds.len()];
     let mut buf = vec![0u8; 64 * 1024];
-    let end = Instant::now() + Duration::from_secs(120);
-    let index: BTreeMap<RawFd, usize> = fds
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.as_raw_fd(), i))
-        .collect();
-    loop {
-        let mut pfds: Vec<libc::pollfd> = fds
-            .iter()
-            .zip(&got)
-            .filter(|(_, g)| **g < each)
-            .map(|(f, _)| libc::pollfd {
-                fd: f.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        if pfds.is_empty() {
-            return Ok(());
+    pump(&fds, each, libc::POLLIN, "readers", |fd, _| {
+        // SAFETY: reads into a live buffer from an fd we own.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            0 => Err("unexpected EOF on an output".into()),
+            n if n > 0 => Ok(n as u64),
+            _ => Ok(0),
         }
-        if Instant::now() > end {
-            return Err("readers: deadline".into());
-        }
-        // SAFETY: pfds is a valid array of pollfd.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
-        if r < 0 {
-            continue;
-        }
-        for p in pfds.iter().filter(|p| p.revents != 0) {
-            let i = index[&p.fd];
-            // SAFETY: reads into a live buffer from an fd we own.
-            let n = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                got[i] += n as u64;
-            } else if n == 0 {
-                return Err("unexpected EOF on an output".into());
-            }
-        }
-        if got.iter().any(|&g| g > each) {
-            return Err("a reader got more than was written".into());
-        }
-    }
+    })
 }
 
 /// Named metrics of one scale run, and the idle cost (CPU s, switches).
