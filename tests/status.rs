@@ -566,6 +566,15 @@ fn clients_that_never_read_do_not_keep_status_from_answering() {
     d.stop_ok();
 }
 
+/// Lets other users reach the sandbox's config and control socket, as far
+/// as the file modes go (the daemon's own check is what the tests look at).
+fn open_to_others(d: &Daemon) {
+    for dir in [d.sb.root().to_path_buf(), d.sb.run_dir()] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(d.sb.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
+}
+
 /// The control socket answers root and fifod's own user only, whatever
 /// its mode says.
 #[test]
@@ -575,10 +584,7 @@ fn status_is_refused_to_other_users_even_through_a_wider_socket() {
         return;
     }
     let mut d = Daemon::start(IN_OUT);
-    for dir in [d.sb.root().to_path_buf(), d.sb.run_dir()] {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    fs::set_permissions(d.sb.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
+    open_to_others(&d);
     let socket = d.sb.run_dir().join("control.sock");
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
     let launch = Launch {
@@ -607,10 +613,7 @@ fn control_group_members_may_ask_for_the_status() {
     }
     let (uid, gid) = nobody();
     let mut d = Daemon::start(&format!("[daemon]\ncontrol_group = {gid}\n{IN_OUT}"));
-    for dir in [d.sb.root().to_path_buf(), d.sb.run_dir()] {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    fs::set_permissions(d.sb.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
+    open_to_others(&d);
     let socket = d.sb.run_dir().join("control.sock");
     let md = fs::metadata(&socket).unwrap();
     assert_eq!((md.mode() & 0o7777, md.gid()), (0o660, gid));
