@@ -14,6 +14,7 @@ mod hostile_fs;
 mod injected;
 mod lifecycle;
 mod processes;
+mod real_systemd;
 mod relay;
 mod reload;
 mod reload_chaos;

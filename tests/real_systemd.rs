@@ -1,0 +1,218 @@
+//! The shipped units under a real systemd: the machine's own, booted as PID 1
+//! of private namespaces (see real_systemd/machine.rs), with fifod installed
+//! as the Debian package installs it. Start, readiness, reload, stop, socket
+//! activation, and a sandbox that a process of the config cannot leave.
+//!
+//! These need root and a writable cgroup2 hierarchy; elsewhere each says
+//! that it was skipped. CI sets FIFOD_TEST_REAL_SYSTEMD where they can run,
+//! so that there they fail rather than skip.
+
+mod machine;
+
+use machine::Machine;
+
+use crate::common::{IN_OUT, wait_until};
+
+const FIFOD: &str = "fifod.service";
+
+/// A line written into `in` comes out of `out` (a reader started first,
+/// every step bounded).
+fn relays(m: &Machine, line: &str) {
+    let got = m.ok(&format!(
+        "timeout 20 head -n 1 /run/fifod/out > /tmp/got & reader=$!
+         printf '%s\\n' '{line}' | timeout 20 tee /run/fifod/in > /dev/null
+         wait $reader; cat /tmp/got"
+    ));
+    assert_eq!(got.trim_end(), line, "console:\n{}", m.console());
+}
+
+#[test]
+fn the_unit_starts_reloads_and_stops_fifod_under_a_real_systemd() {
+    let Some(m) = Machine::boot("the_unit_starts_reloads_and_stops_fifod_under_a_real_systemd")
+    else {
+        return;
+    };
+    m.install_fifod(
+        r#"
+[fifo.in]
+mode = "0620"
+[fifo.out]
+mode = "0640"
+
+[[route]]
+from = ["in"]
+to = ["out"]
+"#,
+    );
+    // Type=notify: `systemctl start` returns once fifod said READY=1.
+    m.ok("systemctl start fifod");
+    assert_eq!(m.property(FIFOD, "ActiveState"), "active");
+    assert_eq!(m.property(FIFOD, "SubState"), "running");
+    assert!(
+        !m.property(FIFOD, "StatusText").is_empty(),
+        "fifod sent no STATUS="
+    );
+    assert_eq!(
+        m.ok("stat -c '%a %F %U' /run/fifod/in /run/fifod/out"),
+        "620 fifo root\n640 fifo root\n"
+    );
+    relays(&m, "before any reload");
+    // The control socket answers from inside the sandbox.
+    let status = m.ok("fifod status");
+    assert!(status.contains("/run/fifod/in"), "{status}");
+
+    // A reload that adds a FIFO: it appears, the route keeps flowing.
+    m.set_config(
+        r#"
+[fifo.in]
+mode = "0620"
+[fifo.out]
+mode = "0640"
+[fifo.extra]
+
+[[route]]
+from = ["in"]
+to = ["out"]
+"#,
+    );
+    let pid = m.property(FIFOD, "MainPID");
+    m.ok("systemctl reload fifod");
+    assert!(
+        wait_until(machine::DEADLINE, || m.sh("test -p /run/fifod/extra").ok),
+        "the reload did not make /run/fifod/extra\n{}",
+        m.console()
+    );
+    relays(&m, "after a reload");
+
+    // A rejected config leaves the running one in force, and says so.
+    m.set_config("[fifo.in]\nmode = \"999\"\n");
+    m.sh("systemctl reload fifod");
+    assert!(
+        wait_until(machine::DEADLINE, || m
+            .property(FIFOD, "StatusText")
+            .starts_with("reload failed")),
+        "StatusText: {}\n{}",
+        m.property(FIFOD, "StatusText"),
+        m.console()
+    );
+    assert_eq!(m.property(FIFOD, "ActiveState"), "active");
+    assert_eq!(
+        m.property(FIFOD, "MainPID"),
+        pid,
+        "a reload restarted fifod"
+    );
+    relays(&m, "after a rejected reload");
+
+    // Stop: every FIFO removed, the directory (RuntimeDirectoryPreserve=) kept.
+    m.ok("systemctl stop fifod");
+    assert_eq!(m.property(FIFOD, "ActiveState"), "inactive");
+    assert_eq!(m.property(FIFOD, "Result"), "success");
+    assert_eq!(m.ok("ls -A /run/fifod"), "", "fifod left files behind");
+}
+
+#[test]
+fn socket_units_hold_the_fifos_while_fifod_restarts_under_a_real_systemd() {
+    let Some(m) =
+        Machine::boot("socket_units_hold_the_fifos_while_fifod_restarts_under_a_real_systemd")
+    else {
+        return;
+    };
+    m.install_fifod(IN_OUT);
+    for unit in ["fifod-in.socket", "fifod-out.socket"] {
+        let shared = m.share(unit, &machine::unit_file(unit));
+        m.ok(&format!("install -m 0644 {shared} /etc/systemd/system/"));
+    }
+    m.ok("groupadd --system app && systemctl daemon-reload");
+    m.ok("systemctl start fifod-in.socket fifod-out.socket");
+    assert_eq!(
+        m.ok("stat -c '%a %F %G' /run/fifod/in /run/fifod/out"),
+        "620 fifo app\n640 fifo app\n"
+    );
+    assert_eq!(m.property(FIFOD, "ActiveState"), "inactive");
+
+    // A write while fifod is stopped waits in the FIFO and starts fifod; a
+    // reader that holds `out` sees no end of file while fifod restarts.
+    let got = m.ok("exec 3</run/fifod/out
+         printf 'while stopped\\n' > /run/fifod/in
+         read -r -t 30 a <&3 || exit 1
+         systemctl restart fifod
+         printf 'after a restart\\n' > /run/fifod/in
+         read -r -t 30 b <&3 || exit 1
+         echo \"$a|$b\"");
+    assert_eq!(got, "while stopped|after a restart\n", "{}", m.console());
+    assert_eq!(m.property(FIFOD, "ActiveState"), "active");
+
+    // fifod never removes what the socket units made; they do, at their stop.
+    m.ok("systemctl stop fifod-in.socket fifod-out.socket fifod");
+    assert_eq!(m.property(FIFOD, "Result"), "success");
+    assert_eq!(m.ok("ls -A /run/fifod"), "");
+}
+
+/// What a process of the config tries, as root inside fifod's sandbox; each
+/// line says whether it worked. The first two must work, the rest must not.
+const ESCAPE: &str = r#"
+try() { what=$1; shift; if "$@" >/dev/null 2>&1; then echo "$what: done"; else echo "$what: refused"; fi; }
+try "write in /run/fifod" sh -c 'echo x > /run/fifod/own'
+try "write in /tmp" sh -c 'echo x > /tmp/own'
+try "write in /run" sh -c 'echo x > /run/escape'
+try "write a unit" sh -c 'printf "[Service]\nExecStart=/bin/true\n" > /run/systemd/system/escape.service'
+try "write in /etc/fifod" sh -c 'echo x > /etc/fifod/escape'
+try "write in /etc" sh -c 'echo x > /etc/escape'
+try "write in /usr" sh -c 'echo x > /usr/escape'
+try "write in /var" sh -c 'echo x > /var/escape'
+try "start a unit" systemctl start witness.service
+try "reach systemd" systemctl daemon-reload
+try "make a device" mknod /tmp/mem c 1 1
+"#;
+
+#[test]
+fn a_process_of_the_config_cannot_leave_the_sandbox_of_a_real_systemd() {
+    let Some(m) =
+        Machine::boot("a_process_of_the_config_cannot_leave_the_sandbox_of_a_real_systemd")
+    else {
+        return;
+    };
+    // A unit the process would start if it could reach systemd.
+    m.ok(
+        "printf '[Service]\\nType=oneshot\\nExecStart=/bin/touch /run/witness\\n' \
+          > /etc/systemd/system/witness.service",
+    );
+    let script = toml::Value::String(ESCAPE.to_owned());
+    m.install_fifod(&format!(
+        r#"
+[fifo.report]
+
+[process.escape]
+command = ["sh", "-c", {script}]
+restart = "never"
+
+[[route]]
+from = ["escape"]
+to = ["report"]
+eof = "forward"
+"#
+    ));
+    m.ok("systemctl start fifod");
+    let report = m.ok("timeout 30 cat /run/fifod/report");
+    let expected = "write in /run/fifod: done
+write in /tmp: done
+write in /run: refused
+write a unit: refused
+write in /etc/fifod: refused
+write in /etc: refused
+write in /usr: refused
+write in /var: refused
+start a unit: refused
+reach systemd: refused
+make a device: refused
+";
+    assert_eq!(report, expected, "console:\n{}", m.console());
+    // Seen from outside the sandbox: nothing was written, nothing started.
+    let leftovers = m.sh(
+        "ls -d /run/escape /run/systemd/system/escape.service /etc/fifod/escape \
+         /etc/escape /usr/escape /var/escape /run/witness 2>/dev/null",
+    );
+    assert_eq!(leftovers.stdout, "", "the sandbox leaked");
+    assert_eq!(m.property("witness.service", "ActiveState"), "inactive");
+    m.ok("systemctl stop fifod");
+}
