@@ -77,7 +77,7 @@ fn status(path: &Path, json: bool) -> ExitCode {
     // daemon still runs the config before it, and is asked where the
     // `[daemon]` table says. If it does not answer there, the errors are
     // what to report.
-    let (socket, invalid) = match config::load(path, &env) {
+    let (socket, invalid) = match config::load_untrusted(path, &env) {
         Ok(config) => (config.daemon.control, None),
         Err(e @ LoadError::Invalid(_)) => match config::locate_control(path, &env) {
             Some(socket) => (Some(socket), Some(e)),
@@ -157,7 +157,7 @@ fn run(path: &Path) -> ExitCode {
         Err(e) => {
             report_load_error(&e);
             return ExitCode::from(match e {
-                LoadError::Invalid(_) => EXIT_CONFIG,
+                LoadError::Invalid(_) | LoadError::Untrusted { .. } => EXIT_CONFIG,
                 LoadError::Unreadable { .. } => EXIT_FAILURE,
             });
         }

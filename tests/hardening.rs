@@ -140,6 +140,92 @@ fn world_writable_dir_is_refused_even_with_the_sticky_bit() {
 }
 
 // ---------------------------------------------------------------------------
+// Who may change the config
+// ---------------------------------------------------------------------------
+
+/// Runs `run` and `check` on the sandbox's config and expects both to refuse
+/// it for `why`, with nothing made.
+fn refused_config(sb: &Sandbox, why: &str) {
+    let out = sb.run_expect_exit(&Launch::default());
+    out.assert_code(78);
+    let config = sb.config_path().display().to_string();
+    assert!(
+        out.stderr.contains(&format!("{config}: refused: ")) && out.stderr.contains(why),
+        "`run` must name the file and say {why:?}:\n{}",
+        out.stderr
+    );
+    assert!(!sb.run_dir().exists(), "a refused config made its dir");
+    let check = sb.run_cmd("check", &Launch::default());
+    check.assert_code(1);
+    assert!(check.stderr.contains(why), "{}", check.stderr);
+}
+
+#[test]
+fn a_config_that_others_could_change_is_refused_at_start_and_on_reload() {
+    let sb = Sandbox::new();
+    let config = sb.write_config("[fifo.a]\n");
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o666)).unwrap();
+    refused_config(&sb, "is writable by its group or by others (mode 0666)");
+
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut d = Daemon::start_with(sb, &Launch::default());
+    // A reload to a file its group may write is refused; the config before
+    // stays in force.
+    let config = d.sb.write_config("[fifo.a]\n[fifo.b]\n");
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o664)).unwrap();
+    let why = d.reload().expect_err("a group-writable config was applied");
+    assert!(why.contains("others could change it"), "{why}");
+    assert!(
+        d.log()
+            .contains("is writable by its group or by others (mode 0664)"),
+        "{}",
+        d.log()
+    );
+    assert!(!d.fifo("b").exists(), "the refused config was applied");
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o640)).unwrap();
+    d.reload()
+        .expect("a config only its owner may write is applied");
+    assert!(d.fifo("b").exists());
+    d.stop_ok();
+}
+
+#[test]
+fn as_root_a_config_another_user_owns_or_could_replace_is_refused() {
+    if !is_root() {
+        println!("note: skipped: a config of another user needs root to make");
+        return;
+    }
+    // Owned by nobody, though nobody else may write it.
+    let sb = Sandbox::new();
+    let config = sb.write_config("[fifo.a]\n");
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&config, Some(65534), None).unwrap();
+    refused_config(&sb, "belongs to uid 65534, not root");
+
+    // Reached through a symbolic link: the file it leads to counts.
+    let sb = Sandbox::new();
+    let real = sb.path("real.toml");
+    fs::write(&real, "[fifo.a]\n").unwrap();
+    std::os::unix::fs::chown(&real, Some(65534), None).unwrap();
+    std::os::unix::fs::symlink(&real, sb.config_path()).unwrap();
+    refused_config(&sb, "(through a symbolic link, ");
+
+    // In a directory that others may write: they could put another file in
+    // its place.
+    let sb = Sandbox::new();
+    sb.write_config("[fifo.a]\n");
+    fs::set_permissions(sb.root(), fs::Permissions::from_mode(0o777)).unwrap();
+    refused_config(
+        &sb,
+        "is writable by its group or by others (mode 0777) without the sticky bit",
+    );
+    // With the sticky bit (as /tmp has), nobody else may rename or remove it.
+    fs::set_permissions(sb.root(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut d = Daemon::start_with(sb, &Launch::default());
+    d.stop_ok();
+}
+
+// ---------------------------------------------------------------------------
 // The control socket
 // ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::units::{Mode, Size, parse_duration};
 
+mod trust;
 mod validate;
 use validate::{check_paths, validate_daemon, validate_fifo, validate_process, validate_routes};
 pub use validate::{find_program, normalize_path};
@@ -289,6 +290,19 @@ pub enum LoadError {
     Unreadable { path: PathBuf, reason: String },
     /// The file was read and is wrong; every problem found, in file order.
     Invalid(Vec<Diagnostic>),
+    /// Another user could change the file (see `trust`); it was not read.
+    Untrusted { path: PathBuf, reason: String },
+}
+
+impl LoadError {
+    /// What kind of failure this is, in a few words.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::Unreadable { .. } => "the config cannot be read",
+            LoadError::Invalid(_) => "the new config is invalid",
+            LoadError::Untrusted { .. } => "the config is refused: others could change it",
+        }
+    }
 }
 
 impl fmt::Display for LoadError {
@@ -296,6 +310,9 @@ impl fmt::Display for LoadError {
         match self {
             LoadError::Unreadable { path, reason } => {
                 write!(f, "{}: cannot read config: {reason}", path.display())
+            }
+            LoadError::Untrusted { path, reason } => {
+                write!(f, "{}: refused: {reason}", path.display())
             }
             LoadError::Invalid(diagnostics) => {
                 for (i, d) in diagnostics.iter().enumerate() {
@@ -310,14 +327,36 @@ impl fmt::Display for LoadError {
     }
 }
 
-/// Reads and validates the config at `path`. Touches nothing but the file
-/// itself and the user and group databases.
+/// Reads and validates the config at `path`, once it is sure that nobody
+/// but root and fifod's user could have changed it (see `trust`): the
+/// config that `run`, a reload and `check` act on. Touches nothing but the
+/// file, the directories above it and the user and group databases.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
+    read_trusted(path, true).and_then(|bytes| parse_loaded(path, &bytes, env))
+}
+
+/// [`load`] without the check of who could change the file: for `fifod
+/// status`, which acts on nothing in it but the control socket's path.
+pub fn load_untrusted(path: &Path, env: &Environment) -> Result<Config, LoadError> {
+    read_trusted(path, false).and_then(|bytes| parse_loaded(path, &bytes, env))
+}
+
+fn read_trusted(path: &Path, check_trust: bool) -> Result<Vec<u8>, LoadError> {
     let bytes = read_bounded(path).map_err(|reason| LoadError::Unreadable {
         path: path.to_owned(),
         reason,
     })?;
-    parse_bytes(&path.display().to_string(), &bytes, env).map_err(LoadError::Invalid)
+    if check_trust {
+        trust::check_trusted(path).map_err(|reason| LoadError::Untrusted {
+            path: path.to_owned(),
+            reason,
+        })?;
+    }
+    Ok(bytes)
+}
+
+fn parse_loaded(path: &Path, bytes: &[u8], env: &Environment) -> Result<Config, LoadError> {
+    parse_bytes(&path.display().to_string(), bytes, env).map_err(LoadError::Invalid)
 }
 
 /// Where a daemon started with the file at `path` has its control socket,

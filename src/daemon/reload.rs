@@ -174,7 +174,7 @@ impl Daemon {
                     error!("{line}");
                 }
                 first_error = Some(errors);
-                Err("the new config is invalid".to_string())
+                Err(e.kind().to_string())
             }
         };
         match outcome {
