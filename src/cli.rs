@@ -2,13 +2,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use log::error;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::config::{self, Environment, LoadError};
-use crate::control::{self, QueryError};
+use crate::control::{self, QueryError, ReloadStatus};
 use crate::daemon;
 
 /// The config was invalid (sysexits' EX_CONFIG), so that a unit can say
@@ -35,6 +37,12 @@ enum Command {
     Run(ConfigArgs),
     /// Validate the config without touching the filesystem
     Check(ConfigArgs),
+    /// Ask the running fifod to reload its config, and wait for the outcome
+    ///
+    /// Exits 0 once the config is in force (printing what changed), 1 when
+    /// the daemon rejected it (printing every error; the running config
+    /// stays in force), 3 when no daemon answers.
+    Reload(ConfigArgs),
     /// Show what a running fifod relays, holds and dropped
     Status {
         #[command(flatten)]
@@ -64,6 +72,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
+        Command::Reload(args) => reload(&args.config),
         Command::Status { config, json } => status(&config.config, json),
     }
 }
@@ -131,6 +140,101 @@ fn status(path: &Path, json: bool) -> ExitCode {
         }
         Err(QueryError::Failed(why)) => {
             eprintln!("fifod status: {why}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// How long `fifod reload` waits for the outcome: a reload reads and checks
+/// the file off the relay's path, then applies the difference.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn reload(path: &Path) -> ExitCode {
+    let env = Environment::from_process();
+    // The file may well be invalid: the daemon says so, with every error.
+    let socket = match config::load_untrusted(path, &env) {
+        Ok(config) => config.daemon.control,
+        Err(_) => config::locate_control(path, &env),
+    };
+    let Some(socket) = socket else {
+        eprintln!(
+            "{}: no control socket to ask (daemon.control is empty or the [daemon] table is \
+             invalid); `kill -HUP` the daemon instead",
+            path.display()
+        );
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    let ask = || control::query_peer(&socket, Duration::from_secs(5));
+    let (before, pid) = match ask() {
+        Ok(answer) => answer,
+        Err(e) => return query_failed(e),
+    };
+    if before.state != "running" {
+        eprintln!("fifod is {}: not reloading", before.state);
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    // Every request after `before.reload_requests` is answered by a reload
+    // that read the file after it came: ours, or a later one.
+    let ours = before.reload_requests + 1;
+    if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGHUP) {
+        eprintln!("fifod reload: cannot signal fifod (pid {pid}): {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let end = Instant::now() + RELOAD_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+        let now = match ask() {
+            Ok((now, _)) => now,
+            Err(e) => return query_failed(e),
+        };
+        match now.last_reload {
+            Some(last) if last.answers >= ours => return reload_outcome(&last),
+            _ if now.state != "running" => {
+                eprintln!("fifod is {} before it reloaded: not reloaded", now.state);
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            _ if Instant::now() >= end => {
+                eprintln!(
+                    "fifod reload: no outcome after {}s; the daemon may still apply it \
+                     (`fifod status` shows the last reload)",
+                    RELOAD_TIMEOUT.as_secs()
+                );
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn reload_outcome(last: &ReloadStatus) -> ExitCode {
+    if last.ok {
+        if last.changes.is_empty() {
+            println!("reloaded: the config did not change");
+        } else {
+            println!("reloaded:");
+            for change in &last.changes {
+                println!("  {change}");
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    for line in &last.errors {
+        eprintln!("{line}");
+    }
+    eprintln!("reload failed: the running config stays in force");
+    ExitCode::from(EXIT_FAILURE)
+}
+
+fn query_failed(e: QueryError) -> ExitCode {
+    match e {
+        QueryError::NotRunning(why) => {
+            eprintln!("fifod is not running ({why})");
+            ExitCode::from(EXIT_NOT_RUNNING)
+        }
+        QueryError::Failed(why) => {
+            eprintln!("fifod reload: {why}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -12,6 +12,8 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::getsockopt;
+use nix::sys::socket::sockopt::PeerCredentials;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when a field changes meaning or goes away.
@@ -35,6 +37,9 @@ pub struct Status {
     /// daemon older than the field, hence the default.
     #[serde(default)]
     pub last_reload: Option<ReloadStatus>,
+    /// Reload requests (SIGHUPs) the daemon took so far.
+    #[serde(default)]
+    pub reload_requests: u64,
     pub fifos: Vec<FifoStatus>,
     pub processes: Vec<ProcessStatus>,
     pub routes: Vec<RouteStatus>,
@@ -50,6 +55,16 @@ pub struct ReloadStatus {
     /// file, line, column and key), or the reason it could not be applied;
     /// `None` when it succeeded.
     pub error: Option<String>,
+    /// Every line of why it failed; empty when it succeeded.
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// What it changed, as the log says it (`added fifo b`, ...).
+    #[serde(default)]
+    pub changes: Vec<String>,
+    /// It answers the first `answers` reload requests (`reload_requests`):
+    /// it read the file after each of them.
+    #[serde(default)]
+    pub answers: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -296,6 +311,13 @@ fn in_group(pid: libc::pid_t, gid: u32) -> bool {
 
 /// Connects to the control socket at `path` and reads the daemon's answer.
 pub fn query(path: &Path, timeout: Duration) -> Result<Status, QueryError> {
+    query_peer(path, timeout).map(|(status, _)| status)
+}
+
+/// [`query`], and the pid of the process that answered, as this process
+/// sees it (the socket's peer credentials; the document's `pid` is the
+/// daemon's own view, which differs in another pid namespace).
+pub fn query_peer(path: &Path, timeout: Duration) -> Result<(Status, i32), QueryError> {
     let not_running = |e: &io::Error| {
         matches!(
             e.kind(),
@@ -329,10 +351,14 @@ pub fn query(path: &Path, timeout: Duration) -> Result<Status, QueryError> {
     })?;
     let fail = |e: io::Error| QueryError::Failed(format!("{}: {e}", path.display()));
     stream.set_read_timeout(Some(timeout)).map_err(fail)?;
+    let peer = getsockopt(&stream, PeerCredentials)
+        .map_err(|e| fail(e.into()))?
+        .pid();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).map_err(fail)?;
-    serde_json::from_slice(&answer)
-        .map_err(|e| QueryError::Failed(format!("{}: not a status answer: {e}", path.display())))
+    let status = serde_json::from_slice(&answer)
+        .map_err(|e| QueryError::Failed(format!("{}: not a status answer: {e}", path.display())))?;
+    Ok((status, peer))
 }
 
 fn human_bytes(n: u64) -> String {
@@ -552,6 +578,7 @@ mod tests {
             dir: "/run/fifod".into(),
             state: "running".into(),
             last_reload: None,
+            reload_requests: 0,
             fifos: vec![FifoStatus {
                 name: "in".into(),
                 path: "/run/fifod/in".into(),
@@ -621,6 +648,7 @@ mod tests {
             dir: "/run/fifod".into(),
             state: "running".into(),
             last_reload,
+            reload_requests: 0,
             fifos: Vec::new(),
             processes: Vec::new(),
             routes: Vec::new(),
@@ -635,6 +663,9 @@ mod tests {
             at,
             ok: false,
             error: Some("f.toml:6:8: fifo.out.mode: invalid mode".into()),
+            errors: vec!["f.toml:6:8: fifo.out.mode: invalid mode".into()],
+            changes: Vec::new(),
+            answers: 1,
         }));
         assert_eq!(
             render(&failed),
@@ -648,6 +679,9 @@ mod tests {
             at,
             ok: true,
             error: None,
+            errors: Vec::new(),
+            changes: vec!["added fifo b".into()],
+            answers: 2,
         }));
         assert_eq!(
             render(&ok),
@@ -667,14 +701,20 @@ mod tests {
             at: 7,
             ok: false,
             error: Some("why".into()),
+            errors: vec!["why".into()],
+            changes: Vec::new(),
+            answers: 3,
         }));
         assert_eq!(
             serde_json::to_value(&failed).unwrap()["last_reload"],
-            serde_json::json!({"at": 7, "ok": false, "error": "why"})
+            serde_json::json!({
+                "at": 7, "ok": false, "error": "why", "errors": ["why"], "changes": [], "answers": 3
+            })
         );
-        // A daemon from before the field answers without it.
+        // A daemon from before the fields answers without them.
         let mut older = json;
         older.as_object_mut().unwrap().remove("last_reload");
+        older.as_object_mut().unwrap().remove("reload_requests");
         let back: Status = serde_json::from_value(older).unwrap();
         assert_eq!(back, bare_status(None));
     }

@@ -11,7 +11,7 @@ mod machine;
 
 use machine::Machine;
 
-use crate::common::{IN_OUT, wait_until};
+use crate::common::IN_OUT;
 
 const FIFOD: &str = "fifod.service";
 
@@ -76,23 +76,33 @@ to = ["out"]
 "#,
     );
     let pid = m.property(FIFOD, "MainPID");
+    // `systemctl reload` returns once the new config is in force.
     m.ok("systemctl reload fifod");
     assert!(
-        wait_until(machine::DEADLINE, || m.sh("test -p /run/fifod/extra").ok),
-        "the reload did not make /run/fifod/extra\n{}",
+        m.sh("test -p /run/fifod/extra").ok,
+        "systemctl reload returned before /run/fifod/extra was made\n{}",
         m.console()
     );
     relays(&m, "after a reload");
 
-    // A rejected config leaves the running one in force, and says so.
+    // A rejected config fails the reload, leaves the running one in force,
+    // and says so.
     m.set_config("[fifo.in]\nmode = \"999\"\n");
-    m.sh("systemctl reload fifod");
+    let rejected = m.sh("systemctl reload fifod");
     assert!(
-        wait_until(machine::DEADLINE, || m
-            .property(FIFOD, "StatusText")
-            .starts_with("reload failed")),
+        !rejected.ok,
+        "systemctl reload succeeded with a rejected config"
+    );
+    assert!(
+        m.property(FIFOD, "StatusText").starts_with("reload failed"),
         "StatusText: {}\n{}",
         m.property(FIFOD, "StatusText"),
+        m.console()
+    );
+    assert!(
+        m.console()
+            .contains("fifod.toml:2:8: fifo.in.mode: invalid mode"),
+        "the reload's errors are not in the service's output\n{}",
         m.console()
     );
     assert_eq!(m.property(FIFOD, "ActiveState"), "active");

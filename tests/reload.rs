@@ -14,11 +14,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::common::{
-    BULK_TIMEOUT, Daemon, IN_OUT, Joiner, KIB, MIB, TIMEOUT, Verifier, assert_clean_stats,
-    assert_no_more, fifo_entry, fifo_node, gone_or_zombie, lstat, num, open_reader, open_writer,
-    parse_stats, pattern_block, pipe_pending, process_entry, read_exact, read_some,
-    reload_outcomes, sink_entry, spawn, status_json, status_until, text, wait_log, wait_until,
-    write_all, write_pattern,
+    BULK_TIMEOUT, Daemon, IN_OUT, Joiner, KIB, Launch, MIB, Sandbox, TIMEOUT, Verifier,
+    assert_clean_stats, assert_no_more, fifo_entry, fifo_node, gone_or_zombie, lstat, num,
+    open_reader, open_writer, parse_stats, pattern_block, pipe_pending, process_entry, read_exact,
+    read_some, relays, reload_outcomes, sink_entry, spawn, status_json, status_until, text,
+    wait_log, wait_until, write_all, write_pattern,
 };
 
 // ---------------------------------------------------------------------------
@@ -916,4 +916,83 @@ fn a_hundred_sighups_in_a_row_lose_nothing() {
     );
     d.stop_ok();
     assert_clean_stats(&d, 0, "out", LEN as u64);
+}
+
+// ---------------------------------------------------------------------------
+// `fifod reload`: a reload that answers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn fifod_reload_returns_once_the_config_is_in_force_and_says_what_changed() {
+    let mut d = Daemon::start(IN_OUT);
+    d.sb.write_config(&format!("{IN_OUT}\n[fifo.extra]\n"));
+    let out = d.sb.run_cmd("reload", &Launch::default());
+    out.assert_code(0);
+    // No wait: once the command returned, the change is there.
+    assert!(
+        d.fifo("extra").exists(),
+        "fifod reload returned before the reload was applied\n{}",
+        d.log()
+    );
+    assert!(
+        out.stdout.starts_with("reloaded:\n") && out.stdout.contains("added fifo extra"),
+        "{}",
+        out.stdout
+    );
+    // Again, with nothing new.
+    let out = d.sb.run_cmd("reload", &Launch::default());
+    out.assert_code(0);
+    assert_eq!(out.stdout, "reloaded: the config did not change\n");
+    relays(&d.fifo("in"), &d.fifo("out"), b"still relayed\n");
+    d.stop_ok();
+}
+
+#[test]
+fn fifod_reload_of_a_rejected_config_exits_1_with_every_error() {
+    let mut d = Daemon::start(IN_OUT);
+    d.sb.write_config(
+        r#"
+[fifo.in]
+mode = "999"
+[fifo.out]
+
+[[route]]
+from = ["in"]
+to = ["ouput"]
+"#,
+    );
+    let out = d.sb.run_cmd("reload", &Launch::default());
+    out.assert_code(1);
+    let config = d.sb.config_path().display().to_string();
+    assert!(
+        out.stderr
+            .contains(&format!("{config}:6:8: fifo.in.mode: invalid mode"))
+            && out
+                .stderr
+                .contains(&format!("{config}:11:7: route[0].to: unknown endpoint"))
+            && out
+                .stderr
+                .ends_with("reload failed: the running config stays in force\n"),
+        "{}",
+        out.stderr
+    );
+    relays(
+        &d.fifo("in"),
+        &d.fifo("out"),
+        b"the old config is in force\n",
+    );
+    d.stop_ok();
+}
+
+#[test]
+fn fifod_reload_without_a_daemon_exits_3() {
+    let sb = Sandbox::new();
+    sb.write_config(IN_OUT);
+    let out = sb.run_cmd("reload", &Launch::default());
+    out.assert_code(3);
+    assert!(
+        out.stderr.contains("fifod is not running"),
+        "{}",
+        out.stderr
+    );
 }

@@ -799,7 +799,10 @@ impl Daemon {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Signal(libc::SIGHUP) => self.reload(),
+            Event::Signal(libc::SIGHUP) => {
+                self.last_reload.requested();
+                self.reload();
+            }
             Event::Signal(libc::SIGCHLD) => self.on_children_exited(),
             Event::Signal(signal) => self.on_stop_signal(signal),
             // An event for an endpoint that went away or was replaced since

@@ -133,9 +133,13 @@ impl Daemon {
         }
         info!("received SIGHUP: reloading {}", self.config_path.display());
         match self.loader.start(&self.config_path) {
-            Start::Started => self.notifier.reloading(),
+            Start::Started => {
+                self.last_reload.loading();
+                self.notifier.reloading();
+            }
             Start::Queued => info!("a reload is under way: the file is read again after it"),
             Start::Done(loaded) => {
+                self.last_reload.loading();
                 self.notifier.reloading();
                 self.finish_reload(*loaded);
             }
@@ -178,9 +182,9 @@ impl Daemon {
             }
         };
         match outcome {
-            Ok(()) => {
+            Ok(changes) => {
                 info!("reload complete");
-                self.last_reload.succeeded();
+                self.last_reload.succeeded(changes);
             }
             Err(why) => {
                 error!("reload failed: {why}; the running config stays in force");
@@ -203,10 +207,11 @@ impl Daemon {
     /// one for an endpoint that went is dropped by its generation).
     /// With `look`, every FIFO's path is checked to still name its node;
     /// without, the directory watch said nothing changed.
-    pub(super) fn apply(&mut self, new: Config, look: bool) -> Result<(), String> {
+    /// Returns what changed, as the log says it.
+    pub(super) fn apply(&mut self, new: Config, look: bool) -> Result<Vec<String>, String> {
         let Some(vanished) = self.check_new(&new, look)? else {
             info!("the config did not change");
-            return Ok(());
+            return Ok(Vec::new());
         };
         let retiring: HashSet<&Path> = self.retiring.paths().collect();
         let diff = diff::diff(&self.config, &new, &vanished, &retiring);
@@ -304,7 +309,7 @@ impl Daemon {
             self.start_child(c);
         }
         self.watch_dirs(Some(&|i| new_fifos.contains(&i)));
-        Ok(())
+        Ok(next.changes)
     }
 
     /// The lanes whose bytes must be in memory before the relay is carried

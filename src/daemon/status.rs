@@ -255,6 +255,7 @@ impl Daemon {
             }
             .to_string(),
             last_reload: self.last_reload.status(),
+            reload_requests: self.last_reload.requests(),
             fifos,
             processes,
             routes,

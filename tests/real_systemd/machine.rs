@@ -249,8 +249,7 @@ impl Machine {
     }
 
     /// Installs the fifod under test as /usr/bin/fifod, `config` as
-    /// /etc/fifod/fifod.toml and the shipped fifod.service, with the drop-in
-    /// that README prescribes for systemd before 253.
+    /// /etc/fifod/fifod.toml and the shipped fifod.service, unchanged.
     pub fn install_fifod(&self, config: &str) {
         let bin = fs::read(crate::common::BIN).expect("read the fifod binary");
         self.share("fifod", &bin);
@@ -259,11 +258,6 @@ impl Machine {
         self.ok("install -m 0755 /run/host-share/fifod /usr/bin/fifod &&
              install -m 0644 /run/host-share/fifod.service /etc/systemd/system/ &&
              install -m 0644 -D /run/host-share/fifod.toml /etc/fifod/fifod.toml");
-        if self.version < 253 {
-            self.ok("mkdir -p /etc/systemd/system/fifod.service.d &&
-                 printf '[Service]\\nType=notify\\nExecReload=/bin/kill -HUP $MAINPID\\n' \
-                   > /etc/systemd/system/fifod.service.d/before-253.conf");
-        }
         self.ok("systemctl daemon-reload");
     }
 
