@@ -101,6 +101,10 @@ pub struct ProcessStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RouteStatus {
     pub index: usize,
+    /// Its `name`, else `route[N]`; absent from a daemon older than the
+    /// field.
+    #[serde(default)]
+    pub name: String,
     pub from: Vec<String>,
     pub to: Vec<String>,
     /// `bytes` or `lines`.
@@ -538,7 +542,11 @@ pub fn render(status: &Status) -> String {
                     })
                 };
                 rows.push(vec![
-                    format!("route[{}]", r.index),
+                    if r.name.is_empty() {
+                        format!("route[{}]", r.index)
+                    } else {
+                        r.name.clone()
+                    },
                     r.from.join(","),
                     s.sink.clone(),
                     r.framing.clone(),
@@ -600,6 +608,7 @@ mod tests {
             }],
             routes: vec![RouteStatus {
                 index: 0,
+                name: "route[0]".into(),
                 from: vec!["in".into()],
                 to: vec!["upper".into()],
                 framing: "lines".into(),

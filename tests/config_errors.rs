@@ -854,6 +854,31 @@ fn rows() -> Vec<Row> {
             &[("path", EOL, "", Starts("key with no value"))],
         ),
         invalid(
+            "a route name with a space",
+            with_dir(
+                "[fifo.in]\n[fifo.out]\n[[route]]\nname = \"my route\"\nfrom = [\"in\"]\nto = [\"out\"]\n",
+            ),
+            &[(
+                "my route",
+                "\"my route\"",
+                "route[0].name",
+                Starts("invalid route name \"my route\""),
+            )],
+        ),
+        invalid(
+            "two routes with one name",
+            with_dir(
+                "[fifo.a]\n[fifo.b]\n[fifo.c]\n[[route]]\nname = \"feed\"\nfrom = [\"a\"]\nto = [\"b\"]\n\
+                 [[route]]\nname = \"feed\" # again\nfrom = [\"a\"]\nto = [\"c\"]\n",
+            ),
+            &[(
+                "# again",
+                "\"feed\"",
+                "route[1].name",
+                Exact("route \"feed\" is named twice"),
+            )],
+        ),
+        invalid(
             "a key given twice",
             with_dir("[fifo.in]\nmode = \"0600\"\nmode = \"0640\"\n"),
             &[("\"0640\"", "mode", "", Exact("duplicate key"))],

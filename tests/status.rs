@@ -638,3 +638,76 @@ fn control_group_members_may_ask_for_the_status() {
     );
     d.stop_ok();
 }
+
+/// A route's `name` is what `check`, the status (table and JSON), drop
+/// messages and the stop report call it; a route without one stays
+/// `route[N]`. Renaming a route on reload keeps what it holds.
+#[test]
+fn a_named_route_is_called_by_its_name_everywhere() {
+    let config = |name: &str| {
+        format!(
+            r#"
+[fifo.in]
+[fifo.out]
+[fifo.in2]
+[fifo.out2]
+
+[[route]]
+name = "{name}"
+from = ["in"]
+to = ["out"]
+buffer = "4KiB"
+when_full = "drop-newest"
+
+[[route]]
+from = ["in2"]
+to = ["out2"]
+"#
+        )
+    };
+    let sb = Sandbox::new();
+    sb.write_config(&config("audit.events"));
+    let check = sb.run_cmd("check", &Launch::default());
+    check.assert_code(0);
+    assert!(
+        check
+            .stdout
+            .contains("\naudit.events: in -> out (buffer 4KiB")
+            && check.stdout.contains("\nroute[1]: in2 -> out2"),
+        "{}",
+        check.stdout
+    );
+    let mut d = Daemon::start_with(sb, &Launch::default());
+    // Nobody reads `out`: past its pipe and 4 KiB, bytes are dropped.
+    let w = open_writer(&d.fifo("in"));
+    let mut written = 0;
+    while written < 4 << 20 {
+        match crate::common::try_write(&w, &[b'x'; 64 * 1024]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    let json = status_json(&d);
+    let names: Vec<&str> = array(&json, "routes")
+        .iter()
+        .map(|r| text(r, "name"))
+        .collect();
+    assert_eq!(names, ["audit.events", "route[1]"]);
+    let table = status_of(&d.sb, false);
+    assert!(table.stdout.contains("audit.events"), "{}", table.stdout);
+    crate::common::wait_log(&d, "a drop message", TIMEOUT, |log| {
+        log.contains("audit.events -> out: dropped")
+    });
+    // Renamed on reload: the same route, under its new name.
+    d.reload_ok(&config("audit"));
+    let json = status_json(&d);
+    assert_eq!(text(&array(&json, "routes")[0], "name"), "audit");
+    drop(w);
+    d.stop_ok();
+    assert!(
+        d.log().contains("stats audit -> out: accepted="),
+        "{}",
+        d.log()
+    );
+}

@@ -182,6 +182,9 @@ impl fmt::Display for SinkRef {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
+    /// Its `name`, else `route[N]` after its place in the file: what logs,
+    /// the status and metrics call it.
+    pub name: String,
     pub from: Vec<SourceRef>,
     pub to: Vec<SinkRef>,
     pub buffer: Size,
@@ -476,6 +479,7 @@ enum IdSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
+    name: Option<Spanned<String>>,
     from: Spanned<Vec<Spanned<String>>>,
     to: Spanned<Vec<Spanned<String>>>,
     buffer: Option<Spanned<String>>,
@@ -809,10 +813,11 @@ impl Config {
                 format!("{:?}", p.stderr).to_lowercase(),
             ));
         }
-        for (i, route) in self.routes.iter().enumerate() {
+        for route in &self.routes {
             let names = |v: Vec<String>| v.join(", ");
             lines.push(format!(
-                "route[{i}]: {} -> {} (buffer {}, when_full {}{})",
+                "{}: {} -> {} (buffer {}, when_full {}{})",
+                route.name,
                 names(route.from.iter().map(ToString::to_string).collect()),
                 names(route.to.iter().map(ToString::to_string).collect()),
                 route.buffer,

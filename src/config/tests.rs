@@ -84,6 +84,7 @@ when_full = "drop-oldest"
             ],
             processes: vec![],
             routes: vec![RouteConfig {
+                name: "route[0]".into(),
                 from: vec![SourceRef::Fifo("in".into())],
                 to: vec![SinkRef::Fifo("out".into())],
                 buffer: Size(65536),

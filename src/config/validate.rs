@@ -710,8 +710,24 @@ pub(super) fn validate_routes(
     known.extend(["stdin".to_string(), "stdout".to_string()]);
 
     let mut routes = Vec::new();
+    // Route names given so far, for duplicates.
+    let mut named: HashSet<String> = HashSet::new();
     for (i, raw) in raw_routes {
         let mut ok = true;
+        let name = match &raw.name {
+            None => format!("route[{i}]"),
+            Some(n) => {
+                let key = format!("route[{i}].name");
+                if let Err(e) = check_route_name(n.get_ref()) {
+                    problems.at(n, key, e);
+                    ok = false;
+                } else if !named.insert(n.get_ref().clone()) {
+                    problems.at(n, key, format!("route \"{}\" is named twice", n.get_ref()));
+                    ok = false;
+                }
+                n.get_ref().clone()
+            }
+        };
         let mut from = Vec::new();
         let mut to = Vec::new();
         for (side, is_from) in [(&raw.from, true), (&raw.to, false)] {
@@ -854,6 +870,7 @@ pub(super) fn validate_routes(
             (ok, buffer, when_full, eof, framing, max_line)
         {
             routes.push(RouteConfig {
+                name,
                 from,
                 to,
                 buffer,
@@ -865,6 +882,23 @@ pub(super) fn validate_routes(
         }
     }
     routes
+}
+
+/// A route's `name`: the characters of endpoint names, and `.`, so that it
+/// never looks like the `route[N]` of a route without one.
+fn check_route_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(format!(
+            "invalid route name \"{}\": use up to 128 letters, digits, '_', '-' and '.'",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
 }
 
 /// The known name closest to a misspelt one, if it is close enough to be

@@ -144,6 +144,11 @@ impl Daemon {
 
     pub(super) fn lane_name(&self, l: LaneId) -> String {
         let lane = &self.relay.lanes()[l];
-        format!("route[{}] -> {}", lane.route, self.sinks[lane.sink].name)
+        let route = self
+            .config
+            .routes
+            .get(lane.route)
+            .map_or_else(|| format!("route[{}]", lane.route), |r| r.name.clone());
+        format!("{route} -> {}", self.sinks[lane.sink].name)
     }
 }

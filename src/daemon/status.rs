@@ -225,6 +225,7 @@ impl Daemon {
                     .collect();
                 RouteStatus {
                     index: r,
+                    name: route.name.clone(),
                     from: route.from.iter().map(ToString::to_string).collect(),
                     to: route.to.iter().map(ToString::to_string).collect(),
                     framing: match route.framing {
