@@ -1138,6 +1138,10 @@ pub enum Access {
     Read,
     /// Read-write: never sees EOF nor EPIPE.
     ReadWrite,
+    /// Write-only, on an output that has a reader already (fifod's own
+    /// read-write fd, say): it then tells whether anyone else reads
+    /// ([`crate::pipe::has_reader`]).
+    Write,
 }
 
 /// Two FIFOs of the config are one node (their paths meet through a
@@ -1229,6 +1233,7 @@ impl ManagedFifo {
         let mode = match access {
             Access::Read => OFlag::O_RDONLY,
             Access::ReadWrite => OFlag::O_RDWR,
+            Access::Write => OFlag::O_WRONLY,
         };
         let fd = reopen_node(self.node.as_fd(), mode).map_err(failed(&self.path, "open FIFO"))?;
         let st = fstat(&fd).map_err(failed(&self.path, "inspect"))?;

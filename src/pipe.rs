@@ -19,6 +19,24 @@ pub fn queued_bytes(fd: BorrowedFd<'_>) -> usize {
     }
 }
 
+/// Whether the pipe that the write-only `fd` is on has a reader: the
+/// kernel reports an error on a pipe's write side while it has none.
+pub fn has_reader(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
+    loop {
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+            Ok(_) => {
+                return !fds[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Cannot tell: assume someone reads, as before.
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Fills the pipe `fd` is on to the brim through a write fd of fifod's
 /// own, so that no writer can put another byte in it, and returns how many
 /// bytes others had put in it and nobody read: an exact count of what a

@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use crate::common::{
     Daemon, IN_OUT, KIB, Launch, Listen, Node, Sandbox, TIMEOUT, Verifier, assert_logged,
     fifo_node, log_has_line, lstat, open_reader, open_writer, pattern, pipe_pending, read_exact,
-    read_some, wait_log, write_all, write_pattern,
+    read_some, wait_log, wait_until, write_all, write_pattern,
 };
 
 /// The mode the "socket units" give their FIFOs; the configs leave fifod's
@@ -420,4 +420,34 @@ fn a_passed_fifo_systemd_removed_is_not_made_again() {
         d.log()
     );
     assert_eq!(fifo_node(&m.path("out")), out_node);
+}
+
+/// Bytes in FIFOs the service manager holds outlive fifod: a stop does not
+/// wait for a reader to take them (the config's long `shutdown_timeout`
+/// would show), and reports them as kept, not as lost.
+#[test]
+fn bytes_in_passed_fifos_are_reported_as_kept_and_not_waited_for() {
+    let m = Manager::new(&["in", "out"]);
+    let toml = config(m.dir()).replace("[daemon]\n", "[daemon]\nshutdown_timeout = \"60s\"\n");
+    let mut d = Daemon::start_launched(&toml, &m.launch());
+    let writer = open_writer(&m.path("in"));
+    write_pattern(&writer, 5, 0, 3000, Instant::now() + TIMEOUT);
+    assert!(
+        wait_until(TIMEOUT, || pipe_pending(m.file("out")) == 3000),
+        "the bytes did not reach `out`\n{}",
+        d.log()
+    );
+    let (status, _) = d.timed_stop(TIMEOUT);
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    let log = d.log();
+    assert!(
+        log_has_line(
+            &log,
+            &["out: 3000 bytes kept in the FIFO, which the service manager holds"]
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("undelivered ("), "{log}");
+    // Still there for the next reader.
+    assert_eq!(pipe_pending(m.file("out")), 3000);
 }

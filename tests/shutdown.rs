@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use crate::common::{
     BULK_TIMEOUT, Daemon, IN_OUT, KIB, MIB, STOP_TIMEOUT, TIMEOUT, assert_clean_stats, lstat,
     open_reader, open_writer, parse_stats, pipe_pending, read_some, read_verify_to_eof, spawn,
-    wait_until, write_pattern, write_until_stalled,
+    wait_log, wait_until, write_pattern, write_until_stalled,
 };
 
 /// Is `sig` pending for the process or any of its threads?
@@ -120,6 +120,8 @@ when_full = "block"
 "#,
     );
     let seed = 131;
+    // A reader that has the output open, but reads only after SIGTERM.
+    let r = open_reader(&d.fifo("out"));
     let w = open_writer(&d.fifo("in"));
     let written = write_until_stalled(&w, seed, 16 * MIB as u64, Duration::from_millis(500));
     let queued = pipe_pending(&w);
@@ -136,7 +138,6 @@ when_full = "block"
         "exited with data held:\n{}",
         d.log()
     );
-    let r = open_reader(&d.fifo("out"));
     let got = read_verify_to_eof(&r, seed, 0, STOP_TIMEOUT).unwrap();
     assert_eq!(
         got, written,
@@ -149,10 +150,13 @@ when_full = "block"
     drop(w);
 }
 
+/// A reader that has the output open but does not read: the drain waits
+/// for it up to `shutdown_timeout`, not longer.
 #[test]
-fn no_reader_drain_gives_up_after_shutdown_timeout() {
+fn a_stalled_reader_drain_gives_up_after_shutdown_timeout() {
     let mut d = Daemon::start(&config("500ms"));
     let n = 200 * KIB;
+    let _stalled = open_reader(&d.fifo("out"));
     let w = open_writer(&d.fifo("in"));
     write_pattern(&w, 111, 0, n, Instant::now() + TIMEOUT);
     d.wait_idle(&[&w]);
@@ -176,6 +180,7 @@ fn no_reader_drain_gives_up_after_shutdown_timeout() {
 fn second_sigterm_cuts_a_long_drain_short() {
     let mut d = Daemon::start(&config("60s"));
     let n = 200 * KIB;
+    let _stalled = open_reader(&d.fifo("out"));
     let w = open_writer(&d.fifo("in"));
     write_pattern(&w, 121, 0, n, Instant::now() + TIMEOUT);
     d.wait_idle(&[&w]);
@@ -288,4 +293,73 @@ fn what_a_writer_still_writing_at_stop_wrote_is_delivered_or_reported() {
             "round {round}: written {written}, delivered {got}, left unread {left}, held {held}\n{log}"
         );
     }
+}
+
+/// A route full up to its output, which nobody reads: with a long
+/// `shutdown_timeout`, the stop does not wait for a reader that is not
+/// there, and reports what is left.
+const NOBODY_READS: &str = r#"
+[daemon]
+shutdown_timeout = "60s"
+
+[fifo.in]
+[fifo.out]
+
+[[route]]
+from = ["in"]
+to = ["out"]
+buffer = "64KiB"
+"#;
+
+#[test]
+fn stop_does_not_wait_for_a_reader_that_is_not_there() {
+    let mut d = Daemon::start(NOBODY_READS);
+    let w = open_writer(&d.fifo("in"));
+    write_until_stalled(&w, 7, 64 * MIB as u64, Duration::from_millis(200));
+    // The deadline is far below shutdown_timeout: waiting for it fails.
+    let (status, _) = d.timed_stop(TIMEOUT);
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("fifo out: nobody reads it: not waiting for a reader"),
+        "{log}"
+    );
+    assert!(!log.contains("shutdown_timeout"), "{log}");
+    let stats = parse_stats(&log, 0, "out");
+    assert_eq!(
+        stats.accepted,
+        stats.delivered + stats.dropped + stats.undelivered,
+        "{log}"
+    );
+    assert!(stats.undelivered > 0, "the lane held nothing: {log}");
+    assert!(log.contains("out: "), "{log}");
+}
+
+#[test]
+fn stop_ends_when_the_last_reader_leaves_during_the_drain() {
+    let mut d = Daemon::start(NOBODY_READS);
+    let r = open_reader(&d.fifo("out"));
+    let w = open_writer(&d.fifo("in"));
+    write_until_stalled(&w, 7, 64 * MIB as u64, Duration::from_millis(200));
+    d.signal(Signal::SIGTERM);
+    wait_log(&d, "the drain's start", TIMEOUT, |log| {
+        log.contains("received SIGTERM: draining")
+    });
+    // The reader takes a little, then leaves.
+    let mut buf = vec![0u8; 4096];
+    read_some(&r, &mut buf, Instant::now() + TIMEOUT);
+    drop(r);
+    let status = d.wait_exit(TIMEOUT);
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("fifo out: its reader left during the drain"),
+        "{log}"
+    );
+    let stats = parse_stats(&log, 0, "out");
+    assert_eq!(
+        stats.accepted,
+        stats.delivered + stats.dropped + stats.undelivered,
+        "{log}"
+    );
 }

@@ -545,7 +545,9 @@ impl Daemon {
     }
 
     /// The reader of a sink went away for good (EPIPE): a process closed its
-    /// stdin, or the consumer of fifod's stdout left.
+    /// stdin, the consumer of fifod's stdout left, or, during the drain
+    /// (when fifod no longer reads its own outputs), an output FIFO's last
+    /// reader left.
     pub(super) fn sink_closed(&mut self, k: SinkId) {
         let name = &self.sinks[k].name;
         match self.sinks[k].kind {
@@ -555,7 +557,14 @@ impl Daemon {
             SinkKind::Stdout => {
                 warn!("the reader of stdout went away: what is routed there is dropped")
             }
-            SinkKind::Fifo(_) => warn!("fifo {name}: unexpected EPIPE"),
+            SinkKind::Fifo(_) => {
+                // Its fd stays, so that the report counts what is left in
+                // the pipe.
+                info!("fifo {name}: its reader left during the drain");
+                self.set_sink_watched(k, false);
+                self.sinks[k].intake = Intake::Closed;
+                return;
+            }
         }
         self.set_sink_fd(k, None);
         self.sinks[k].intake = Intake::Refusing;

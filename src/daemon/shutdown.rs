@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 
 use super::{Daemon, Intake, KILL_GRACE, SinkKind, SourceKind, State, signal_name};
 use crate::child;
+use crate::fifo::Access;
 use crate::pipe;
 use crate::relay::{SinkId, SourceId};
 use crate::units::format_duration;
@@ -40,6 +41,9 @@ impl Daemon {
                         }
                     }
                 }
+                for k in self.sinks.ids() {
+                    self.let_go_of_own_reader(k);
+                }
                 for c in 0..self.children.len() {
                     self.children[c].restart_at = None;
                     match (self.children[c].pid, self.ends[c].stdin) {
@@ -62,6 +66,59 @@ impl Daemon {
                 self.stop_children(Instant::now());
             }
             State::Killing { .. } | State::Done => {}
+        }
+    }
+
+    /// At the drain's start, an output FIFO of fifod's own stops having
+    /// fifod as a reader: its read-write fd (or, between sessions, the
+    /// read-only one that keeps the pipe) gives way to a write-only fd, which
+    /// tells whether anyone else reads. With nobody reading, the drain does
+    /// not wait for a reader that is not there: what fifod holds for the
+    /// FIFO and what is in its pipe are reported as undelivered. Between
+    /// sessions with a reader, the read-only fd comes back, so that the
+    /// reader still gets its end.
+    fn let_go_of_own_reader(&mut self, k: SinkId) {
+        let SinkKind::Fifo(fifo) = self.sinks[k].kind else {
+            return;
+        };
+        let managed = &self.footprint.fifos[fifo];
+        // A FIFO the service manager holds keeps its bytes for the next
+        // fifod (or reader): there is nothing to wait for.
+        if managed.passed || self.sinks[k].intake != Intake::Open {
+            return;
+        }
+        let write = match managed.reopen(Access::Write) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!("fifo {}: {e}", self.sinks[k].name);
+                return;
+            }
+        };
+        let reader = if self.sinks[k].fd.is_some() {
+            self.set_sink_fd(k, Some(write));
+            self.sinks[k]
+                .fd
+                .as_ref()
+                .is_some_and(|fd| pipe::has_reader(fd.as_fd()))
+        } else {
+            self.sinks[k].keep_alive = None;
+            let reader = pipe::has_reader(write.as_fd());
+            self.sinks[k].keep_alive = if reader {
+                // It only kept the pipe; the reader keeps it now, until
+                // the read-only fd is back.
+                managed.reopen(Access::Read).ok()
+            } else {
+                Some(write)
+            };
+            reader
+        };
+        if !reader {
+            info!(
+                "fifo {}: nobody reads it: not waiting for a reader",
+                self.sinks[k].name
+            );
+            self.sinks[k].intake = Intake::Closed;
+            self.set_sink_watched(k, false);
         }
     }
 
@@ -98,7 +155,8 @@ impl Daemon {
                         info!("drain complete");
                     } else {
                         warn!(
-                            "drain complete, but {lost} bytes were held for processes that stopped"
+                            "drain complete, but {lost} bytes are held for sinks that will not \
+                             take them (nobody reads them, or their process stopped)"
                         );
                     }
                     self.state = State::Done;
@@ -133,9 +191,17 @@ impl Daemon {
     }
 
     /// Whether a source will produce nothing more in this drain.
+    /// Whether nothing more will be read from `s`: it is closed, its
+    /// writers' share was taken, or none of the sinks it feeds takes bytes
+    /// any more (what is left in it is reported as unread).
     fn source_finished(&self, s: SourceId) -> bool {
         let source = &self.sources[s];
-        source.fd.is_none() || (source.kind.written_by_others() && source.quota == Some(0))
+        source.fd.is_none()
+            || (source.kind.written_by_others() && source.quota == Some(0))
+            || self
+                .relay
+                .sinks_of(s)
+                .all(|k| self.sinks[k].intake != Intake::Open)
     }
 
     /// Ends the input of each process whose every source has finished and
@@ -197,7 +263,13 @@ impl Daemon {
                 .all(|s| self.source_finished(s))
             && self.relay.held_total() == self.held_for_good()
             && self.sinks.values().all(|k| match (&k.kind, &k.fd) {
-                (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()) == 0,
+                // Bytes a reader has yet to read; not those of a FIFO that
+                // nobody reads, nor of one the service manager keeps.
+                (SinkKind::Fifo(fifo), Some(fd)) => {
+                    k.intake != Intake::Open
+                        || self.footprint.fifos[*fifo].passed
+                        || pipe::queued_bytes(fd.as_fd()) == 0
+                }
                 _ => true,
             })
     }
@@ -240,10 +312,23 @@ impl Daemon {
         }
         for (k, sink) in self.sinks.iter() {
             let held = self.relay.held_for(k);
-            let unread = match (&sink.kind, sink.fd.as_ref().or(sink.keep_alive.as_ref())) {
-                (SinkKind::Fifo(_), Some(fd)) => pipe::queued_bytes(fd.as_fd()),
-                _ => 0,
+            let (unread, kept) = match (&sink.kind, sink.fd.as_ref().or(sink.keep_alive.as_ref())) {
+                (SinkKind::Fifo(fifo), Some(fd)) => {
+                    let queued = pipe::queued_bytes(fd.as_fd());
+                    if self.footprint.fifos[*fifo].passed {
+                        (0, queued)
+                    } else {
+                        (queued, 0)
+                    }
+                }
+                _ => (0, 0),
             };
+            if kept > 0 {
+                info!(
+                    "{}: {kept} bytes kept in the FIFO, which the service manager holds",
+                    sink.name
+                );
+            }
             if held + unread > 0 {
                 warn!(
                     "{}: {} bytes undelivered ({held} held by fifod, {unread} unread in the pipe)",
@@ -273,8 +358,10 @@ impl Daemon {
                     pipe::queued_bytes(fd.as_fd())
                 }
             });
-            if left > 0 {
+            if left > 0 && goes {
                 warn!("{}: {left} bytes left unread", source.name);
+            } else if left > 0 {
+                info!("{}: {left} bytes kept for the next reader", source.name);
             }
         }
         self.footprint.remove();
