@@ -241,8 +241,17 @@ fn query_failed(e: QueryError) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load(path, &Environment::from_process()) {
-        Ok(config) => {
+    match config::load_listed(path, &Environment::from_process()) {
+        Ok((config, listing)) => {
+            // Beside a main file alone, the summary says it all.
+            if listing.read.len() > 1 || !listing.ignored.is_empty() {
+                for file in &listing.read {
+                    println!("read {}", file.display());
+                }
+                for (file, why) in &listing.ignored {
+                    println!("ignored {}: {why}", file.display());
+                }
+            }
             for line in config.summary() {
                 println!("{line}");
             }

@@ -8,6 +8,7 @@ mod activation;
 mod cli;
 mod config_errors;
 mod faults;
+mod fragments;
 mod framing;
 mod hardening;
 mod hostile_fs;

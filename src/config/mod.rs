@@ -335,13 +335,111 @@ impl fmt::Display for LoadError {
 /// config that `run`, a reload and `check` act on. Touches nothing but the
 /// file, the directories above it and the user and group databases.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
-    read_trusted(path, true).and_then(|bytes| parse_loaded(path, &bytes, env))
+    load_listed(path, env).map(|(config, _)| config)
 }
 
-/// [`load`] without the check of who could change the file: for `fifod
-/// status`, which acts on nothing in it but the control socket's path.
+/// [`load`] without the check of who could change the files: for `fifod
+/// status`, which acts on nothing in them but the control socket's path.
 pub fn load_untrusted(path: &Path, env: &Environment) -> Result<Config, LoadError> {
-    read_trusted(path, false).and_then(|bytes| parse_loaded(path, &bytes, env))
+    load_files(path, env, false).map(|(config, _)| config)
+}
+
+/// [`load`], and which files it read and left alone.
+pub fn load_listed(path: &Path, env: &Environment) -> Result<(Config, Listing), LoadError> {
+    load_files(path, env, true)
+}
+
+/// The files of a config: the main file and the fragments beside it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Every file read, the main file first, then the fragments in name
+    /// order.
+    pub read: Vec<PathBuf>,
+    /// Files in the fragment directory that are not fragments, and why.
+    pub ignored: Vec<(PathBuf, &'static str)>,
+}
+
+/// The directory of fragments beside the main file: `fifod.toml` has
+/// `fifod.d/`, any other name `NAME.d/`.
+pub fn fragment_dir(path: &Path) -> PathBuf {
+    match path.extension() {
+        Some(ext) if ext == "toml" => path.with_extension("d"),
+        _ => {
+            let mut dir = path.as_os_str().to_owned();
+            dir.push(".d");
+            PathBuf::from(dir)
+        }
+    }
+}
+
+/// Every `*.toml` in `dir` in name order, and what else is there: hidden
+/// files, editor backups and other names are left alone.
+fn list_fragments(dir: &Path) -> Result<Listing, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        names.push(entry.map_err(|e| e.to_string())?.file_name());
+    }
+    names.sort();
+    let mut listing = Listing::default();
+    for name in names {
+        let path = dir.join(&name);
+        let text = name.to_string_lossy();
+        let why = if text.starts_with('.') {
+            Some("a hidden file")
+        } else if !text.ends_with(".toml") || text == ".toml" {
+            Some("not a .toml file")
+        } else if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            Some("not a regular file")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => listing.ignored.push((path, why)),
+            None => listing.read.push(path),
+        }
+    }
+    Ok(listing)
+}
+
+fn load_files(
+    path: &Path,
+    env: &Environment,
+    check_trust: bool,
+) -> Result<(Config, Listing), LoadError> {
+    let dir = fragment_dir(path);
+    let unreadable = |path: &Path| {
+        let path = path.to_owned();
+        move |reason| LoadError::Unreadable { path, reason }
+    };
+    let mut listing = list_fragments(&dir).map_err(unreadable(&dir))?;
+    listing.read.insert(0, path.to_owned());
+    let mut files = Vec::with_capacity(listing.read.len());
+    for file in &listing.read {
+        let bytes = read_trusted(file, check_trust)?;
+        files.push((file.display().to_string(), bytes));
+    }
+    if check_trust && !listing.read[1..].is_empty() {
+        trust::check_trusted(&dir).map_err(|reason| LoadError::Untrusted {
+            path: dir.clone(),
+            reason,
+        })?;
+    }
+    let mut texts = Vec::with_capacity(files.len());
+    for (name, bytes) in files {
+        match String::from_utf8(bytes) {
+            Ok(text) => texts.push((name, text)),
+            Err(e) => {
+                return Err(LoadError::Invalid(vec![not_utf8(&name, e.as_bytes())]));
+            }
+        }
+    }
+    let config = parse_files(&texts, env).map_err(LoadError::Invalid)?;
+    Ok((config, listing))
 }
 
 fn read_trusted(path: &Path, check_trust: bool) -> Result<Vec<u8>, LoadError> {
@@ -356,10 +454,6 @@ fn read_trusted(path: &Path, check_trust: bool) -> Result<Vec<u8>, LoadError> {
         })?;
     }
     Ok(bytes)
-}
-
-fn parse_loaded(path: &Path, bytes: &[u8], env: &Environment) -> Result<Config, LoadError> {
-    parse_bytes(&path.display().to_string(), bytes, env).map_err(LoadError::Invalid)
 }
 
 /// Where a daemon started with the file at `path` has its control socket,
@@ -385,17 +479,23 @@ pub fn locate_control(path: &Path, env: &Environment) -> Option<PathBuf> {
 pub fn parse_bytes(file: &str, bytes: &[u8], env: &Environment) -> Result<Config, Vec<Diagnostic>> {
     match std::str::from_utf8(bytes) {
         Ok(text) => parse(file, text, env),
-        Err(e) => {
-            let valid = e.valid_up_to();
-            let before = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
-            let byte = bytes.get(valid).copied().unwrap_or_default();
-            Err(vec![Diagnostic {
-                file: file.to_string(),
-                position: Some(line_col(before, valid)),
-                key: String::new(),
-                message: format!("invalid UTF-8 (byte 0x{byte:02x}): a config must be UTF-8 text"),
-            }])
-        }
+        Err(_) => Err(vec![not_utf8(file, bytes)]),
+    }
+}
+
+/// Where a file that is not UTF-8 stops being it.
+fn not_utf8(file: &str, bytes: &[u8]) -> Diagnostic {
+    let valid = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    let before = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+    let byte = bytes.get(valid).copied().unwrap_or_default();
+    Diagnostic {
+        file: file.to_string(),
+        position: Some(line_col(before, valid)),
+        key: String::new(),
+        message: format!("invalid UTF-8 (byte 0x{byte:02x}): a config must be UTF-8 text"),
     }
 }
 
@@ -507,9 +607,15 @@ struct RawProcess {
 /// `env` sets one.
 pub const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Errors gathered while loading, still as byte spans.
+/// Errors gathered while loading, still as byte spans. The files of a
+/// config (the main file, then its fragments) share one range of offsets:
+/// a file's spans are shifted by `base`, where its text starts in it.
 #[derive(Default)]
-struct Problems(Vec<(Option<Range<usize>>, String, String)>);
+struct Problems {
+    found: Vec<(Option<Range<usize>>, String, String)>,
+    /// Where the file whose spans are being reported starts.
+    base: usize,
+}
 
 impl Problems {
     fn add(
@@ -519,22 +625,28 @@ impl Problems {
         message: impl Into<String>,
     ) {
         let (key, message) = (escape_controls(key.into()), escape_controls(message.into()));
-        self.0.push((span, key, message));
+        let span = span.map(|s| s.start + self.base..s.end + self.base);
+        self.found.push((span, key, message));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.found.is_empty()
     }
 
     fn at<T>(&mut self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
         self.add(Some(value.span()), key, message);
     }
 
-    fn into_diagnostics(self, file: &str, text: &str) -> Vec<Diagnostic> {
+    fn into_diagnostics(self, files: &Files<'_>) -> Vec<Diagnostic> {
         let mut out: Vec<(usize, Diagnostic)> = self
-            .0
+            .found
             .into_iter()
             .map(|(span, key, message)| {
                 let offset = span.as_ref().map_or(0, |s| s.start);
+                let (file, position) = files.locate(offset);
                 let diagnostic = Diagnostic {
                     file: file.to_string(),
-                    position: span.map(|s| line_col(text, s.start)),
+                    position: span.map(|_| position),
                     key,
                     message,
                 };
@@ -572,23 +684,81 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Parses and validates config text. `file` is only used in messages.
-pub fn parse(file: &str, text: &str, env: &Environment) -> Result<Config, Vec<Diagnostic>> {
-    let mut problems = Problems::default();
-    let config = parse_into(text, env, &mut problems);
-    match config {
-        Some(config) if problems.0.is_empty() => Ok(config),
-        _ => Err(problems.into_diagnostics(file, text)),
+/// The texts of a config's files, the main file first, and where each
+/// starts in the offsets that `Problems` records.
+struct Files<'t> {
+    /// (name in messages, text, base).
+    files: Vec<(&'t str, &'t str, usize)>,
+}
+
+impl<'t> Files<'t> {
+    fn new(files: &'t [(String, String)]) -> Files<'t> {
+        let mut base = 0;
+        let files = files
+            .iter()
+            .map(|(name, text)| {
+                let file = (name.as_str(), text.as_str(), base);
+                // One offset between files: a span at a file's very end is
+                // still that file's.
+                base += text.len() + 1;
+                file
+            })
+            .collect();
+        Files { files }
+    }
+
+    /// The file an offset is in, and its line and column there.
+    fn locate(&self, offset: usize) -> (&'t str, (usize, usize)) {
+        let i = self
+            .files
+            .partition_point(|&(_, _, base)| base <= offset)
+            .saturating_sub(1);
+        match self.files.get(i) {
+            Some(&(name, text, base)) => (name, line_col(text, offset - base)),
+            None => ("", (1, 1)),
+        }
+    }
+
+    /// `file:line:column` of an offset, for messages that point elsewhere.
+    fn place(&self, offset: usize) -> String {
+        let (file, (line, col)) = self.locate(offset);
+        format!("{file}:{line}:{col}")
     }
 }
 
-fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<Config> {
-    let (root, syntax_errors) = DeTable::parse_recoverable(text);
-    if !syntax_errors.is_empty() {
-        for e in syntax_errors {
+/// Parses and validates config text. `file` is only used in messages.
+pub fn parse(file: &str, text: &str, env: &Environment) -> Result<Config, Vec<Diagnostic>> {
+    parse_files(&[(file.to_string(), text.to_string())], env)
+}
+
+/// Parses and validates a config made of several files: `(name in
+/// messages, text)`, the main file first, then its fragments, which add
+/// `[fifo.*]`, `[process.*]` and `[[route]]` to it.
+pub fn parse_files(
+    files: &[(String, String)],
+    env: &Environment,
+) -> Result<Config, Vec<Diagnostic>> {
+    let located = Files::new(files);
+    let mut problems = Problems::default();
+    let config = parse_into(&located, env, &mut problems);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(problems.into_diagnostics(&located)),
+    }
+}
+
+fn parse_into(files: &Files<'_>, env: &Environment, problems: &mut Problems) -> Option<Config> {
+    let mut roots = Vec::new();
+    for &(_, text, base) in &files.files {
+        problems.base = base;
+        let (root, syntax_errors) = DeTable::parse_recoverable(text);
+        for e in &syntax_errors {
             let span = e.span().or_else(|| locate_unspanned(text, e.message()));
             problems.add(span, "", first_line(e.message()));
         }
+        roots.push((base, root));
+    }
+    if !problems.is_empty() {
         return None;
     }
 
@@ -597,80 +767,126 @@ fn parse_into(text: &str, env: &Environment, problems: &mut Problems) -> Option<
     let mut raw_processes = Vec::new();
     let mut raw_routes = Vec::new();
     // Names declared even by entries that fail to parse, so that a route
-    // naming them does not add a misleading "unknown endpoint".
-    let mut declared = HashSet::new();
-    for (key, value) in root.get_ref() {
-        match key.get_ref().as_ref() {
-            "daemon" => {
-                if let Some(d) = deserialize_table::<RawDaemon>(value, "daemon", problems) {
-                    raw_daemon = d;
-                }
+    // naming them does not add a misleading "unknown endpoint"; with where
+    // each was declared first.
+    let mut declared: HashMap<String, usize> = HashMap::new();
+    let mut declare = |name: &Spanned<std::borrow::Cow<'_, str>>,
+                       key: &str,
+                       other_kind: &str,
+                       base: usize,
+                       problems: &mut Problems| {
+        let at = name.span().start + base;
+        match declared.get(name.get_ref().as_ref()) {
+            None => {
+                declared.insert(name.get_ref().to_string(), at);
+                true
             }
-            "fifo" => match value.get_ref() {
-                DeValue::Table(table) => {
-                    for (name, entry) in table {
-                        let key = format!("fifo.{}", name.get_ref());
-                        if !declared.insert(name.get_ref().to_string()) {
-                            problems.at(name, &key, "the name is already used by a [process.*] table");
-                            continue;
-                        }
-                        if let Some(f) = deserialize_table::<RawFifo>(entry, &key, problems) {
-                            raw_fifos.push((name.clone(), f));
-                        }
+            Some(&first) if files.locate(first).0 == files.locate(at).0 => {
+                problems.at(
+                    name,
+                    key,
+                    format!("the name is already used by a {other_kind} table"),
+                );
+                false
+            }
+            Some(&first) => {
+                problems.at(name, key, format!("also defined in {}", files.place(first)));
+                false
+            }
+        }
+    };
+    let mut route_count = 0;
+    for (file, (base, root)) in roots.iter().enumerate() {
+        problems.base = *base;
+        for (key, value) in root.get_ref() {
+            match key.get_ref().as_ref() {
+                "daemon" if file > 0 => problems.at(
+                    key,
+                    "daemon",
+                    "only the main file may have [daemon]; a fragment adds [fifo.NAME], \
+                     [process.NAME] and [[route]]",
+                ),
+                "daemon" => {
+                    if let Some(d) = deserialize_table::<RawDaemon>(value, "daemon", problems) {
+                        raw_daemon = d;
                     }
                 }
-                _ => problems.at(value, "fifo", "expected tables such as [fifo.in]"),
-            },
-            "process" => match value.get_ref() {
-                DeValue::Table(table) => {
-                    for (name, entry) in table {
-                        let key = format!("process.{}", name.get_ref());
-                        if !declared.insert(name.get_ref().to_string()) {
-                            problems.at(name, &key, "the name is already used by a [fifo.*] table");
-                            continue;
-                        }
-                        if let Some(p) = deserialize_table::<RawProcess>(entry, &key, problems) {
-                            raw_processes.push((name.clone(), p));
+                "fifo" => match value.get_ref() {
+                    DeValue::Table(table) => {
+                        for (name, entry) in table {
+                            let key = format!("fifo.{}", name.get_ref());
+                            if !declare(name, &key, "[process.*]", *base, problems) {
+                                continue;
+                            }
+                            if let Some(f) = deserialize_table::<RawFifo>(entry, &key, problems) {
+                                raw_fifos.push((*base, name.clone(), f));
+                            }
                         }
                     }
-                }
-                _ => problems.at(value, "process", "expected tables such as [process.tool]"),
-            },
-            "route" => match value.get_ref() {
-                DeValue::Array(routes) => {
-                    for (i, entry) in routes.iter().enumerate() {
-                        let key = format!("route[{i}]");
-                        if let Some(r) = deserialize_table::<RawRoute>(entry, &key, problems) {
-                            raw_routes.push((i, r));
+                    _ => problems.at(value, "fifo", "expected tables such as [fifo.in]"),
+                },
+                "process" => match value.get_ref() {
+                    DeValue::Table(table) => {
+                        for (name, entry) in table {
+                            let key = format!("process.{}", name.get_ref());
+                            if !declare(name, &key, "[fifo.*]", *base, problems) {
+                                continue;
+                            }
+                            if let Some(p) = deserialize_table::<RawProcess>(entry, &key, problems)
+                            {
+                                raw_processes.push((*base, name.clone(), p));
+                            }
                         }
                     }
-                }
-                _ => problems.at(value, "route", "expected tables such as [[route]]"),
-            },
-            other => problems.at(
-                key,
-                if other.is_empty() { "\"\"" } else { other },
-                "unknown key; the top level has [daemon], [fifo.NAME], [process.NAME] and [[route]]",
-            ),
+                    _ => problems.at(value, "process", "expected tables such as [process.tool]"),
+                },
+                "route" => match value.get_ref() {
+                    DeValue::Array(routes) => {
+                        for entry in routes {
+                            let i = route_count;
+                            route_count += 1;
+                            let key = format!("route[{i}]");
+                            if let Some(r) = deserialize_table::<RawRoute>(entry, &key, problems) {
+                                raw_routes.push((i, *base, r));
+                            }
+                        }
+                    }
+                    _ => problems.at(value, "route", "expected tables such as [[route]]"),
+                },
+                other => problems.at(
+                    key,
+                    if other.is_empty() { "\"\"" } else { other },
+                    "unknown key; the top level has [daemon], [fifo.NAME], [process.NAME] and \
+                     [[route]]",
+                ),
+            }
         }
     }
 
+    problems.base = 0;
     let daemon = validate_daemon(raw_daemon, env, problems);
     let mut fifos: Vec<FifoConfig> = Vec::new();
     let mut path_spans = Vec::new();
-    for (name, raw) in raw_fifos {
+    for (base, name, raw) in raw_fifos {
+        problems.base = base;
         if let Some((fifo, span)) = validate_fifo(&name, raw, daemon.as_ref(), problems) {
             fifos.push(fifo);
-            path_spans.push(span);
+            path_spans.push(span.start + base..span.end + base);
         }
     }
+    problems.base = 0;
     check_paths(&fifos, &path_spans, daemon.as_ref(), problems);
     let processes: Vec<ProcessConfig> = raw_processes
         .into_iter()
-        .filter_map(|(name, raw)| validate_process(&name, raw, env, problems))
+        .filter_map(|(base, name, raw)| {
+            problems.base = base;
+            validate_process(&name, raw, env, problems)
+        })
         .collect();
+    let declared: HashSet<String> = declared.into_keys().collect();
     let routes = validate_routes(raw_routes, &mut fifos, &processes, &declared, problems);
-    if declared.is_empty() && routes.is_empty() && problems.0.is_empty() {
+    problems.base = 0;
+    if declared.is_empty() && routes.is_empty() && problems.is_empty() {
         // Most likely a file caught half-written; at start as on reload,
         // there would be nothing for fifod to do.
         problems.add(

@@ -435,7 +435,7 @@ pub(super) fn validate_process(
     problems: &mut Problems,
 ) -> Option<ProcessConfig> {
     let key = format!("process.{}", name.get_ref());
-    let before = problems.0.len();
+    let before = problems.found.len();
     if let Err(e) = check_name(name.get_ref()) {
         problems.at(name, &key, e);
     }
@@ -563,7 +563,7 @@ pub(super) fn validate_process(
     let (Some(stderr), Some(restart)) = (stderr, restart) else {
         return None;
     };
-    if problems.0.len() > before {
+    if problems.found.len() > before {
         return None;
     }
     Some(ProcessConfig {
@@ -680,7 +680,7 @@ pub(super) enum Named<'a> {
 }
 
 pub(super) fn validate_routes(
-    raw_routes: Vec<(usize, RawRoute)>,
+    raw_routes: Vec<(usize, usize, RawRoute)>,
     fifos: &mut [FifoConfig],
     processes: &[ProcessConfig],
     declared: &HashSet<String>,
@@ -712,7 +712,8 @@ pub(super) fn validate_routes(
     let mut routes = Vec::new();
     // Route names given so far, for duplicates.
     let mut named: HashSet<String> = HashSet::new();
-    for (i, raw) in raw_routes {
+    for (i, base, raw) in raw_routes {
+        problems.base = base;
         let mut ok = true;
         let name = match &raw.name {
             None => format!("route[{i}]"),

@@ -315,6 +315,18 @@ impl Sandbox {
         path
     }
 
+    /// Writes the fragment `fifod.d/<name>` beside the config, byte for
+    /// byte (0644); returns its path.
+    pub fn write_fragment(&self, name: &str, text: &str) -> PathBuf {
+        let dir = self.path("fifod.d");
+        if !dir.exists() {
+            fs::create_dir(&dir).expect("mkdir fifod.d");
+        }
+        let path = dir.join(name);
+        write_atomically(&path, text);
+        path
+    }
+
     fn next_file(&self, stem: &str) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
         self.path(&format!("{stem}-{n}.log"))
