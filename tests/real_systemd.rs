@@ -226,3 +226,60 @@ make a device: refused
     assert_eq!(m.property("witness.service", "ActiveState"), "inactive");
     m.ok("systemctl stop fifod");
 }
+
+/// The per-user unit, under a user's own service manager (started here as
+/// a service of the private systemd, as logind would): start, a reload that
+/// answers, stop, FIFOs under the user's runtime directory.
+#[test]
+fn the_user_unit_runs_fifod_for_one_user_under_a_real_systemd() {
+    let Some(m) = Machine::boot("the_user_unit_runs_fifod_for_one_user_under_a_real_systemd")
+    else {
+        return;
+    };
+    m.install_fifod(IN_OUT);
+    let unit = m.share(
+        "fifod-user.service",
+        &machine::unit_file("fifod-user.service"),
+    );
+    m.ok(&format!(
+        "useradd --no-create-home --home-dir /var/lib/alice --uid 1500 --user-group alice &&
+         install -d -o alice -g alice -m 0755 /var/lib/alice &&
+         install -d -o alice -g alice -m 0700 /run/user/1500 &&
+         install -D -m 0644 {unit} /tmp/fifod-user.service &&
+         systemd-run --unit=user-alice --uid=1500 --gid=1500 -p Type=notify -p Delegate=yes \
+             --setenv=XDG_RUNTIME_DIR=/run/user/1500 /lib/systemd/systemd --user"
+    ));
+    let alice = |script: &str| {
+        m.ok(&format!(
+            "setpriv --reuid=1500 --regid=1500 --init-groups \
+             env HOME=/var/lib/alice XDG_RUNTIME_DIR=/run/user/1500 bash -c '{script}'"
+        ))
+    };
+    alice(
+        "install -D -m 0644 /tmp/fifod-user.service ~/.config/systemd/user/fifod.service &&
+         mkdir -p ~/.config/fifod &&
+         printf \"[fifo.in]\\n[fifo.out]\\n[[route]]\\nfrom = [\\\"in\\\"]\\nto = [\\\"out\\\"]\\n\" \
+             > ~/.config/fifod/fifod.toml &&
+         systemctl --user daemon-reload && systemctl --user start fifod",
+    );
+    assert_eq!(
+        alice("stat -c \"%a %F %U\" /run/user/1500/fifod/in"),
+        "600 fifo alice\n"
+    );
+    let got = alice(
+        "timeout 20 head -n 1 /run/user/1500/fifod/out > /tmp/alice-got & reader=$!
+         echo for-alice | timeout 20 tee /run/user/1500/fifod/in > /dev/null
+         wait $reader; cat /tmp/alice-got",
+    );
+    assert_eq!(got, "for-alice\n", "{}", m.console());
+    alice(
+        "printf \"[fifo.extra]\\n\" >> ~/.config/fifod/fifod.toml &&
+         systemctl --user reload fifod && test -p /run/user/1500/fifod/extra",
+    );
+    alice("systemctl --user stop fifod");
+    assert_eq!(
+        alice("ls -A /run/user/1500/fifod"),
+        "",
+        "fifod left files behind"
+    );
+}
