@@ -50,6 +50,14 @@ enum Command {
         /// Print one JSON document instead of tables
         #[arg(long)]
         json: bool,
+        /// Show it again every interval, with rates: redrawn in place on a
+        /// terminal, one snapshot after another elsewhere (one JSON
+        /// document a line with --json)
+        #[arg(long)]
+        watch: bool,
+        /// The interval of --watch, such as 500ms or 2s
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
     },
 }
 
@@ -73,14 +81,26 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
         Command::Reload(args) => reload(&args.config),
-        Command::Status { config, json } => status(&config.config, json),
+        Command::Status {
+            config,
+            json,
+            watch,
+            interval,
+        } => status(&config.config, json, watch.then_some(interval)),
     }
 }
 
 /// `fifod status` when no daemon answers, so that scripts can tell.
 pub const EXIT_NOT_RUNNING: u8 = 3;
 
-fn status(path: &Path, json: bool) -> ExitCode {
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match crate::units::parse_duration(text)? {
+        d if d < Duration::from_millis(100) => Err("the interval is at least 100ms".into()),
+        d => Ok(d),
+    }
+}
+
+fn status(path: &Path, json: bool, watch: Option<Duration>) -> ExitCode {
     let env = Environment::from_process();
     // A file edited into an invalid one is what a failed reload leaves: the
     // daemon still runs the config before it, and is asked where the
@@ -107,6 +127,16 @@ fn status(path: &Path, json: bool) -> ExitCode {
         );
         return ExitCode::from(EXIT_FAILURE);
     };
+    if let Some(interval) = watch {
+        if invalid.is_some() {
+            eprintln!(
+                "fifod status: {} is invalid (`fifod check` lists its errors); \
+                 the daemon runs the config it had before",
+                path.display()
+            );
+        }
+        return crate::live::watch(&socket, interval, json);
+    }
     let answer = control::query(&socket, Duration::from_secs(5));
     if let Some(e) = invalid {
         if answer.is_err() {

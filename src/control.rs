@@ -365,7 +365,7 @@ pub fn query_peer(path: &Path, timeout: Duration) -> Result<(Status, i32), Query
     Ok((status, peer))
 }
 
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} B");

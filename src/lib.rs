@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod event_loop;
 pub mod fifo;
+pub mod live;
 pub mod notify;
 pub mod pipe;
 pub mod relay;

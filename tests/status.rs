@@ -705,3 +705,56 @@ to = ["out2"]
         d.log()
     );
 }
+
+/// `fifod status --watch` where stdout is not a terminal: one snapshot
+/// after another, each with rates, and, with `--json`, one document a line.
+#[test]
+fn status_watch_prints_snapshots_with_rates() {
+    use std::process::{Command, Stdio};
+
+    let d = Daemon::start(IN_OUT);
+    let r = open_reader(&d.fifo("out"));
+    let w = open_writer(&d.fifo("in"));
+    let watch = |extra: &[&str]| {
+        let out = d.sb.path(&format!("watch{}.out", extra.len()));
+        let mut args = d.sb.cmd_args("status");
+        args.extend(["--watch".into(), "--interval".into(), "100ms".into()]);
+        args.extend(extra.iter().map(Into::into));
+        let child = Command::new(crate::common::BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, out)
+    };
+    let (mut table, table_out) = watch(&[]);
+    let (mut json, json_out) = watch(&["--json"]);
+    // Traffic until both show it: a rate that is not `-`, and documents
+    // whose counters grow.
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = Instant::now() + TIMEOUT;
+    let seen = crate::common::wait_until(TIMEOUT, || {
+        write_all(&w, &[b'x'; 4096], end);
+        crate::common::read_some(&r, &mut buf, end);
+        let text = fs::read_to_string(&table_out).unwrap_or_default();
+        let docs = fs::read_to_string(&json_out).unwrap_or_default();
+        text.matches("fifod pid ").count() >= 3
+            && text
+                .lines()
+                .any(|l| l.starts_with("route[0]") && (l.contains(" KiB/s") || l.contains(" B/s")))
+            && docs.lines().count() >= 3
+    });
+    let _ = table.kill();
+    let _ = json.kill();
+    let _ = table.wait();
+    let _ = json.wait();
+    let text = fs::read_to_string(&table_out).unwrap();
+    assert!(seen, "no snapshots with rates:\n{text}");
+    assert!(text.contains("ROUTE     TO   IN"), "{text}");
+    for line in fs::read_to_string(&json_out).unwrap().lines() {
+        let doc: serde_json::Value = serde_json::from_str(line).expect("one JSON document a line");
+        assert_eq!(doc["state"], "running");
+    }
+}
