@@ -25,11 +25,14 @@ struct Seen {
     dropped: u64,
 }
 
+/// Every sink's counters in a snapshot, by (route, sink).
+type Snapshot = HashMap<(String, String), Seen>;
+
 /// Shows the status of the daemon at `socket` every `interval` until it
 /// stops answering. JSON: one compact document a line.
 pub fn watch(socket: &Path, interval: Duration, json: bool) -> ExitCode {
     let terminal = std::io::stdout().is_terminal();
-    let mut before: Option<(Instant, HashMap<(String, String), Seen>)> = None;
+    let mut before: Option<(Instant, Snapshot)> = None;
     let mut answered = false;
     loop {
         let status = match control::query(socket, Duration::from_secs(5)) {
@@ -75,7 +78,7 @@ pub fn watch(socket: &Path, interval: Duration, json: bool) -> ExitCode {
     }
 }
 
-fn counters(status: &Status) -> HashMap<(String, String), Seen> {
+fn counters(status: &Status) -> Snapshot {
     status
         .routes
         .iter()
@@ -105,7 +108,7 @@ fn route_name(r: &control::RouteStatus) -> String {
 /// The rates table: for every sink of every route, bytes per second in
 /// (from its sources), out (delivered) and dropped since the snapshot
 /// before, and what is held now. `-` before there is a snapshot to compare.
-fn rates(status: &Status, before: Option<(Duration, &HashMap<(String, String), Seen>)>) -> String {
+fn rates(status: &Status, before: Option<(Duration, &Snapshot)>) -> String {
     let mut out = String::new();
     if status.routes.is_empty() {
         return out;
