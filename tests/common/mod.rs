@@ -76,8 +76,10 @@ pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;
 
 /// Variables that would change the daemon's behaviour if inherited.
-const CLEARED_ENV: [&str; 9] = [
+const CLEARED_ENV: [&str; 10] = [
     "FIFOD_CONFIG",
+    // Set by CI for the real-systemd tests: not the daemon's business.
+    "FIFOD_TEST_REAL_SYSTEMD",
     "JOURNAL_STREAM",
     "NOTIFY_SOCKET",
     "LISTEN_FDS",

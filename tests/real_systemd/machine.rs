@@ -96,7 +96,7 @@ impl Machine {
         ));
         fs::create_dir(&cgroup).map_err(|e| format!("mkdir {}: {e}", cgroup.display()))?;
         // The cgroup is made: from here on, a failure goes through Drop.
-        let pty = nix::pty::openpty(None, None).map_err(|e| e.to_string())?;
+        let pty = open_pty().map_err(|e| format!("a pseudo-terminal: {e}"))?;
         let stdio = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| e.to_string());
         let mut cmd = Command::new("/bin/sh");
         cmd.args([
@@ -301,6 +301,33 @@ impl Drop for Machine {
             panic!("cgroup {} is still there", self.cgroup.display());
         }
     }
+}
+
+/// Both ends of a new pseudo-terminal.
+#[derive(Debug)]
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+/// A pseudo-terminal whose fds are close-on-exec from the start: the other
+/// tests' threads spawn processes all the time, and none may inherit it.
+fn open_pty() -> nix::Result<Pty> {
+    use nix::fcntl::{OFlag, open};
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname_r(&master)?;
+    let slave = open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(Pty {
+        master: master.into(),
+        slave,
+    })
 }
 
 /// Removes a cgroup and every cgroup below it, deepest first.
