@@ -206,6 +206,12 @@ fn reload(path: &Path) -> ExitCode {
     // Every request after `before.reload_requests` is answered by a reload
     // that read the file after it came: ours, or a later one.
     let ours = before.reload_requests + 1;
+    // A daemon in a pid namespace this one cannot see has no pid here (0):
+    // kill(0) would signal this process's own group.
+    if pid <= 0 {
+        eprintln!("fifod reload: the daemon's pid is not visible from here; send it SIGHUP");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGHUP) {
         eprintln!("fifod reload: cannot signal fifod (pid {pid}): {e}");
         return ExitCode::from(EXIT_FAILURE);
