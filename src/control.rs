@@ -116,6 +116,18 @@ pub struct RouteStatus {
     pub sinks: Vec<SinkStatus>,
 }
 
+impl RouteStatus {
+    /// What logs and tables call the route: its `name`, else `route[N]`
+    /// (a daemon older than the field sends no name).
+    pub fn label(&self) -> String {
+        if self.name.is_empty() {
+            format!("route[{}]", self.index)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
 /// One sink of one route. Always `produced = delivered + held + dropped`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SinkStatus {
@@ -442,7 +454,7 @@ fn reload_line(last: &ReloadStatus) -> String {
 }
 
 /// Lays out rows as columns separated by two spaces.
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -542,11 +554,7 @@ pub fn render(status: &Status) -> String {
                     })
                 };
                 rows.push(vec![
-                    if r.name.is_empty() {
-                        format!("route[{}]", r.index)
-                    } else {
-                        r.name.clone()
-                    },
+                    r.label(),
                     r.from.join(","),
                     s.sink.clone(),
                     r.framing.clone(),

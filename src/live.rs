@@ -6,7 +6,6 @@
 //! counters of two snapshots in a row.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -85,7 +84,7 @@ fn counters(status: &Status) -> Snapshot {
         .flat_map(|r| {
             r.sinks.iter().map(move |s| {
                 (
-                    (route_name(r), s.sink.clone()),
+                    (r.label(), s.sink.clone()),
                     Seen {
                         produced: s.produced,
                         delivered: s.delivered,
@@ -95,14 +94,6 @@ fn counters(status: &Status) -> Snapshot {
             })
         })
         .collect()
-}
-
-fn route_name(r: &control::RouteStatus) -> String {
-    if r.name.is_empty() {
-        format!("route[{}]", r.index)
-    } else {
-        r.name.clone()
-    }
 }
 
 /// The rates table: for every sink of every route, bytes per second in
@@ -123,22 +114,15 @@ fn rates(status: &Status, before: Option<(Duration, &Snapshot)>) -> String {
         }
         _ => "-".to_string(),
     };
-    let mut rows = vec![[
-        "ROUTE".to_string(),
-        "TO".into(),
-        "IN".into(),
-        "OUT".into(),
-        "DROPPED".into(),
-        "HELD".into(),
-    ]];
+    let mut rows = Vec::new();
     for r in &status.routes {
         for s in &r.sinks {
-            let name = route_name(r);
+            let name = r.label();
             let (elapsed, then) = match before {
                 Some((elapsed, seen)) => (elapsed, seen.get(&(name.clone(), s.sink.clone()))),
                 None => (Duration::ZERO, None),
             };
-            rows.push([
+            rows.push(vec![
                 name,
                 s.sink.clone(),
                 per_second(s.produced, then.map(|t| t.produced), elapsed),
@@ -148,20 +132,11 @@ fn rates(status: &Status, before: Option<(Duration, &Snapshot)>) -> String {
             ]);
         }
     }
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in &rows {
-        let mut line = String::new();
-        for (cell, w) in row.iter().zip(widths) {
-            let _ = write!(line, "{cell:w$}  ");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    control::table(
+        &mut out,
+        &["ROUTE", "TO", "IN", "OUT", "DROPPED", "HELD"],
+        &rows,
+    );
     out
 }
 
