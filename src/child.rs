@@ -311,6 +311,31 @@ pub fn become_subreaper() {
     }
 }
 
+/// The kernel's flag for a task in `do_exit` (`PF_EXITING`, field 9 of
+/// /proc/PID/stat).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether the child `pid` is dying or dead but not yet reaped. The kernel
+/// flags a task as exiting before it closes its files, and signals the
+/// parent only after: a process killed while fifod writes to its stdin
+/// makes that write fail (EPIPE) before fifod learns of the exit, and this
+/// tells the two apart from a process that closed its stdin and runs on.
+pub fn is_exiting(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        // Not even a zombie: it is gone.
+        return true;
+    };
+    // After the command, which ends with the last ')': state, then the
+    // flags are the seventh field.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or_default();
+    let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok());
+    state == "Z" || state == "X" || flags.is_some_and(|f| f & PF_EXITING != 0)
+}
+
 /// At the very end: every process still fifod's child (descendants of its
 /// processes that left their group, whose parent exited) gets SIGKILL, on
 /// its group too, and is reaped. Returns how many there were.

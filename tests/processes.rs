@@ -17,10 +17,11 @@ use nix::sys::signal::Signal;
 
 use crate::common::{
     BULK_TIMEOUT, Daemon, KIB, Launch, MIB, STOP_TIMEOUT, Sandbox, TIMEOUT, Verifier,
-    assert_clean_stats, assert_no_more, assert_stats_in, children_of, exits, gone_or_zombie,
-    gunzip, messages, open_reader, open_writer, pattern, pipe_pending, proc_stat, read_exact,
-    read_some, read_to_eof, spawn, started_pids, try_write, wait_child, wait_idle, wait_log,
-    wait_until, wrapper_script, write_all, write_pattern, write_until_stalled,
+    assert_clean_stats, assert_no_more, assert_stats, assert_stats_in, children_of, exits,
+    gone_or_zombie, gunzip, messages, num, open_reader, open_writer, pattern, pipe_pending,
+    proc_stat, read_exact, read_some, read_to_eof, sink_entry, spawn, started_pids, status_until,
+    try_write, wait_child, wait_idle, wait_log, wait_until, wrapper_script, write_all,
+    write_pattern, write_until_stalled,
 };
 
 // ---------------------------------------------------------------------------
@@ -852,6 +853,36 @@ fn child_that_never_reads_gets_counted_drops_under_drop_newest() {
         "{log}\n--- final log ---\n{}",
         d.log()
     );
+}
+
+#[test]
+fn a_sink_killed_with_bytes_waiting_keeps_them_for_its_restart() {
+    // Its stdin pipe full and bytes held for it: fifod watches the pipe, so
+    // the kill reaches it as a failed write (EPIPE) before the exit does.
+    let mut d = Daemon::start(&sleeper_config("block"));
+    let pid = started_pids(&d.log(), "sink")[0];
+    let w = open_writer(&d.fifo("in"));
+    const LEN: usize = 72 * KIB;
+    write_pattern(&w, 6, 0, LEN, Instant::now() + TIMEOUT);
+    status_until(&d, "8 KiB held beyond the child's full pipe", |st| {
+        num(sink_entry(st, 0, "sink"), "held") == 8 * KIB as u64
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let log = wait_log(&d, "the restart", TIMEOUT, |log| {
+        started_pids(log, "sink").len() == 2
+    });
+    assert!(
+        !log.contains("closed its stdin") && !log.contains("dropped"),
+        "a process that died was taken for one that closed its stdin\n{log}"
+    );
+    // The held bytes went to the new instance.
+    let st = status_until(&d, "the held bytes in the new instance", |st| {
+        num(sink_entry(st, 0, "sink"), "held") == 0
+    });
+    assert_eq!(num(sink_entry(&st, 0, "sink"), "dropped"), 0, "{st}");
+    d.stop_ok();
+    let n = LEN as u64;
+    assert_stats(&d, 0, "sink", (n, n, 0, 0));
 }
 
 #[test]

@@ -12,6 +12,7 @@ use super::{
     Daemon, END_POLL_FIRST, END_POLL_MAX, Intake, MAX_LOG_LINE, READ_CHUNK, RESUME_AT,
     SPLICE_CHUNK, Sink, SinkKind, SourceKind, State, write_some,
 };
+use crate::child;
 use crate::event_loop::{Interest, Token};
 use crate::fifo::Access;
 use crate::pipe;
@@ -551,6 +552,14 @@ impl Daemon {
     pub(super) fn sink_closed(&mut self, k: SinkId) {
         let name = &self.sinks[k].name;
         match self.sinks[k].kind {
+            SinkKind::Stdin(c) if self.children[c].pid.is_some_and(child::is_exiting) => {
+                // It died rather than closed its stdin: its exit, reaped
+                // next, decides (bytes wait for the restart, or are dropped
+                // if there will be none).
+                debug!("process {name} is exiting: its stdin is gone");
+                self.set_sink_fd(k, None);
+                return;
+            }
             SinkKind::Stdin(_) => warn!(
                 "process {name} closed its stdin: what it did not take is dropped until it restarts"
             ),
