@@ -14,6 +14,7 @@ mod hardening;
 mod hostile_fs;
 mod injected;
 mod lifecycle;
+mod mqtt;
 mod processes;
 mod real_systemd;
 mod relay;
