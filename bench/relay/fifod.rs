@@ -82,6 +82,11 @@ impl Fifod {
         self.proc_.pid
     }
 
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.proc_.log()
+    }
+
     /// Sends `sig` to fifod.
     pub fn signal(&self, sig: libc::c_int) {
         self.proc_.signal(sig);

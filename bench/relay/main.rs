@@ -21,13 +21,16 @@
 //! - `BENCH_SCALE_PAIRS`: input/output pairs of the scale workload (1000).
 //! - `BENCH_RELOAD_FIFOS`: FIFO counts of the reload workload
 //!   (`1000,3000,9000`).
+//! - `BENCH_CONTROL_PAIRS`: idle routes beside the ping-pong of the control
+//!   workload (200).
 //! - `BENCH_TMPDIR`: where the temporary directory goes (default `/dev/shm`,
 //!   a tmpfs like fifod's usual `/run`, else `$TMPDIR` or `/tmp`).
 //!
 //! Arguments (after `--`): workloads to run, by id or name (`w1`
 //! `throughput`, `w2` `fan-out`, `w3` `lines`, `w4` `latency`, `w5` `scale`,
-//! `w6` `cat`, `w7` `reload`), default all. Without `--bench` (which `cargo bench` passes)
-//! it does nothing, so that `cargo test --all-targets` does not start it.
+//! `w6` `cat`, `w7` `reload`, `w8` `control`), default all. Without
+//! `--bench` (which `cargo bench` passes) it does nothing, so that
+//! `cargo test --all-targets` does not start it.
 //!
 //! Layout: `harness` (options, repetition of disturbed runs, CPU modes),
 //! `watchdog` (deadlines and cleanup), `sys` (system helpers), `procs`

@@ -223,6 +223,7 @@ pub fn targets(r: &mut Report) {
         );
     }
     crate::workloads::reload::targets(&f, &mut check);
+    crate::workloads::control::targets(&f, &mut check);
     // Not a target: how close fifod comes to the physical limit.
     let limit: Vec<String> = [("1→1", "w1"), ("1→3 fan-out", "w2")]
         .into_iter()

@@ -2,8 +2,10 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::{OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::harness::Res;
@@ -50,6 +52,50 @@ pub fn open_nonblock(p: &Path, write: bool) -> Res<OwnedFd> {
         .open(p)
         .map(OwnedFd::from)
         .map_err(|e| format!("open {}: {e}", p.display()))
+}
+
+/// Connects to the Unix stream socket at `p` without waiting: a full
+/// listen queue fails at once with `WouldBlock` (`UnixStream::connect`
+/// would wait for room, with no deadline). The stream stays non-blocking.
+pub fn connect_nonblock(p: &Path) -> io::Result<UnixStream> {
+    let name = p.as_os_str().as_encoded_bytes();
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if name.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: too long for a socket address", p.display()),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, &from) in addr.sun_path.iter_mut().zip(name) {
+        *to = from as libc::c_char;
+    }
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: connect(2) with a valid address of the size given.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
 }
 
 pub fn set_pipe_size(fd: RawFd, size: usize) {

@@ -20,7 +20,13 @@ use crate::watchdog::{clear_deadline, deadline};
 
 /// Ping-pong of 64-byte messages: A writes `a_out`, B reads `b_in`, writes
 /// `b_out`, A reads `a_in`. Returns round trips in microseconds.
-fn ping_pong(a_out: &Path, b_in: &Path, b_out: &Path, a_in: &Path, n: usize) -> Res<Vec<f64>> {
+pub(crate) fn ping_pong(
+    a_out: &Path,
+    b_in: &Path,
+    b_out: &Path,
+    a_in: &Path,
+    n: usize,
+) -> Res<Vec<f64>> {
     let barrier = Arc::new(Barrier::new(3));
     let (pb, pa) = (Arc::clone(&barrier), Arc::clone(&barrier));
     let (b_in, b_out) = (b_in.to_path_buf(), b_out.to_path_buf());
@@ -73,7 +79,7 @@ fn ping_pong(a_out: &Path, b_in: &Path, b_out: &Path, a_in: &Path, n: usize) -> 
     ra
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i]

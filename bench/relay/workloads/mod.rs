@@ -7,8 +7,9 @@ use crate::harness::{Opts, Res};
 use crate::report::Report;
 
 mod cat_pipeline;
+pub mod control;
 mod fan_out;
-mod latency;
+pub(crate) mod latency;
 mod lines;
 pub mod reload;
 mod scale;
@@ -25,7 +26,7 @@ pub struct Workload {
     pub run: fn(&Opts, &mut Report) -> Res<()>,
 }
 
-pub const ALL: [Workload; 7] = [
+pub const ALL: [Workload; 8] = [
     Workload {
         id: "w1",
         name: "throughput",
@@ -67,5 +68,11 @@ pub const ALL: [Workload; 7] = [
         name: "reload",
         first_mode_only: true,
         run: reload::run,
+    },
+    Workload {
+        id: "w8",
+        name: "control",
+        first_mode_only: false,
+        run: control::run,
     },
 ];
