@@ -1,10 +1,11 @@
-//! The command line: `fifod run` and `fifod check`, and their exit codes.
+//! The command line: `fifod run`, `check`, `reload`, `status` and
+//! `completions`, and their exit codes.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use log::error;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -59,6 +60,23 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
         interval: Duration,
     },
+    /// Print the completion script for SHELL
+    ///
+    /// The Debian package installs the scripts where each shell looks for
+    /// them; elsewhere, for example:
+    /// `fifod completions bash > /etc/bash_completion.d/fifod`.
+    Completions {
+        /// The shell that will read the script
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +105,35 @@ pub fn main() -> ExitCode {
             watch,
             interval,
         } => status(&config.config, json, watch.then_some(interval)),
+        Command::Completions { shell } => completions(shell),
+    }
+}
+
+/// The command line's definition, from which the man page fifod(8) and the
+/// completion scripts are made.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+fn completions(shell: CompletionShell) -> ExitCode {
+    use clap_complete::Shell;
+    use std::io::Write;
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    // Into memory first: clap_complete panics when its writer fails (a
+    // closed pipe, a full disk), and stdout can.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "fifod", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fifod completions: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 
