@@ -251,7 +251,7 @@ _fifod() {
             return 0
             ;;
         fifod__subcmd__status)
-            opts="-c -h -V --config --json --watch --interval --help --version"
+            opts="-c -h -V --config --format --json --watch --interval --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -263,6 +263,10 @@ _fifod() {
                     ;;
                 -c)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "table json prometheus" -- "${cur}"))
                     return 0
                     ;;
                 --interval)

@@ -42,8 +42,11 @@ complete -c fifod -n "__fish_fifod_using_subcommand reload" -s c -l config -d 'T
 complete -c fifod -n "__fish_fifod_using_subcommand reload" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c fifod -n "__fish_fifod_using_subcommand reload" -s V -l version -d 'Print version'
 complete -c fifod -n "__fish_fifod_using_subcommand status" -s c -l config -d 'The config file' -r -F
+complete -c fifod -n "__fish_fifod_using_subcommand status" -l format -d 'What to print: tables, one JSON document, or metrics in Prometheus\'s text format' -r -f -a "table\t''
+json\t''
+prometheus\t''"
 complete -c fifod -n "__fish_fifod_using_subcommand status" -l interval -d 'The interval of --watch, such as 500ms or 2s' -r
-complete -c fifod -n "__fish_fifod_using_subcommand status" -l json -d 'Print one JSON document instead of tables'
+complete -c fifod -n "__fish_fifod_using_subcommand status" -l json -d 'The same as --format json'
 complete -c fifod -n "__fish_fifod_using_subcommand status" -l watch -d 'Show it again every interval, with rates: redrawn in place on a terminal, one snapshot after another elsewhere (one JSON document a line with --json)'
 complete -c fifod -n "__fish_fifod_using_subcommand status" -s h -l help -d 'Print help'
 complete -c fifod -n "__fish_fifod_using_subcommand status" -s V -l version -d 'Print version'

@@ -48,8 +48,12 @@ enum Command {
     Status {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Print one JSON document instead of tables
-        #[arg(long)]
+        /// What to print: tables, one JSON document, or metrics in
+        /// Prometheus's text format
+        #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+        format: StatusFormat,
+        /// The same as --format json
+        #[arg(long, conflicts_with = "format")]
         json: bool,
         /// Show it again every interval, with rates: redrawn in place on a
         /// terminal, one snapshot after another elsewhere (one JSON
@@ -79,6 +83,14 @@ enum CompletionShell {
     Fish,
 }
 
+/// What `fifod status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StatusFormat {
+    Table,
+    Json,
+    Prometheus,
+}
+
 #[derive(Debug, Args)]
 struct ConfigArgs {
     /// The config file
@@ -101,10 +113,15 @@ pub fn main() -> ExitCode {
         Command::Reload(args) => reload(&args.config),
         Command::Status {
             config,
+            format,
             json,
             watch,
             interval,
-        } => status(&config.config, json, watch.then_some(interval)),
+        } => status(
+            &config.config,
+            if json { StatusFormat::Json } else { format },
+            watch.then_some(interval),
+        ),
         Command::Completions { shell } => completions(shell),
     }
 }
@@ -147,7 +164,14 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn status(path: &Path, json: bool, watch: Option<Duration>) -> ExitCode {
+fn status(path: &Path, format: StatusFormat, watch: Option<Duration>) -> ExitCode {
+    if watch.is_some() && format == StatusFormat::Prometheus {
+        eprintln!(
+            "fifod status: --watch does not go with --format prometheus \
+             (a scraper asks once each time)"
+        );
+        return ExitCode::from(2);
+    }
     let env = Environment::from_process();
     // A file edited into an invalid one is what a failed reload leaves: the
     // daemon still runs the config before it, and is asked where the
@@ -182,9 +206,9 @@ fn status(path: &Path, json: bool, watch: Option<Duration>) -> ExitCode {
                 path.display()
             );
         }
-        return crate::live::watch(&socket, interval, json);
+        return crate::live::watch(&socket, interval, format == StatusFormat::Json);
     }
-    let answer = control::query(&socket, Duration::from_secs(5));
+    let answer = control::query_peer(&socket, Duration::from_secs(5));
     if let Some(e) = invalid {
         if answer.is_err() {
             report_load_error(&e);
@@ -197,18 +221,23 @@ fn status(path: &Path, json: bool, watch: Option<Duration>) -> ExitCode {
         );
     }
     match answer {
-        Ok(answer) if json => match serde_json::to_string_pretty(&answer) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("fifod status: {e}");
-                ExitCode::from(EXIT_FAILURE)
-            }
-        },
-        Ok(answer) => {
-            print!("{}", control::render(&answer));
+        Ok((mut answer, daemon)) => {
+            // Who has each FIFO open is found here, as this user may see it.
+            control::peers::find(&mut answer, daemon);
+            let text = match format {
+                StatusFormat::Table => control::render(&answer),
+                StatusFormat::Json => match serde_json::to_string_pretty(&answer) {
+                    Ok(text) => text + "\n",
+                    Err(e) => {
+                        eprintln!("fifod status: {e}");
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                },
+                StatusFormat::Prometheus => {
+                    control::metrics::render(&answer, std::time::SystemTime::now())
+                }
+            };
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Err(QueryError::NotRunning(why)) => {

@@ -16,6 +16,9 @@ use nix::sys::socket::getsockopt;
 use nix::sys::socket::sockopt::PeerCredentials;
 use serde::{Deserialize, Serialize};
 
+pub mod metrics;
+pub mod peers;
+
 /// Bumped when a field changes meaning or goes away.
 pub const STATUS_VERSION: u32 = 1;
 /// At most this many answers are being written at once; while they are,
@@ -43,6 +46,12 @@ pub struct Status {
     pub fifos: Vec<FifoStatus>,
     pub processes: Vec<ProcessStatus>,
     pub routes: Vec<RouteStatus>,
+    /// Processes whose open files `fifod status` could not look at
+    /// (another user's, to a caller without privilege): the FIFOs' `peers`
+    /// leave theirs out. Set by `fifod status` along with `peers`; the
+    /// daemon's answer has no such field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes_not_visible: Option<u64>,
 }
 
 /// How the last reload ended. A failed one stands until a reload succeeds.
@@ -74,14 +83,53 @@ pub struct FifoStatus {
     pub mode: String,
     /// `input`, `output` or `unrouted`.
     pub role: String,
-    /// Whether someone has the other end open, where fifod can tell; `null`
-    /// where it cannot (a FIFO fifod holds read-write looks the same either
-    /// way).
-    pub peers: Option<bool>,
+    /// The processes other than fifod that have it open, as far as the
+    /// caller of `fifod status` may see. `None` where nobody looked: the
+    /// daemon answers without them, and `fifod status` fills them in from
+    /// /proc (see [`peers`]). Older daemons answered `null` here too.
+    #[serde(default, deserialize_with = "peers::deserialize")]
+    pub peers: Option<Vec<Peer>>,
     /// Bytes fifod read from it (inputs) or wrote into it (outputs).
     pub bytes: u64,
     /// Bytes waiting in its pipe now.
     pub queued: u64,
+}
+
+/// A process that has a FIFO open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    /// Its `/proc/PID/comm`: the program's name, at most 15 bytes.
+    pub command: String,
+    pub mode: Access,
+}
+
+/// How a process opened a FIFO (of all its fds for it, together).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn reads(self) -> bool {
+        matches!(self, Access::Read | Access::ReadWrite)
+    }
+
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::ReadWrite)
+    }
+
+    /// Both kinds of access in one.
+    pub fn with(self, other: Access) -> Access {
+        if self == other {
+            self
+        } else {
+            Access::ReadWrite
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -505,11 +553,7 @@ pub fn render(status: &Status) -> String {
                     f.path.clone(),
                     f.mode.clone(),
                     f.role.clone(),
-                    match f.peers {
-                        Some(true) => "yes".into(),
-                        Some(false) => "no".into(),
-                        None => "-".into(),
-                    },
+                    peers::cell(f.peers.as_deref()),
                     human_bytes(f.bytes),
                     human_bytes(f.queued),
                 ]
@@ -520,6 +564,13 @@ pub fn render(status: &Status) -> String {
             &["FIFO", "PATH", "MODE", "ROLE", "PEERS", "BYTES", "QUEUED"],
             &rows,
         );
+        match status.processes_not_visible {
+            Some(1) => out.push_str("(PEERS: 1 process not visible to this user)\n"),
+            Some(n) if n > 1 => {
+                let _ = writeln!(out, "(PEERS: {n} processes not visible to this user)");
+            }
+            _ => {}
+        }
     }
     if !status.processes.is_empty() {
         out.push('\n');
@@ -637,6 +688,7 @@ mod tests {
                     }),
                 }],
             }],
+            processes_not_visible: None,
         };
         let text = render(&status);
         assert_eq!(
@@ -644,7 +696,7 @@ mod tests {
             "fifod pid 42, running for 1h 2m, dir /run/fifod\n\
              \n\
              FIFO  PATH           MODE  ROLE   PEERS  BYTES    QUEUED\n\
-             in    /run/fifod/in  0620  input  -      2.0 KiB  0 B\n\
+             in    /run/fifod/in  0620  input  ?      2.0 KiB  0 B\n\
              \n\
              PROCESS  PID  STATE    RESTARTS  LAST EXIT\n\
              upper    7    running  2         exited with status 1\n\
@@ -669,6 +721,7 @@ mod tests {
             fifos: Vec::new(),
             processes: Vec::new(),
             routes: Vec::new(),
+            processes_not_visible: None,
         }
     }
 

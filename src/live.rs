@@ -34,8 +34,11 @@ pub fn watch(socket: &Path, interval: Duration, json: bool) -> ExitCode {
     let mut before: Option<(Instant, Snapshot)> = None;
     let mut answered = false;
     loop {
-        let status = match control::query(socket, Duration::from_secs(5)) {
-            Ok(status) => status,
+        let status = match control::query_peer(socket, Duration::from_secs(5)) {
+            Ok((mut status, daemon)) => {
+                control::peers::find(&mut status, daemon);
+                status
+            }
             Err(QueryError::NotRunning(why)) => {
                 eprintln!("fifod is not running ({why})");
                 return ExitCode::from(if answered { 0 } else { 3 });
@@ -154,6 +157,7 @@ mod tests {
             state: "running".into(),
             last_reload: None,
             reload_requests: 0,
+            processes_not_visible: None,
             fifos: Vec::new(),
             processes: Vec::new(),
             routes: vec![RouteStatus {

@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
 
 use crate::common::{
-    Counts, Daemon, IN_OUT, Launch, Sandbox, TIMEOUT, array, checked_counts, fifo_entry, is_root,
-    lstat, nobody, num, open_reader, open_writer, process_entry, read_exact, route_entry,
-    sink_entry, status_json, status_of, text, write_all,
+    Counts, Daemon, IN_OUT, Launch, Outcome, Sandbox, TIMEOUT, array, checked_counts, fifo_entry,
+    is_root, lstat, nobody, num, open_reader, open_writer, process_entry, read_exact, route_entry,
+    sink_entry, status_json, status_of, status_until, text, wait_child, wait_until, write_all,
 };
 
 // ---------------------------------------------------------------------------
@@ -59,6 +60,117 @@ fn hundred_byte_lines(tag: &str, n: usize) -> Vec<Vec<u8>> {
             line
         })
         .collect()
+}
+
+/// This process's `/proc/PID/comm`, as `fifod status` shows it.
+fn own_command() -> String {
+    fs::read_to_string("/proc/self/comm")
+        .expect("read /proc/self/comm")
+        .trim_end()
+        .to_string()
+}
+
+/// `fifod status --format prometheus`, run to its end.
+fn metrics_of(sb: &Sandbox, launch: &Launch) -> Outcome {
+    let mut args = sb.cmd_args("status");
+    args.extend(["--format".into(), "prometheus".into()]);
+    sb.run_to_exit(&args, launch)
+}
+
+/// The samples of a text exposition: value by metric name and labels.
+type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
+
+/// Parses the samples of a text exposition (comments skipped), undoing
+/// the escapes of label values.
+fn parse_exposition(text: &str) -> Samples {
+    let mut samples = Samples::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|e| panic!("bad value in {line:?}: {e}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series, BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+                (name, parse_labels(body, line))
+            }
+        };
+        let old = samples.insert((name.to_string(), labels), value);
+        assert!(old.is_none(), "a series given twice: {line:?}");
+    }
+    samples
+}
+
+fn parse_labels(body: &str, line: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut chars = body.chars();
+    loop {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        if key.is_empty() {
+            return labels;
+        }
+        assert_eq!(chars.next(), Some('"'), "{line:?}");
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                Some('\\') => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(c @ ('\\' | '"')) => value.push(c),
+                    other => panic!("bad escape {other:?} in {line:?}"),
+                },
+                Some('"') => break,
+                Some(c) => value.push(c),
+                None => panic!("unclosed label value in {line:?}"),
+            }
+        }
+        labels.insert(key, value);
+        match chars.next() {
+            Some(',') | None => {}
+            other => panic!("{other:?} after a label value in {line:?}"),
+        }
+    }
+}
+
+/// The value of series `name{labels}`; panics (with every sample) if absent.
+fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|&(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    *samples
+        .get(&(name.to_string(), labels.clone()))
+        .unwrap_or_else(|| panic!("no {name}{labels:?} in {samples:#?}"))
+}
+
+/// Whether promtool can run here (CI installs it).
+fn have_promtool() -> bool {
+    Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A process of the test's own, killed and reaped when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        assert!(
+            wait_child(&mut self.0, TIMEOUT).is_some(),
+            "a killed process did not exit"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -145,10 +257,19 @@ fn status_reports_what_a_live_daemon_relayed() {
         assert_eq!(text(f, "role"), role, "{name}: {f}");
         assert_eq!(num(f, "bytes"), bytes, "{name}: {f}");
         assert_eq!(num(f, "queued"), 0, "{name}: {f}");
-        assert!(
-            f["peers"].is_null() || f["peers"].is_boolean(),
-            "{name}: peers must be null or a bool: {f}"
-        );
+        // Only this test has one of them open: it reads `out`.
+        let peers: Vec<(u64, &str)> = array(f, "peers")
+            .iter()
+            .map(|p| (num(p, "pid"), text(p, "mode")))
+            .collect();
+        if name == "out" {
+            assert!(
+                peers.contains(&(u64::from(std::process::id()), "read")),
+                "{name}: {f}"
+            );
+        } else {
+            assert_eq!(peers, [], "{name}: {f}");
+        }
     }
 
     assert_eq!(array(&st, "processes").len(), 1, "{st}");
@@ -244,7 +365,12 @@ fn status_reports_what_a_live_daemon_relayed() {
         let path = d.fifo(name).display().to_string();
         assert_eq!(r.len(), 7, "FIFO row {r:?}\n{t}");
         let peers = r[4].as_str();
-        assert!(["-", "yes", "no"].contains(&peers), "{r:?}");
+        if name == "out" {
+            let me = format!("{}[{}] r", own_command(), std::process::id());
+            assert!(peers.contains(&me), "{me} not in {r:?}\n{t}");
+        } else {
+            assert_eq!(peers, "-", "{r:?}\n{t}");
+        }
         assert_eq!(
             r,
             [name, path.as_str(), mode, role, peers, bytes, "0 B"],
@@ -757,4 +883,491 @@ fn status_watch_prints_snapshots_with_rates() {
         let doc: serde_json::Value = serde_json::from_str(line).expect("one JSON document a line");
         assert_eq!(doc["state"], "running");
     }
+}
+
+/// `fifod status --format prometheus` is what Prometheus reads:
+/// `promtool check metrics` parses it and finds no problem, with label
+/// values that need escapes, line routes, a process and a failed reload.
+#[test]
+fn metrics_pass_promtool_check_metrics() {
+    let config = r#"
+[fifo.in]
+path = 'in "quoted" \ slashed'
+
+[fifo.out]
+[fifo.log]
+
+[process.cat]
+command = ["cat"]
+
+[[route]]
+name = "audit.in"
+from = ["in"]
+to = ["cat"]
+
+[[route]]
+from = ["cat"]
+to = ["out", "log"]
+framing = "lines"
+when_full = "drop-newest"
+buffer = "4KiB"
+"#;
+    let d = Daemon::start(config);
+    let input = d.sb.run_dir().join(r#"in "quoted" \ slashed"#);
+    let out = open_reader(&d.fifo("out"));
+    write_all(
+        &open_writer(&input),
+        b"one\ntwo\n",
+        Instant::now() + TIMEOUT,
+    );
+    assert_eq!(read_exact(&out, 8, TIMEOUT), b"one\ntwo\n");
+    d.sb.write_config(&format!("{config}\n[fifo.bad]\nmode = \"999\"\n"));
+    d.reload().expect_err("an invalid mode cannot be applied");
+
+    let metrics = metrics_of(&d.sb, &Launch::default());
+    metrics.assert_code(0);
+    let samples = parse_exposition(&metrics.stdout);
+    assert_eq!(
+        sample(&samples, "fifod_last_reload_success", &[]),
+        0.0,
+        "{}",
+        metrics.stdout
+    );
+    let path = input.display().to_string();
+    let info = [
+        ("fifo", "in"),
+        ("path", path.as_str()),
+        ("mode", "0600"),
+        ("role", "input"),
+    ];
+    assert_eq!(sample(&samples, "fifod_fifo_info", &info), 1.0);
+    // As written: the escapes of the text format, and no others.
+    let escaped = format!(
+        r#"path="{}/in \"quoted\" \\ slashed""#,
+        d.sb.run_dir().display()
+    );
+    assert!(metrics.stdout.contains(&escaped), "{}", metrics.stdout);
+
+    if !have_promtool() {
+        println!("note: skipped: promtool is not installed");
+        return;
+    }
+    let file = d.sb.path("fifod.prom");
+    fs::write(&file, &metrics.stdout).unwrap();
+    let (said, complained) = (d.sb.path("promtool.out"), d.sb.path("promtool.err"));
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(fs::File::open(&file).unwrap())
+        .stdout(fs::File::create(&said).unwrap())
+        .stderr(fs::File::create(&complained).unwrap())
+        .spawn()
+        .expect("spawn promtool");
+    let status = wait_child(&mut promtool, TIMEOUT).unwrap_or_else(|| {
+        let _ = promtool.kill();
+        panic!("promtool check metrics did not finish within {TIMEOUT:?}")
+    });
+    let said = fs::read_to_string(said).unwrap() + &fs::read_to_string(complained).unwrap();
+    assert!(
+        status.success() && said.trim().is_empty(),
+        "promtool check metrics: {status}\n{said}\n--- metrics ---\n{}",
+        metrics.stdout
+    );
+}
+
+const COUNTED: &str = r#"
+[daemon]
+pipe_size = "64KiB"
+
+[fifo.in]
+[fifo.out]
+[fifo.a]
+[fifo.b]
+[fifo.log]
+[fifo.feed]
+[fifo.f1]
+[fifo.f2]
+
+[process.cat]
+command = ["cat"]
+
+[[route]]
+name = "copy"
+from = ["in"]
+to = ["cat"]
+
+[[route]]
+from = ["cat"]
+to = ["out"]
+
+[[route]]
+name = "fan-in"
+from = ["a", "b"]
+to = ["log"]
+framing = "lines"
+buffer = "4KiB"
+when_full = "drop-newest"
+
+[[route]]
+from = ["feed"]
+to = ["f1", "f2"]
+"#;
+
+/// Every number the metrics give is the JSON document's, taken while
+/// nothing moves: routes that deliver, hold and drop, in bytes and lines,
+/// FIFOs, the process, peers and a reload.
+#[test]
+fn metrics_are_the_numbers_of_the_json_document() {
+    let d = Daemon::start(COUNTED);
+    d.reload_ok(COUNTED);
+    let end = Instant::now() + TIMEOUT;
+    let out = open_reader(&d.fifo("out"));
+    let f1 = open_reader(&d.fifo("f1"));
+    write_all(&open_writer(&d.fifo("in")), &[b'i'; 1000], end);
+    assert_eq!(read_exact(&out, 1000, TIMEOUT).len(), 1000);
+    write_all(&open_writer(&d.fifo("feed")), &[b'f'; 500], end);
+    assert_eq!(read_exact(&f1, 500, TIMEOUT).len(), 500);
+    // Nobody reads `log`: past its pipe and 4 KiB, lines are dropped; `b`
+    // leaves a line in progress.
+    let lines = hundred_byte_lines("a", 1000).concat();
+    write_all(&open_writer(&d.fifo("a")), &lines, end);
+    let b = open_writer(&d.fifo("b"));
+    write_all(&b, b"partial", end);
+    status_until(&d, "every byte read", |st| {
+        num(fifo_entry(st, "a"), "bytes") == lines.len() as u64
+            && num(fifo_entry(st, "b"), "bytes") == 7
+    });
+
+    // A snapshot of the metrics between two equal documents.
+    let moving = |st: &serde_json::Value| {
+        serde_json::json!([
+            st["fifos"],
+            st["processes"],
+            st["routes"],
+            st["reload_requests"]
+        ])
+    };
+    let (mut before, mut metrics, mut after) = Default::default();
+    let still = wait_until(TIMEOUT, || {
+        before = status_json(&d);
+        let outcome = metrics_of(&d.sb, &Launch::default());
+        outcome.assert_code(0);
+        metrics = outcome.stdout;
+        after = status_json(&d);
+        moving(&before) == moving(&after)
+    });
+    assert!(still, "the status kept changing: {before}\n{after}");
+    let st = &before;
+    let m = parse_exposition(&metrics);
+    let got = |name: &str, labels: &[(&str, &str)]| sample(&m, name, labels) as u64;
+
+    let mut routes = Vec::new();
+    for r in array(st, "routes") {
+        let route = text(r, "name");
+        routes.push(route.to_string());
+        for s in array(r, "sinks") {
+            let labels = [("route", route), ("sink", text(s, "sink"))];
+            let (bytes, lines) = checked_counts(s);
+            let counted = |what: &str, unit: &str| {
+                let (total, held) = match unit {
+                    "bytes" => ("fifod_route_{}_bytes_total", "fifod_route_held_bytes"),
+                    _ => ("fifod_route_{}_lines_total", "fifod_route_held_lines"),
+                };
+                if what == "held" {
+                    got(held, &labels)
+                } else {
+                    got(&total.replace("{}", what), &labels)
+                }
+            };
+            let from_metrics = |unit| Counts {
+                produced: counted("produced", unit),
+                delivered: counted("delivered", unit),
+                held: counted("held", unit),
+                dropped: counted("dropped", unit),
+            };
+            assert_eq!(from_metrics("bytes"), bytes, "{labels:?}\n{metrics}");
+            match lines {
+                Some(lines) => assert_eq!(from_metrics("lines"), lines, "{labels:?}\n{metrics}"),
+                None => assert!(
+                    !m.contains_key(&(
+                        "fifod_route_produced_lines_total".into(),
+                        labels
+                            .iter()
+                            .map(|&(k, v)| (k.to_string(), v.to_string()))
+                            .collect()
+                    )),
+                    "line counts for a byte route {labels:?}\n{metrics}"
+                ),
+            }
+        }
+        if text(r, "framing") == "lines" {
+            assert_eq!(
+                got("fifod_route_long_lines_total", &[("route", route)]),
+                num(r, "long_lines")
+            );
+        }
+    }
+    assert_eq!(routes, ["copy", "route[1]", "fan-in", "route[3]"]);
+    // The traffic did what it should, so the numbers above meant something.
+    let fan_in = [("route", "fan-in"), ("sink", "log")];
+    assert!(
+        got("fifod_route_dropped_lines_total", &fan_in) > 0,
+        "{metrics}"
+    );
+    assert!(got("fifod_route_held_bytes", &fan_in) > 7, "{metrics}");
+    assert_eq!(
+        got(
+            "fifod_route_delivered_bytes_total",
+            &[("route", "route[3]"), ("sink", "f2")]
+        ),
+        500
+    );
+
+    let fifos = array(st, "fifos");
+    assert_eq!(got("fifod_fifos", &[]), fifos.len() as u64);
+    for f in fifos {
+        let fifo = [("fifo", text(f, "name"))];
+        assert_eq!(got("fifod_fifo_bytes_total", &fifo), num(f, "bytes"), "{f}");
+        assert_eq!(
+            got("fifod_fifo_queued_bytes", &fifo),
+            num(f, "queued"),
+            "{f}"
+        );
+        let peers = array(f, "peers");
+        let with = |mode: &str| {
+            peers
+                .iter()
+                .filter(|p| text(p, "mode") == mode || text(p, "mode") == "read-write")
+                .count() as u64
+        };
+        assert_eq!(got("fifod_fifo_readers", &fifo), with("read"), "{f}");
+        assert_eq!(got("fifod_fifo_writers", &fifo), with("write"), "{f}");
+    }
+    assert_eq!(got("fifod_fifo_readers", &[("fifo", "out")]), 1);
+    assert_eq!(got("fifod_fifo_writers", &[("fifo", "b")]), 1);
+    assert_eq!(
+        got("fifod_peer_processes_not_visible", &[]),
+        num(st, "processes_not_visible")
+    );
+    let cat = process_entry(st, "cat");
+    assert_eq!(got("fifod_process_up", &[("process", "cat")]), 1);
+    assert_eq!(
+        got("fifod_process_restarts_total", &[("process", "cat")]),
+        num(cat, "restarts")
+    );
+    assert_eq!(got("fifod_processes", &[("state", "running")]), 1);
+    assert_eq!(got("fifod_processes", &[("state", "stopped")]), 0);
+
+    assert_eq!(got("fifod_reload_requests_total", &[]), 1);
+    assert_eq!(got("fifod_last_reload_success", &[]), 1);
+    assert_eq!(
+        got("fifod_last_reload_timestamp_seconds", &[]),
+        num(&st["last_reload"], "at")
+    );
+    let uptime = sample(&m, "fifod_uptime_seconds", &[]);
+    let seconds = |v: &serde_json::Value| v["uptime_seconds"].as_f64().unwrap();
+    assert!(
+        (seconds(&before)..=seconds(&after)).contains(&uptime),
+        "uptime {uptime}"
+    );
+    let started = sample(&m, "fifod_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - uptime - started).abs() < 5.0,
+        "started {started}, now {now}, uptime {uptime}"
+    );
+    drop(b);
+}
+
+/// PEERS: the processes that have a FIFO open, by pid, command and mode,
+/// found by `fifod status` in /proc; fifod itself is never one of them.
+#[test]
+fn peers_are_the_processes_that_have_a_fifo_open_but_never_fifod() {
+    let toml = format!("{IN_OUT}\n[fifo.side]\n");
+    let d = Daemon::start(&toml);
+    let spawn = |cmd: &str, fifo: &str| {
+        Running(
+            Command::new(cmd)
+                .arg(d.fifo(fifo))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {cmd}: {e}")),
+        )
+    };
+    let reader = spawn("cat", "out");
+    let writer = spawn("tee", "in");
+    let side = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.fifo("side"))
+        .unwrap();
+    let (reader_pid, writer_pid) = (u64::from(reader.0.id()), u64::from(writer.0.id()));
+    let me = u64::from(std::process::id());
+    let peers_of = |st: &serde_json::Value, fifo: &str| -> Vec<(u64, String, String)> {
+        array(fifo_entry(st, fifo), "peers")
+            .iter()
+            .map(|p| {
+                (
+                    num(p, "pid"),
+                    text(p, "command").to_string(),
+                    text(p, "mode").to_string(),
+                )
+            })
+            .collect()
+    };
+    let st = status_until(&d, "cat reading out and tee writing in", |st| {
+        !peers_of(st, "out").is_empty() && !peers_of(st, "in").is_empty()
+    });
+    assert_eq!(
+        peers_of(&st, "out"),
+        [(reader_pid, "cat".to_string(), "read".to_string())],
+        "{st}"
+    );
+    assert_eq!(
+        peers_of(&st, "in"),
+        [(writer_pid, "tee".to_string(), "write".to_string())],
+        "{st}"
+    );
+    assert!(
+        peers_of(&st, "side").contains(&(me, own_command(), "read-write".into())),
+        "{st}"
+    );
+    // fifod holds every FIFO, and is listed for none.
+    for f in array(&st, "fifos") {
+        for p in array(f, "peers") {
+            assert_ne!(num(p, "pid"), u64::from(d.pid()), "fifod is a peer: {f}");
+        }
+    }
+    assert!(st["processes_not_visible"].is_u64(), "{st}");
+
+    // The table and the metrics say the same.
+    let table = status_of(&d.sb, false);
+    table.assert_code(0);
+    let rows = table_rows(&table.stdout, "FIFO");
+    assert_eq!(
+        row(&rows, "out", "FIFO")[4],
+        format!("cat[{reader_pid}] r"),
+        "{}",
+        table.stdout
+    );
+    assert_eq!(
+        row(&rows, "in", "FIFO")[4],
+        format!("tee[{writer_pid}] w"),
+        "{}",
+        table.stdout
+    );
+    let metrics = metrics_of(&d.sb, &Launch::default());
+    metrics.assert_code(0);
+    let m = parse_exposition(&metrics.stdout);
+    for (name, fifo, n) in [
+        ("fifod_fifo_readers", "out", 1.0),
+        ("fifod_fifo_writers", "out", 0.0),
+        ("fifod_fifo_readers", "in", 0.0),
+        ("fifod_fifo_writers", "in", 1.0),
+    ] {
+        assert_eq!(sample(&m, name, &[("fifo", fifo)]), n, "{name} {fifo}");
+    }
+
+    // Once they are gone, so are their entries.
+    drop((reader, writer, side));
+    status_until(&d, "no peers left", |st| {
+        ["in", "out", "side"]
+            .iter()
+            .all(|f| peers_of(st, f).iter().all(|p| p.0 != me) && peers_of(st, f).is_empty())
+    });
+}
+
+/// A user who may ask for the status sees the peers they may inspect, and
+/// is told how many processes they could not.
+#[test]
+fn peers_another_user_cannot_see_are_counted_not_listed() {
+    if !is_root() {
+        println!("note: skipped: asking as another user needs root");
+        return;
+    }
+    let (uid, gid) = nobody();
+    let d = Daemon::start(&format!("[daemon]\ncontrol_group = {gid}\n{IN_OUT}"));
+    open_to_others(&d);
+    let reader = open_reader(&d.fifo("out"));
+    let me = u64::from(std::process::id());
+    let st = status_json(&d);
+    let listed = |st: &serde_json::Value| -> Vec<u64> {
+        array(fifo_entry(st, "out"), "peers")
+            .iter()
+            .map(|p| num(p, "pid"))
+            .collect()
+    };
+    assert!(listed(&st).contains(&me), "{st}");
+
+    let member = Launch {
+        user: Some((uid, gid)),
+        ..Launch::default()
+    };
+    let mut args = d.sb.cmd_args("status");
+    args.push("--json".into());
+    let out = d.sb.run_to_exit(&args, &member);
+    out.assert_code(0);
+    let st: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(!listed(&st).contains(&me), "{st}");
+    let hidden = num(&st, "processes_not_visible");
+    assert!(hidden >= 1, "{st}");
+    let table = d.sb.run_to_exit(&d.sb.cmd_args("status"), &member);
+    table.assert_code(0);
+    assert!(
+        table
+            .stdout
+            .contains(" processes not visible to this user)\n")
+            || table
+                .stdout
+                .contains("(PEERS: 1 process not visible to this user)\n"),
+        "{}",
+        table.stdout
+    );
+    let metrics = metrics_of(&d.sb, &member);
+    metrics.assert_code(0);
+    let m = parse_exposition(&metrics.stdout);
+    assert!(sample(&m, "fifod_peer_processes_not_visible", &[]) >= 1.0);
+    drop(reader);
+}
+
+/// `--json` is `--format json`, and `--format table` the default; metrics
+/// are not watched.
+#[test]
+fn format_json_and_table_are_the_json_flag_and_the_default() {
+    let d = Daemon::start(IN_OUT);
+    let with = |extra: &[&str]| {
+        let mut args = d.sb.cmd_args("status");
+        args.extend(extra.iter().map(Into::into));
+        let out = d.sb.run_to_exit(&args, &Launch::default());
+        out.assert_code(0);
+        out.stdout
+    };
+    let document = |text: String| -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["uptime_seconds"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(
+        document(with(&["--format", "json"])),
+        document(with(&["--json"]))
+    );
+    let first_lines = |text: String| text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        first_lines(with(&["--format", "table"])),
+        first_lines(with(&[]))
+    );
+    let both = {
+        let mut args = d.sb.cmd_args("status");
+        args.extend(["--json".into(), "--format".into(), "table".into()]);
+        d.sb.run_to_exit(&args, &Launch::default())
+    };
+    both.assert_code(2);
+    let mut args = d.sb.cmd_args("status");
+    args.extend(["--watch".into(), "--format".into(), "prometheus".into()]);
+    let watched = d.sb.run_to_exit(&args, &Launch::default());
+    watched.assert_code(2);
+    assert!(watched.stdout.is_empty(), "{}", watched.stdout);
 }

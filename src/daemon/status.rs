@@ -260,6 +260,7 @@ impl Daemon {
             fifos,
             processes,
             routes,
+            processes_not_visible: None,
         }
     }
 }
