@@ -3,6 +3,9 @@
 //! its fd through `LISTEN_FDS`/`LISTEN_PID`, named by `FileDescriptorName=`
 //! in `LISTEN_FDNAMES`. Each name must be a `[fifo.NAME]` of the config.
 //!
+//! fds fifod stored itself (`fdstore`) come back the same way, under names
+//! of its own; they are sorted out here and taken back by the daemon.
+//!
 //! Such a FIFO belongs to systemd: fifod does not create, chmod, chown or
 //! remove it. Because systemd keeps it open, what writers put in it while
 //! fifod restarts waits in the pipe.
@@ -13,11 +16,22 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use nix::sys::stat::{SFlag, fstat};
 
 use crate::config::Config;
+use crate::fdstore::{self, Stored};
 
-/// Takes the fds passed to fifod, by name, checking that each is a FIFO
-/// that the config claims. Without `LISTEN_FDS` (or when `LISTEN_PID` names
-/// another process), there are none.
-pub fn passed_fifos(config: &Config) -> Result<HashMap<String, OwnedFd>, String> {
+/// The fds passed to fifod: socket units' FIFOs, and what fifod itself
+/// stored before it was started again.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// Socket units' FIFOs, by `[fifo.NAME]`.
+    pub fifos: HashMap<String, OwnedFd>,
+    /// fds fifod stored (names under `fdstore::PREFIX`).
+    pub stored: Stored,
+}
+
+/// Takes the fds passed to fifod, by name, checking that each socket
+/// unit's is a FIFO that the config claims. Without `LISTEN_FDS` (or when
+/// `LISTEN_PID` names another process), there are none.
+pub fn passed_fds(config: &Config) -> Result<Passed, String> {
     // LISTEN_FDNAMES is read only when fds are really for fifod: variables
     // meant for another process (LISTEN_PID names it) are none of its business.
     let none = sd_notify::listen_fds()
@@ -25,16 +39,21 @@ pub fn passed_fifos(config: &Config) -> Result<HashMap<String, OwnedFd>, String>
         .len()
         == 0;
     if none {
-        return Ok(HashMap::new());
+        return Ok(Passed::default());
     }
     let passed = sd_notify::listen_fds_with_names()
         .map_err(|e| format!("cannot take the fds passed by the service manager: {e}"))?;
     let mut fifos = HashMap::new();
+    let mut stored = Vec::new();
     for (raw, name) in passed {
         // SAFETY: by the LISTEN_FDS protocol (checked against LISTEN_PID),
         // fds 3..3+LISTEN_FDS were open before fifod started and are passed
         // for it to own; nothing else in fifod owns them, and this runs once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if name.starts_with(fdstore::PREFIX) {
+            stored.push((name, fd));
+            continue;
+        }
         let kind = fstat(&fd)
             .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT)
             .map_err(|e| format!("passed fd {raw} ({name}): {}", e.desc()))?;
@@ -54,5 +73,8 @@ pub fn passed_fifos(config: &Config) -> Result<HashMap<String, OwnedFd>, String>
             return Err(format!("two passed fds are named \"{name}\""));
         }
     }
-    Ok(fifos)
+    Ok(Passed {
+        fifos,
+        stored: Stored::sort(stored),
+    })
 }

@@ -93,6 +93,11 @@ impl NodeId {
             ino: st.st_ino,
         }
     }
+
+    /// The node an open fd is on.
+    pub fn of_fd(fd: BorrowedFd<'_>) -> nix::Result<NodeId> {
+        fstat(fd).map(|st| NodeId::of(&st))
+    }
 }
 
 fn file_kind(st: &FileStat) -> &'static str {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod event_loop;
+pub mod fdstore;
 pub mod fifo;
 pub mod live;
 pub mod notify;

@@ -7,6 +7,7 @@ mod common;
 mod activation;
 mod cli;
 mod config_errors;
+mod crash;
 mod faults;
 mod fragments;
 mod framing;

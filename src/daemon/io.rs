@@ -48,6 +48,16 @@ pub(super) fn let_go(
     gone
 }
 
+/// Why a zero-copy transfer moved nothing, when the copying path would
+/// only read bytes into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SpliceStop {
+    /// The source holds nothing (and has writers).
+    SourceEmpty,
+    /// This lane's pipe has no room left, though its `buffer` has.
+    LanePipeFull(LaneId),
+}
+
 impl Daemon {
     pub(super) fn watch_source(&mut self, s: SourceId) {
         let token = Token::Source(self.sources.key(s));
@@ -127,7 +137,25 @@ impl Daemon {
     // ---- Moving bytes -------------------------------------------------------
 
     pub(super) fn read_source(&mut self, s: SourceId) {
-        if let Some(moved) = self.splice_source(s) {
+        self.splice_stop = None;
+        let moved = self.splice_source(s);
+        // With an fd store, bytes of a byte route never wait in fifod's
+        // memory, where a crash would take them: they stay in the source
+        // until a pipe can take them (the copying path would read them).
+        if moved.is_none() && self.fd_store.enabled() {
+            match self.splice_stop.take() {
+                Some(SpliceStop::SourceEmpty) => return,
+                Some(SpliceStop::LanePipeFull(l))
+                    if self.relay.lanes()[l].policy() == crate::config::WhenFull::Block =>
+                {
+                    // Resumed once the sink takes bytes out of the pipe.
+                    self.pause(s);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if let Some(moved) = moved {
             self.sources[s].bytes += moved as u64;
             if let Some(q) = &mut self.sources[s].quota {
                 *q = q.saturating_sub(moved);
@@ -323,6 +351,10 @@ impl Daemon {
             match splice(source, None, sink, None, len, SPLICE_FLAGS) {
                 Ok(n) if n > 0 => return Some((Took { sent: n, piped: 0 }, n)),
                 Err(Errno::EAGAIN) if pipe::queued_bytes(source) > 0 => {}
+                Err(Errno::EAGAIN) => {
+                    self.splice_stop = Some(SpliceStop::SourceEmpty);
+                    return None;
+                }
                 _ => return None,
             }
         }
@@ -339,6 +371,12 @@ impl Daemon {
             let lane_pipe = self.lane_pipe(l)?;
             match splice(source, None, lane_pipe, None, len.min(room), SPLICE_FLAGS) {
                 Ok(n) if n > 0 => n,
+                // Its pages are full before its bytes reach `buffer` (the
+                // source came in small pieces).
+                Err(Errno::EAGAIN) if pipe::queued_bytes(source) > 0 => {
+                    self.splice_stop = Some(SpliceStop::LanePipeFull(l));
+                    return None;
+                }
                 _ => return None,
             }
         } else {
@@ -620,6 +658,8 @@ impl Daemon {
                     Ok(keep_alive) => {
                         self.sinks[k].keep_alive = Some(keep_alive);
                         self.set_sink_fd(k, None);
+                        // The store's copy must not be a writer either.
+                        self.store_fifo(fifo);
                         debug!("fifo {}: end of session delivered", self.sinks[k].name);
                         true
                     }
@@ -647,6 +687,7 @@ impl Daemon {
             Ok(fd) => {
                 self.sinks[k].fd = Some(fd);
                 self.sinks[k].keep_alive = None;
+                self.store_fifo(fifo);
                 true
             }
             Err(e) => {

@@ -21,6 +21,12 @@ const DEFAULT_PIPE: usize = 16 * pipe::PAGE;
 #[derive(Debug)]
 pub(super) struct LanePipes {
     by_lane: Vec<Option<PrivatePipe>>,
+    /// The name each lane's pipe is in the service manager's fd store
+    /// under, while it is (`fdstore`).
+    stored_as: Vec<Option<String>>,
+    /// Names of pipes taken back from lanes, to take out of the store
+    /// before any pipe is stored again (`Daemon::unstore_lane_pipes`).
+    unstore: Vec<String>,
     spare: Vec<PrivatePipe>,
     /// Capacity of every pipe here, in use or spare.
     total: usize,
@@ -38,6 +44,8 @@ impl LanePipes {
         let budget = pipe::budget_share().unwrap_or(usize::MAX);
         LanePipes {
             by_lane: (0..lanes).map(|_| None).collect(),
+            stored_as: vec![None; lanes],
+            unstore: Vec::new(),
             spare: Vec::new(),
             total: 0,
             budget,
@@ -108,11 +116,49 @@ impl LanePipes {
         }
     }
 
+    /// Gives `lane` a pipe taken back from the fd store (where it is
+    /// under `name`), with what it holds. False if the lane has one.
+    pub(super) fn adopt(&mut self, lane: LaneId, pipe: PrivatePipe, name: String) -> bool {
+        match self.by_lane.get(lane) {
+            Some(None) => {
+                self.total += pipe.capacity;
+                self.by_lane[lane] = Some(pipe);
+                self.stored_as[lane] = Some(name);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The name `lane`'s pipe is stored under, if it is.
+    pub(super) fn stored_as(&self, lane: LaneId) -> Option<&str> {
+        self.stored_as.get(lane)?.as_deref()
+    }
+
+    pub(super) fn set_stored_as(&mut self, lane: LaneId, name: Option<String>) {
+        if let Some(slot) = self.stored_as.get_mut(lane) {
+            *slot = name;
+        }
+    }
+
+    /// Names to take out of the fd store, oldest first.
+    pub(super) fn take_unstore(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.unstore)
+    }
+
+    /// Notes that `lane` no longer has its pipe: out of the store with it.
+    fn unstored(&mut self, lane: LaneId) {
+        if let Some(name) = self.stored_as.get_mut(lane).and_then(Option::take) {
+            self.unstore.push(name);
+        }
+    }
+
     /// Takes back `lane`'s pipe, which holds nothing.
     pub(super) fn release(&mut self, lane: LaneId) {
         let Some(pipe) = self.by_lane.get_mut(lane).and_then(Option::take) else {
             return;
         };
+        self.unstored(lane);
         if self.spare.len() < SPARE_MAX {
             self.spare.push(pipe);
         } else {
@@ -124,6 +170,7 @@ impl LanePipes {
     pub(super) fn close(&mut self, lane: LaneId) {
         if let Some(pipe) = self.by_lane.get_mut(lane).and_then(Option::take) {
             self.total -= pipe.capacity;
+            self.unstored(lane);
         }
     }
 
@@ -138,6 +185,7 @@ impl LanePipes {
             }
         }
         self.by_lane.resize_with(lanes.len(), || None);
+        self.stored_as.resize(lanes.len(), None);
     }
 }
 
@@ -151,6 +199,15 @@ impl Daemon {
         let want = self.relay.lanes()[lane].capacity();
         if !self.lane_pipes.ensure(lane, want) {
             return None;
+        }
+        // With a store, a pipe takes bytes only once the service manager
+        // holds it too: what it holds then outlives a crash of fifod.
+        if self.fd_store.enabled() && self.lane_pipes.stored_as(lane).is_none() {
+            self.unstore_lane_pipes();
+            if !self.store_lane_pipe(lane) {
+                self.lane_pipes.release(lane);
+                return None;
+            }
         }
         self.lane_pipes.get(lane).map(|p| p.write.as_fd())
     }

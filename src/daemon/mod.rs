@@ -42,6 +42,7 @@ mod retiring;
 mod shutdown;
 mod slots;
 mod status;
+mod stored;
 mod timers;
 
 use slots::Slots;
@@ -257,6 +258,8 @@ pub struct Daemon {
     ends: Vec<ProcessEnds>,
     drop_logs: drops::DropLogs,
     scratch: Vec<u8>,
+    /// Why the last zero-copy transfer moved nothing, if it says.
+    splice_stop: Option<io::SpliceStop>,
     state: State,
     control: Option<ControlServer>,
     /// The control socket is not watched until then (after an error).
@@ -281,6 +284,11 @@ pub struct Daemon {
     dir_watch: Option<DirWatch>,
     /// Reads and checks the config again on SIGHUP, off the loop.
     loader: loader::ConfigLoader,
+    /// The service manager's fd store, where what holds bytes outlives a
+    /// crash (`stored.rs`).
+    fd_store: crate::fdstore::FdStore,
+    /// How each FIFO's fd in the store is held, by FIFO name.
+    fifo_held: HashMap<String, stored::Held>,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -298,14 +306,14 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), RunError> {
         .map_err(|e| RunError::Start(format!("cannot set up the event loop: {e}")))?;
     // Nodes are created private and given their exact mode by fchmod; the
     // umask must not narrow that first step. Children get the umask back.
-    let passed = crate::activation::passed_fifos(&config).map_err(RunError::Start)?;
+    let passed = crate::activation::passed_fds(&config).map_err(RunError::Start)?;
     let old_umask = umask(NixMode::from_bits_truncate(0o077));
-    let footprint = Footprint::create(&config, passed);
+    let footprint = Footprint::create(&config, passed.fifos);
     umask(old_umask);
     let loader = loader::ConfigLoader::new()
         .map_err(|e| RunError::Start(format!("cannot set up reloading: {e}")))?;
     let mut daemon = Daemon::new(config, config_path, footprint?, events, loader)?;
-    daemon.start_all();
+    daemon.start_all(passed.stored);
     daemon.run_loop();
     Ok(())
 }
@@ -653,6 +661,7 @@ impl Daemon {
             ends,
             drop_logs,
             scratch: vec![0; READ_CHUNK],
+            splice_stop: None,
             state: State::Running,
             control,
             control_retry_at: None,
@@ -664,6 +673,8 @@ impl Daemon {
                 .ok()
                 .map(OwnedFd::from),
             notifier: Notifier::from_env(),
+            fd_store: crate::fdstore::FdStore::from_env(),
+            fifo_held: HashMap::default(),
             config_path,
             last_reload: last_reload::LastReload::default(),
             retiring: retiring::RetiringOutputs::default(),
@@ -735,7 +746,9 @@ impl Daemon {
         Some(Size(size as u64))
     }
 
-    fn start_all(&mut self) {
+    fn start_all(&mut self, stored: crate::fdstore::Stored) {
+        // Before anything is read: bytes held before a crash go first.
+        self.take_back(stored);
         for s in self.sources.ids() {
             self.watch_source(s);
         }
@@ -790,6 +803,7 @@ impl Daemon {
                 self.handle(event);
             }
             self.on_timers();
+            self.unstore_lane_pipes();
             if !events.is_empty() && self.state == State::Running {
                 self.offer_status();
             }

@@ -192,6 +192,7 @@ impl Daemon {
                     .failed(first_error.as_deref().unwrap_or(&why));
             }
         }
+        self.store_fifos();
         let line = self.status_line();
         self.notifier.ready(&line);
         give_memory_back();

@@ -28,6 +28,9 @@ impl Daemon {
                 };
                 let line = format!("stopping: draining (received {name})");
                 self.notifier.stopping(&self.last_reload.status_line(line));
+                // A clean stop leaves the fd store empty, and the store's
+                // fds must not count as readers of the outputs.
+                self.fd_store.close();
                 // Take what writers already put in the inputs, and no more.
                 for s in self.sources.ids() {
                     if self.sources[s].kind.written_by_others() {

@@ -34,6 +34,15 @@ impl Relay {
         lane.forget(n, lost);
     }
 
+    /// Records that `lane` was given a pipe that already holds `n` bytes
+    /// for its sink (taken back from the service manager's fd store after
+    /// a crash): they are held, first in line, and counted as accepted.
+    pub fn recovered_pipe(&mut self, lane: LaneId, n: usize) {
+        let lane = &mut self.lanes[lane];
+        lane.piped += n;
+        lane.stats.accepted += n as u64;
+    }
+
     /// Records that `lane`'s pipe went away with what it held: those bytes
     /// are counted as dropped, and returned. Bytes it held ahead of the
     /// source are still in the source and come again.

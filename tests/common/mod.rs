@@ -24,12 +24,14 @@ use tempfile::TempDir;
 
 mod files;
 mod log;
+mod manager;
 mod pattern;
 mod procs;
 mod status;
 mod strace;
 pub use files::*;
 pub use log::*;
+pub use manager::*;
 pub use pattern::*;
 pub use procs::*;
 pub use status::*;
@@ -622,6 +624,17 @@ impl Daemon {
     /// (all threads sleeping, no I/O syscalls for several polls).
     pub fn wait_idle(&self, pipes: &[&File]) {
         wait_idle(self.pid(), pipes, TIMEOUT);
+    }
+}
+
+impl Daemon {
+    /// Kills the daemon with SIGKILL, as a crash would, waits for it, and
+    /// gives its sandbox back (for the daemon started after the crash).
+    pub fn kill9(mut self) -> Sandbox {
+        let _ = self.child.kill();
+        let status = wait_child(&mut self.child, TIMEOUT).expect("a killed fifod exits");
+        self.status = Some(status);
+        std::mem::take(&mut self.sb)
     }
 }
 

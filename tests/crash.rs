@@ -1,0 +1,219 @@
+//! Crash-only fifod: under a service manager with an fd store (the
+//! stand-in of `common::manager`), fifod killed with SIGKILL at random
+//! moments mid-stream and started again loses no byte, repeats none, and
+//! nobody connected notices.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::PollFlags;
+
+use crate::common::{
+    BULK_TIMEOUT, Daemon, IN_OUT, KIB, MIB, Rng, Sandbox, StandIn, TIMEOUT, Verifier, fill_pattern,
+    open_reader, open_writer, poll_one, spawn, write_all,
+};
+
+/// How many times each stream is cut short by a SIGKILL.
+const CRASHES: usize = 20;
+
+fn inode(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .ino()
+}
+
+/// Reads `len` bytes of stream `seed`, checking each against the stream,
+/// pausing now and then when `slow` (so that fifod holds bytes in lane
+/// pipes); panics on EOF, a wrong byte or the deadline. `progress` says how
+/// far it got.
+fn read_stream(
+    f: File,
+    seed: u64,
+    len: u64,
+    slow: bool,
+    progress: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let end = Instant::now() + BULK_TIMEOUT;
+    let mut v = Verifier::new(seed, 0);
+    let mut buf = vec![0u8; 64 * KIB];
+    let mut rng = Rng::new(seed);
+    while v.offset < len {
+        let want = buf.len().min((len - v.offset) as usize);
+        let mut r = &f;
+        match r.read(&mut buf[..want]) {
+            Ok(0) => return Err(format!("EOF after {} of {len} bytes", v.offset)),
+            Ok(n) => {
+                let at = v.offset;
+                if let Err(e) = v.check(&buf[..n]) {
+                    // Where the bytes read come from in the stream.
+                    let window = 8 * MIB as u64;
+                    let from = at.saturating_sub(window);
+                    let stream = crate::common::pattern(seed, from, 2 * window as usize);
+                    let bad = e
+                        .split("at offset ")
+                        .nth(1)
+                        .and_then(|r| r.split(':').next())
+                        .and_then(|o| o.parse::<u64>().ok())
+                        .unwrap_or(at);
+                    let i = (bad - at) as usize;
+                    let probe = &buf[i..n.min(i + 64)];
+                    let found = stream
+                        .windows(probe.len())
+                        .position(|w| w == probe)
+                        .map(|p| p as i64 + from as i64 - bad as i64);
+                    return Err(format!("{e}; read {n} bytes at {at}, which are the stream's at a shift of {found:?}"));
+                }
+                progress.store(v.offset, Ordering::Relaxed);
+                if slow && rng.between(0, 15) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= end {
+                    return Err(format!("read timed out after {} of {len} bytes", v.offset));
+                }
+                poll_one(&f, PollFlags::POLLIN, Duration::from_millis(200));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read after {} bytes: {e}", v.offset)),
+        }
+    }
+    // Nothing more than the stream.
+    let mut r = &f;
+    match r.read(&mut buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Ok(n) => Err(format!("{n} bytes more than the {len} written")),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+/// Writes `len` bytes of stream `seed` (a write that fails, EPIPE
+/// included, panics).
+fn write_stream(f: File, seed: u64, len: u64) {
+    let end = Instant::now() + BULK_TIMEOUT;
+    let mut buf = vec![0u8; 64 * KIB];
+    let mut done = 0u64;
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    while done < len {
+        // Pieces of every size, so that kills land between and inside them.
+        let n = rng.between(1, buf.len()).min((len - done) as usize);
+        fill_pattern(seed, done, &mut buf[..n]);
+        write_all(&f, &buf[..n], end);
+        done += n as u64;
+    }
+}
+
+/// One stream through `in` → `out`, fifod killed `CRASHES` times while it
+/// flows; the reader gets exactly the stream, the writer never an error,
+/// the FIFOs stay the same nodes, and a clean stop empties the store.
+fn stream_survives_crashes(len: u64, slow: bool, seed: u64) {
+    let sb = Sandbox::new();
+    sb.write_config(IN_OUT);
+    let mut manager = StandIn::new(&sb);
+    let mut d = manager.start(sb);
+    let (input, output) = (d.fifo("in"), d.fifo("out"));
+    let nodes = (inode(&input), inode(&output));
+
+    let progress = Arc::new(AtomicU64::new(0));
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let reader = {
+        let f = open_reader(&output);
+        let progress = Arc::clone(&progress);
+        let failure = Arc::clone(&failure);
+        spawn(move || {
+            let outcome = read_stream(f, seed, len, slow, progress);
+            if let Err(e) = &outcome {
+                *failure.lock().unwrap() = Some(e.clone());
+            }
+            outcome
+        })
+    };
+    let writer = {
+        let f = open_writer(&input);
+        spawn(move || write_stream(f, seed, len))
+    };
+
+    let mut rng = Rng::new(seed);
+    let step = (len / (2 * CRASHES as u64)).max(1);
+    for crash in 0..CRASHES {
+        // A random moment mid-stream: once the reader got a little further.
+        let at = progress.load(Ordering::Relaxed) + rng.between(1, step as usize) as u64;
+        let end = Instant::now() + BULK_TIMEOUT;
+        while progress.load(Ordering::Relaxed) < at.min(len - 1) {
+            if let Some(e) = failure.lock().unwrap().take() {
+                let mut logs = String::new();
+                for n in 0..200 {
+                    if let Ok(text) = std::fs::read_to_string(d.sb.path(&format!("stderr-{n}.log"))) {
+                        logs.push_str(&format!("--- daemon log {n} ---\n{text}"));
+                    }
+                }
+                panic!("crash {crash}: the reader failed: {e}\n{logs}");
+            }
+            assert!(
+                Instant::now() < end,
+                "crash {crash}: the stream stalled at {} of {len} bytes\n{}\n{}",
+                progress.load(Ordering::Relaxed),
+                d.log(),
+                crate::common::status_of(&d.sb, true).stdout
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        d = manager.crash_and_restart(d);
+        assert_eq!(
+            (inode(&input), inode(&output)),
+            nodes,
+            "crash {crash}: the FIFOs are not the same nodes"
+        );
+    }
+    writer.join(BULK_TIMEOUT);
+    if let Err(e) = reader.join(BULK_TIMEOUT) {
+        panic!("{e}\n--- log of the last fifod ---\n{}", d.log());
+    }
+    d.stop_ok();
+    assert_eq!(
+        manager.names(),
+        Vec::<String>::new(),
+        "a clean stop leaves the fd store empty"
+    );
+    assert!(!input.exists() && !output.exists(), "a clean stop removes the FIFOs");
+}
+
+#[test]
+fn a_byte_stream_loses_nothing_when_fifod_is_killed() {
+    stream_survives_crashes(256 * MIB as u64, false, 1);
+}
+
+#[test]
+fn bytes_held_for_a_slow_reader_survive_a_kill() {
+    stream_survives_crashes(16 * MIB as u64, true, 2);
+}
+
+/// What fifod stores: each FIFO's fd, under names of its own, and nothing
+/// after a clean stop; without `FDSTORE`, nothing at all.
+#[test]
+fn fifod_stores_its_fifos_and_takes_them_out_at_stop() {
+    let sb = Sandbox::new();
+    sb.write_config(IN_OUT);
+    let mut manager = StandIn::new(&sb);
+    let mut d = manager.start(sb);
+    let mut names = manager.names();
+    names.sort();
+    assert_eq!(names, ["fifod/fifo/in", "fifod/fifo/out"]);
+    d.stop_ok();
+    assert_eq!(manager.names(), Vec::<String>::new());
+
+    let sb = Sandbox::new();
+    sb.write_config(IN_OUT);
+    let mut manager = StandIn::new(&sb);
+    let mut launch = manager.launch();
+    launch.env.retain(|(k, _)| k != "FDSTORE");
+    let mut d = Daemon::start_with(sb, &launch);
+    assert_eq!(manager.names(), Vec::<String>::new(), "no FDSTORE, no store");
+    d.stop_ok();
+    let _ = TIMEOUT;
+}
