@@ -61,7 +61,10 @@ impl Stored {
         let mut stored = Stored::default();
         let mut lane_ends: HashMap<String, Vec<OwnedFd>> = HashMap::new();
         for (name, fd) in passed {
-            if let Some(fifo) = name.strip_prefix(PREFIX).and_then(|n| n.strip_prefix("fifo/")) {
+            if let Some(fifo) = name
+                .strip_prefix(PREFIX)
+                .and_then(|n| n.strip_prefix("fifo/"))
+            {
                 if stored.fifos.insert(fifo.to_string(), fd).is_some() {
                     stored.stale.push(name);
                 }

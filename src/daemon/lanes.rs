@@ -236,7 +236,10 @@ impl Daemon {
             let k = lane_state.sink;
             self.let_go_unwanted(k, lane);
         }
-        if self.relay.lanes()[lane].in_pipe() == 0 {
+        // A pipe in the fd store stays with its lane: each store or removal
+        // is a message to the service manager, too many to send every time
+        // a sink catches up.
+        if self.relay.lanes()[lane].in_pipe() == 0 && self.lane_pipes.stored_as(lane).is_none() {
             self.lane_pipes.release(lane);
         }
     }

@@ -212,7 +212,10 @@ impl Daemon {
             }
         }
         for (name, held, fd) in changed {
-            if self.fd_store.store(&fdstore::fifo_name(&name), &[fd.as_fd()]) {
+            if self
+                .fd_store
+                .store(&fdstore::fifo_name(&name), &[fd.as_fd()])
+            {
                 self.fifo_held.insert(name, held);
             }
         }
@@ -263,7 +266,10 @@ impl Daemon {
         // A duplicate to send: `fd` borrows `self`, and so would the store.
         match fd.try_clone_to_owned() {
             Ok(fd) => {
-                if self.fd_store.store(&fdstore::fifo_name(&name), &[fd.as_fd()]) {
+                if self
+                    .fd_store
+                    .store(&fdstore::fifo_name(&name), &[fd.as_fd()])
+                {
                     self.fifo_held.insert(name, held);
                 }
             }
