@@ -8,8 +8,10 @@
 //! - `fifod/fifo/NAME`: the fd fifod holds on each FIFO it manages. While
 //!   systemd holds it, the pipe lives: a writer neither gets EPIPE nor loses
 //!   what it wrote, a reader gets no EOF, until the next fifod takes over.
-//! - `fifod/lane/ROUTE/SINK`: both ends of a byte lane's private pipe, while
-//!   it holds bytes for a slow sink.
+//! - `fifod/lane/ROUTE/SINK`: both ends of a byte lane's private pipe, from
+//!   the first time it holds bytes for a slow sink.
+//! - `fifod/tee/SOURCE`: a fanned-out source's journal, a memfd that says
+//!   how far each lane's pipe is ahead of the source (`daemon::journal`).
 //!
 //! The store is used only when the service manager says it has one
 //! (`$FDSTORE`, set by systemd 254 and later from `FileDescriptorStoreMax=`,
@@ -45,10 +47,17 @@ pub fn lane_name(route: &str, sink: &str) -> String {
     format!("{PREFIX}lane/{route}/{sink}")
 }
 
+/// The name the fan-out journal of source `source` is stored under.
+pub fn journal_name(source: &str) -> String {
+    format!("{PREFIX}tee/{source}")
+}
+
 /// fds passed back by the service manager that fifod stored before.
 #[derive(Debug, Default)]
 pub struct Stored {
     pub fifos: HashMap<String, OwnedFd>,
+    /// Fan-out journals (memfds), by source name.
+    pub journals: HashMap<String, OwnedFd>,
     /// Each lane's pipe, as (read end, write end).
     pub lanes: HashMap<String, (OwnedFd, OwnedFd)>,
     /// Anything else under fifod's prefix: not fifod's to use any more.
@@ -66,6 +75,13 @@ impl Stored {
                 .and_then(|n| n.strip_prefix("fifo/"))
             {
                 if stored.fifos.insert(fifo.to_string(), fd).is_some() {
+                    stored.stale.push(name);
+                }
+            } else if let Some(source) = name
+                .strip_prefix(PREFIX)
+                .and_then(|n| n.strip_prefix("tee/"))
+            {
+                if stored.journals.insert(source.to_string(), fd).is_some() {
                     stored.stale.push(name);
                 }
             } else if name.starts_with(&format!("{PREFIX}lane/")) {

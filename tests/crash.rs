@@ -114,65 +114,101 @@ fn write_stream(f: File, seed: u64, len: u64) {
     }
 }
 
-/// One stream through `in` → `out`, fifod killed `CRASHES` times while it
-/// flows; the reader gets exactly the stream, the writer never an error,
-/// the FIFOs stay the same nodes, and a clean stop empties the store.
-fn stream_survives_crashes(len: u64, slow: bool, seed: u64) {
+/// A 1→3 fan-out: every output gets the whole stream.
+const FAN_OUT: &str = r#"
+[fifo.in]
+[fifo.a]
+[fifo.b]
+[fifo.c]
+
+[[route]]
+from = ["in"]
+to = ["a", "b", "c"]
+"#;
+
+/// One stream written into `in` and read from each of `outputs`, fifod
+/// killed `CRASHES` times while it flows; every reader gets exactly the
+/// stream, the writer never an error, the FIFOs stay the same nodes, and a
+/// clean stop empties the store.
+fn stream_survives_crashes(config: &str, outputs: &[&str], len: u64, slow: bool, seed: u64) {
     let sb = Sandbox::new();
-    sb.write_config(IN_OUT);
+    sb.write_config(config);
     let mut manager = StandIn::new(&sb);
     let mut d = manager.start(sb);
-    let (input, output) = (d.fifo("in"), d.fifo("out"));
-    let nodes = (inode(&input), inode(&output));
+    let fifos: Vec<_> = std::iter::once("in")
+        .chain(outputs.iter().copied())
+        .map(|name| d.fifo(name))
+        .collect();
+    let nodes: Vec<u64> = fifos.iter().map(|p| inode(p)).collect();
 
-    let progress = Arc::new(AtomicU64::new(0));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
-    let reader = {
-        let f = open_reader(&output);
-        let progress = Arc::clone(&progress);
+    let mut progress = Vec::new();
+    let mut readers = Vec::new();
+    for (i, output) in fifos[1..].iter().enumerate() {
+        let f = open_reader(output);
+        let done = Arc::new(AtomicU64::new(0));
+        progress.push(Arc::clone(&done));
         let failure = Arc::clone(&failure);
-        spawn(move || {
-            let outcome = read_stream(f, seed, len, slow, progress);
+        let name = outputs[i].to_string();
+        // Only the first reader is slow: the others run ahead of it.
+        let slow = slow && i == 0;
+        readers.push(spawn(move || {
+            let outcome =
+                read_stream(f, seed, len, slow, done).map_err(|e| format!("reader of {name}: {e}"));
             if let Err(e) = &outcome {
                 *failure.lock().unwrap() = Some(e.clone());
             }
             outcome
-        })
-    };
+        }));
+    }
     let writer = {
-        let f = open_writer(&input);
+        let f = open_writer(&fifos[0]);
         spawn(move || write_stream(f, seed, len))
+    };
+    // How far the slowest reader got.
+    let got = || {
+        progress
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(len)
     };
 
     let mut rng = Rng::new(seed);
     let step = (len / (2 * CRASHES as u64)).max(1);
     for crash in 0..CRASHES {
-        // A random moment mid-stream: once the reader got a little further.
-        let at = progress.load(Ordering::Relaxed) + rng.between(1, step as usize) as u64;
+        // A random moment mid-stream: once the readers got a little further.
+        let at = got() + rng.between(1, step as usize) as u64;
         let end = Instant::now() + BULK_TIMEOUT;
-        while progress.load(Ordering::Relaxed) < at.min(len - 1) {
+        while got() < at.min(len - 1) {
             if let Some(e) = failure.lock().unwrap().take() {
-                panic!("crash {crash}: the reader failed: {e}\n{}", all_logs(&d.sb));
+                panic!("crash {crash}: {e}\n{}", all_logs(&d.sb));
             }
             assert!(
                 Instant::now() < end,
                 "crash {crash}: the stream stalled at {} of {len} bytes\n{}\n{}",
-                progress.load(Ordering::Relaxed),
+                got(),
                 d.log(),
                 crate::common::status_of(&d.sb, true).stdout
             );
             std::thread::sleep(Duration::from_micros(200));
         }
         d = manager.crash_and_restart(d);
+        let now: Vec<u64> = fifos.iter().map(|p| inode(p)).collect();
         assert_eq!(
-            (inode(&input), inode(&output)),
-            nodes,
+            now, nodes,
             "crash {crash}: the FIFOs are not the same nodes"
         );
     }
     writer.join(BULK_TIMEOUT);
-    if let Err(e) = reader.join(BULK_TIMEOUT) {
-        panic!("{e}\n{}", all_logs(&d.sb));
+    for reader in readers {
+        if let Err(e) = reader.join(BULK_TIMEOUT) {
+            panic!(
+                "{e}\n{}\n{}",
+                all_logs(&d.sb),
+                crate::common::status_of(&d.sb, true).stdout
+            );
+        }
     }
     d.stop_ok();
     assert_eq!(
@@ -180,20 +216,29 @@ fn stream_survives_crashes(len: u64, slow: bool, seed: u64) {
         Vec::<String>::new(),
         "a clean stop leaves the fd store empty"
     );
-    assert!(
-        !input.exists() && !output.exists(),
-        "a clean stop removes the FIFOs"
-    );
+    for fifo in &fifos {
+        assert!(!fifo.exists(), "a clean stop removes {}", fifo.display());
+    }
 }
 
 #[test]
 fn a_byte_stream_loses_nothing_when_fifod_is_killed() {
-    stream_survives_crashes(256 * MIB as u64, false, 1);
+    stream_survives_crashes(IN_OUT, &["out"], 256 * MIB as u64, false, 1);
 }
 
 #[test]
 fn bytes_held_for_a_slow_reader_survive_a_kill() {
-    stream_survives_crashes(16 * MIB as u64, true, 2);
+    stream_survives_crashes(IN_OUT, &["out"], 16 * MIB as u64, true, 2);
+}
+
+#[test]
+fn a_fanned_out_stream_loses_and_repeats_nothing_when_fifod_is_killed() {
+    stream_survives_crashes(FAN_OUT, &["a", "b", "c"], 64 * MIB as u64, false, 3);
+}
+
+#[test]
+fn a_fan_out_to_a_slow_reader_survives_kills() {
+    stream_survives_crashes(FAN_OUT, &["a", "b", "c"], 16 * MIB as u64, true, 4);
 }
 
 /// What fifod stores: each FIFO's fd, under names of its own, and nothing

@@ -19,7 +19,7 @@ use crate::pipe;
 use crate::relay::{LaneId, Out, Relay, SinkId, SourceId, Target, Took};
 
 /// Splices never block, and move pages rather than copy them when they can.
-const SPLICE_FLAGS: SpliceFFlags =
+pub(super) const SPLICE_FLAGS: SpliceFFlags =
     SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
 
 /// Lets the first `n` bytes waiting in the pipe `from` go, into /dev/null
@@ -244,7 +244,11 @@ impl Daemon {
         if self.sources[s].kind.is_logged() {
             return None;
         }
-        let mut plan = self.relay.zero_copy_lanes(s)?;
+        let mut plan = if self.fd_store.enabled() {
+            self.relay.zero_copy_lanes_skipping(s)?
+        } else {
+            self.relay.zero_copy_lanes(s)?
+        };
         let moved = self.splice_lanes(s, &mut plan);
         if moved.is_none() {
             // Pipes given out for this transfer and not used go back.
@@ -266,14 +270,17 @@ impl Daemon {
         if budget == 0 {
             return None;
         }
+        let plan_len = plan.len();
         for (l, k, target) in plan.iter_mut() {
             let sink = &self.sinks[*k];
             if sink.intake != Intake::Open {
                 return None;
             }
             // An output between sessions, or a process restarting: its
-            // bytes wait in the lane.
-            if sink.fd.is_none() {
+            // bytes wait in the lane. With a store, fanned-out bytes go
+            // through pipes, where what each lane took can be measured.
+            let fanned_out = self.fd_store.enabled() && plan_len > 1;
+            if *target == Target::Sink && (sink.fd.is_none() || fanned_out) {
                 *target = Target::Pipe;
             }
             if *target == Target::Pipe {
@@ -282,13 +289,22 @@ impl Daemon {
         }
         // Out of its slot while lanes get pipes (which needs `&mut self`).
         let source = self.sources[s].fd.take()?;
-        let moved = self.splice_plan(source.as_fd(), plan, budget);
+        let journaled = self.fd_store.enabled() && plan.len() > 1;
+        let moved = if journaled {
+            self.splice_journaled(s, source.as_fd(), plan, budget)
+        } else {
+            self.splice_plan(source.as_fd(), plan, budget)
+        };
         self.sources[s].fd = Some(source);
         let (took, consumed) = moved?;
         let lanes = plan.iter().map(|&(l, _, _)| l);
         self.relay.spliced(s, lanes, &took, consumed);
-        for (&(l, k, _), t) in plan.iter().zip(&took) {
-            if t.piped > 0 {
+        if journaled {
+            self.settle_journal(s);
+        }
+        for (&(l, k, target), t) in plan.iter().zip(&took) {
+            // A lane that sat out counts what its pipe had ahead as piped now.
+            if t.piped > 0 || target == Target::Skip {
                 self.start_flush(k);
             } else {
                 self.release_lane_pipe(l);
@@ -312,6 +328,9 @@ impl Daemon {
         budget: usize,
     ) -> Option<(Vec<Took>, usize)> {
         if let [(l, k, target)] = plan[..] {
+            if target == Target::Skip {
+                return None;
+            }
             let (took, consumed) = self.splice_one(source, l, k, target, budget)?;
             return Some((vec![took], consumed));
         }

@@ -32,6 +32,7 @@ mod diff;
 mod dirs;
 mod drops;
 mod io;
+mod journal;
 mod lanes;
 mod last_reload;
 mod loader;
@@ -289,6 +290,8 @@ pub struct Daemon {
     fd_store: crate::fdstore::FdStore,
     /// How each FIFO's fd in the store is held, by FIFO name.
     fifo_held: HashMap<String, stored::Held>,
+    /// Fanned-out sources' journals in the store, by source name.
+    journals: HashMap<String, journal::Journal>,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -675,6 +678,7 @@ impl Daemon {
             notifier: Notifier::from_env(),
             fd_store: crate::fdstore::FdStore::from_env(),
             fifo_held: HashMap::default(),
+            journals: HashMap::default(),
             config_path,
             last_reload: last_reload::LastReload::default(),
             retiring: retiring::RetiringOutputs::default(),

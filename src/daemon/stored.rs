@@ -49,6 +49,7 @@ impl Daemon {
         let Stored {
             mut fifos,
             mut lanes,
+            journals,
             stale,
         } = stored;
         let mut kept_fifos = 0;
@@ -127,6 +128,7 @@ impl Daemon {
                  {kept_lanes} lane pipes holding {kept_bytes} bytes"
             );
         }
+        self.take_back_journals(journals);
         self.store_fifos();
         flush.sort_unstable();
         flush.dedup();
@@ -247,6 +249,8 @@ impl Daemon {
                 }
             }
         }
+        // Then the journals name them as they are stored now.
+        self.settle_journals();
     }
 
     /// Stores FIFO `f`'s fd unless the store has it as fifod holds it now

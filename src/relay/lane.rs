@@ -75,6 +75,9 @@ pub enum Target {
     Sink,
     /// Into the lane's pipe, behind what it holds there.
     Pipe,
+    /// Nowhere: the lane's pipe has these bytes already (it got ahead of
+    /// the source), and the transfer consumes at most as many.
+    Skip,
 }
 
 /// How many of a source's coming bytes a zero-copy transfer gave one lane:

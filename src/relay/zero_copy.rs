@@ -13,6 +13,20 @@ impl Relay {
     /// an idle sink (`Target::Sink`) or allowed a pipe with nothing of its
     /// own in memory (`Target::Pipe`).
     pub fn zero_copy_lanes(&self, source: SourceId) -> Option<Vec<(LaneId, SinkId, Target)>> {
+        self.plan(source, false)
+    }
+
+    /// `zero_copy_lanes`, where a lane that is ahead of `source` in its
+    /// pipe alone sits the transfer out (`Target::Skip`) instead of making
+    /// the copying path run: with an fd store, bytes do not wait in memory.
+    pub fn zero_copy_lanes_skipping(
+        &self,
+        source: SourceId,
+    ) -> Option<Vec<(LaneId, SinkId, Target)>> {
+        self.plan(source, true)
+    }
+
+    fn plan(&self, source: SourceId, skip_ahead: bool) -> Option<Vec<(LaneId, SinkId, Target)>> {
         let mut lanes = Vec::new();
         for &(r, _) in &self.source_routes[source] {
             let route = &self.routes[r];
@@ -21,6 +35,14 @@ impl Relay {
             }
             for &l in &route.lanes {
                 let lane = &self.lanes[l];
+                if skip_ahead
+                    && lane.ahead_from == source
+                    && lane.ahead_sent == 0
+                    && lane.ahead_piped > 0
+                {
+                    lanes.push((l, lane.sink, Target::Skip));
+                    continue;
+                }
                 if lane.ahead() > 0 {
                     return None;
                 }
@@ -128,6 +150,14 @@ impl Relay {
     ) {
         for (l, &t) in lanes.into_iter().zip(took) {
             let lane = &mut self.lanes[l];
+            if t == Took::default() && lane.ahead_from == source && lane.ahead_piped > 0 {
+                // A lane that sat out: its pipe had the consumed bytes.
+                let n = consumed.min(lane.ahead_piped);
+                lane.ahead_piped -= n;
+                lane.piped += n;
+                lane.stats.accepted += n as u64;
+                continue;
+            }
             let sent = t.sent.min(consumed);
             let piped = t.piped.min(consumed - sent);
             let dropped = consumed - sent - piped;
@@ -181,5 +211,29 @@ impl Relay {
                 lane.ahead_piped = 0;
             }
         }
+    }
+
+    /// How many bytes of `source` `lane`'s pipe holds ahead of it (what
+    /// the source still has and the lane got already).
+    pub fn piped_ahead(&self, lane: LaneId, source: SourceId) -> usize {
+        let lane = &self.lanes[lane];
+        if lane.ahead_from == source {
+            lane.ahead_piped
+        } else {
+            0
+        }
+    }
+
+    /// Records that of the bytes in `lane`'s pipe taken back after a
+    /// crash (`recovered_pipe`), the last `n` are ahead of `source`: the
+    /// source still has them (a fan-out stopped mid-transfer).
+    pub fn recovered_ahead(&mut self, lane: LaneId, source: SourceId, n: usize) {
+        let lane = &mut self.lanes[lane];
+        let n = n.min(lane.piped);
+        lane.piped -= n;
+        lane.stats.accepted -= n as u64;
+        lane.ahead_sent = 0;
+        lane.ahead_piped = n;
+        lane.ahead_from = source;
     }
 }

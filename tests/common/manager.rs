@@ -95,6 +95,10 @@ impl StandIn {
         launch
             .env
             .push(("FDSTORE".into(), STORE_MAX.to_string().into()));
+        // A debugging aid: `FIFOD_TEST_LOG=debug` is fifod's RUST_LOG here.
+        if let Some(level) = std::env::var_os("FIFOD_TEST_LOG") {
+            launch.env.push(("RUST_LOG".into(), level));
+        }
         let held = self.held.0.lock().unwrap();
         if !held.store.is_empty() {
             launch.listen = Some(Listen {
