@@ -158,6 +158,103 @@ fn socket_units_hold_the_fifos_while_fifod_restarts_under_a_real_systemd() {
     assert_eq!(m.ok("ls -A /run/fifod"), "");
 }
 
+/// A 1→1 route and a 1→2 fan-out, each stream written and read whole while
+/// `systemctl kill -s KILL` takes fifod down three times and Restart=
+/// brings it back: the readers get exactly what was written (nothing lost,
+/// nothing twice), writers and readers never see an error or an end of
+/// file, and the stop after it leaves systemd's fd store empty.
+#[test]
+fn a_killed_fifod_loses_no_byte_under_a_real_systemd() {
+    let Some(m) = Machine::boot("a_killed_fifod_loses_no_byte_under_a_real_systemd") else {
+        return;
+    };
+    m.install_fifod(
+        r#"
+[fifo.in]
+[fifo.out]
+[fifo.fan]
+[fifo.a]
+[fifo.b]
+
+[[route]]
+from = ["in"]
+to = ["out"]
+
+[[route]]
+from = ["fan"]
+to = ["a", "b"]
+"#,
+    );
+    m.ok("systemctl start fifod");
+    let size = 256 * 1024 * 1024;
+    // Readers first, each bounded; then the writers. `head -c` stops at
+    // `size` bytes, and fails the comparison if an end of file came first.
+    m.ok(&format!(
+        "head -c {size} /dev/urandom > /tmp/data
+         for out in out a b; do
+           (timeout 300 head -c {size} /run/fifod/$out > /tmp/got-$out; echo $? > /tmp/rc-$out) &
+         done
+         for in in in fan; do
+           (timeout 300 cat /tmp/data > /run/fifod/$in; echo $? > /tmp/rc-$in) &
+         done
+         true"
+    ));
+    for kill in 1..=3 {
+        // Once the slowest reader is `kill` quarters of the way through.
+        let at = size / 4 * kill;
+        m.ok(&format!(
+            "for i in $(seq 3000); do
+               n=$(stat -c %s /tmp/got-out /tmp/got-a /tmp/got-b | sort -n | head -1)
+               [ \"$n\" -ge {at} ] && break
+               sleep 0.01
+             done
+             pid=$(systemctl show -p MainPID --value fifod)
+             systemctl kill -s KILL fifod
+             # Restart= starts a new fifod.
+             for i in $(seq 3000); do
+               new=$(systemctl show -p MainPID --value fifod)
+               [ \"$new\" != 0 ] && [ \"$new\" != \"$pid\" ] &&
+                 [ \"$(systemctl show -p SubState --value fifod)\" = running ] && exit 0
+               sleep 0.01
+             done
+             exit 1"
+        ));
+    }
+    let outcome = m.ok("for f in in fan out a b; do
+           while [ ! -s /tmp/rc-$f ]; do sleep 0.05; done
+           echo \"$f $(cat /tmp/rc-$f)\"
+         done
+         for out in out a b; do cmp /tmp/data /tmp/got-$out && echo \"$out same\"; done");
+    assert_eq!(
+        outcome,
+        "in 0\nfan 0\nout 0\na 0\nb 0\nout same\na same\nb same\n",
+        "{}",
+        m.console()
+    );
+    assert_eq!(m.property(FIFOD, "NRestarts"), "3");
+    for warning in ["not kept across a crash", "would not outlive a crash"] {
+        assert!(
+            !m.console().contains(warning),
+            "fifod could not use the fd store fully\n{}",
+            m.console()
+        );
+    }
+    assert!(
+        m.console()
+            .contains("took back from the service manager's fd store"),
+        "{}",
+        m.console()
+    );
+    m.ok("systemctl stop fifod");
+    assert_eq!(m.property(FIFOD, "Result"), "success");
+    assert_eq!(m.ok("ls -A /run/fifod"), "", "fifod left files behind");
+    assert_eq!(
+        m.property(FIFOD, "NFileDescriptorStore"),
+        "0",
+        "a stop leaves the fd store empty"
+    );
+}
+
 /// What a process of the config tries, as root inside fifod's sandbox; each
 /// line says whether it worked. The first two must work, the rest must not.
 const ESCAPE: &str = r#"
