@@ -31,8 +31,9 @@ const STABLE_RUN: Duration = Duration::from_secs(10);
 
 /// Variables a supervisor sets for fifod alone; a child must not answer
 /// systemd in fifod's name or take its sockets.
-const PRIVATE_VARIABLES: [&str; 6] = [
+const PRIVATE_VARIABLES: [&str; 7] = [
     "NOTIFY_SOCKET",
+    "FDSTORE",
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",

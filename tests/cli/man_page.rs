@@ -252,11 +252,23 @@ when the drain starts; and
 at half of
 .BR WatchdogSec= .
 .TP
+.B FDSTORE
+How many fds systemd's fd store keeps for fifod
+.RB ( FileDescriptorStoreMax= ).
+Above zero, with
+.BR NOTIFY_SOCKET ,
+fifod stores there the fds that hold its bytes
+.RB ( FDSTORE=1 ", " FDNAME=fifod/ ...)
+and takes them back after a crash; a stop empties the store.
+.TP
 .BR LISTEN_FDS ", " LISTEN_PID ", " LISTEN_FDNAMES
 FIFOs passed by socket units: fifod takes each as the
 .RB [fifo. \fINAME\fB]
 of its
 .BR FileDescriptorName= .
+fds named
+.B fifod/...
+are those fifod stored before a crash.
 .TP
 .B JOURNAL_STREAM
 When it names standard error, each log line starts with its syslog priority
@@ -271,7 +283,8 @@ debug) and carries no timestamp.
 .PP
 The config's processes never inherit
 .BR NOTIFY_SOCKET ,
-.B WATCHDOG_*
+.BR WATCHDOG_* ,
+.B FDSTORE
 nor
 .BR LISTEN_* .
 .SH SIGNALS

@@ -78,7 +78,8 @@ pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;
 
 /// Variables that would change the daemon's behaviour if inherited.
-const CLEARED_ENV: [&str; 10] = [
+const CLEARED_ENV: [&str; 11] = [
+    "FDSTORE",
     "FIFOD_CONFIG",
     // Set by CI for the real-systemd tests: not the daemon's business.
     "FIFOD_TEST_REAL_SYSTEMD",
