@@ -12,6 +12,8 @@
 //!   the first time it holds bytes for a slow sink.
 //! - `fifod/tee/SOURCE`: a fanned-out source's journal, a memfd that says
 //!   how far each lane's pipe is ahead of the source (`daemon::journal`).
+//! - `fifod/lines/SOURCE`: the log of a source of line routes, a memfd with
+//!   its line in progress and a journal (`daemon::line_log`).
 //!
 //! The store is used only when the service manager says it has one
 //! (`$FDSTORE`, set by systemd 254 and later from `FileDescriptorStoreMax=`,
@@ -52,12 +54,19 @@ pub fn journal_name(source: &str) -> String {
     format!("{PREFIX}tee/{source}")
 }
 
+/// The name the line log of source `source` is stored under.
+pub fn line_log_name(source: &str) -> String {
+    format!("{PREFIX}lines/{source}")
+}
+
 /// fds passed back by the service manager that fifod stored before.
 #[derive(Debug, Default)]
 pub struct Stored {
     pub fifos: HashMap<String, OwnedFd>,
     /// Fan-out journals (memfds), by source name.
     pub journals: HashMap<String, OwnedFd>,
+    /// Line logs (memfds), by source name.
+    pub line_logs: HashMap<String, OwnedFd>,
     /// Each lane's pipe, as (read end, write end).
     pub lanes: HashMap<String, (OwnedFd, OwnedFd)>,
     /// Anything else under fifod's prefix: not fifod's to use any more.
@@ -82,6 +91,13 @@ impl Stored {
                 .and_then(|n| n.strip_prefix("tee/"))
             {
                 if stored.journals.insert(source.to_string(), fd).is_some() {
+                    stored.stale.push(name);
+                }
+            } else if let Some(source) = name
+                .strip_prefix(PREFIX)
+                .and_then(|n| n.strip_prefix("lines/"))
+            {
+                if stored.line_logs.insert(source.to_string(), fd).is_some() {
                     stored.stale.push(name);
                 }
             } else if name.starts_with(&format!("{PREFIX}lane/")) {

@@ -269,3 +269,180 @@ fn fifod_stores_its_fifos_and_takes_them_out_at_stop() {
     d.stop_ok();
     let _ = TIMEOUT;
 }
+
+/// Four writers into one line route, lines of every length up to 12 KiB.
+const FAN_IN_LINES: &str = r#"
+[fifo.w0]
+[fifo.w1]
+[fifo.w2]
+[fifo.w3]
+[fifo.out]
+
+[[route]]
+from = ["w0", "w1", "w2", "w3"]
+to = ["out"]
+framing = "lines"
+"#;
+
+/// Line `seq` of writer `w`: its name, its number, and letters of a length
+/// and kind that both give (so that the reader can check every byte).
+fn line_of(w: usize, seq: u64) -> Vec<u8> {
+    let mut rng = Rng::new((w as u64) << 32 | seq);
+    // Mostly short, now and then long: a run meets lines of every size.
+    let len = match rng.between(0, 9) {
+        0 => rng.between(4 * KIB, 12 * KIB),
+        1 => 0,
+        _ => rng.between(1, 200),
+    };
+    let mut line = format!("w{w} {seq} ").into_bytes();
+    line.extend((0..len).map(|_| b'a' + rng.between(0, 25) as u8));
+    line.push(b'\n');
+    line
+}
+
+/// `FAN_IN_LINES` with `lines` lines from each writer, fifod killed
+/// `CRASHES` times while they flow: the reader gets every line once,
+/// whole, each writer's in order.
+#[test]
+fn a_line_route_gives_every_line_once_and_whole_when_fifod_is_killed() {
+    const WRITERS: usize = 4;
+    const LINES: u64 = 12_000;
+    let sb = Sandbox::new();
+    sb.write_config(FAN_IN_LINES);
+    let mut manager = StandIn::new(&sb);
+    let mut d = manager.start(sb);
+    let output = d.fifo("out");
+    let got = Arc::new(AtomicU64::new(0));
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let reader = {
+        let f = open_reader(&output);
+        let (got, failure) = (Arc::clone(&got), Arc::clone(&failure));
+        spawn(move || {
+            let outcome = read_lines(f, WRITERS, LINES, &got);
+            if let Err(e) = &outcome {
+                *failure.lock().unwrap() = Some(e.clone());
+            }
+            outcome
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let f = open_writer(&d.fifo(&format!("w{w}")));
+            spawn(move || {
+                let end = Instant::now() + BULK_TIMEOUT;
+                let mut rng = Rng::new(w as u64);
+                let mut pending = Vec::new();
+                for seq in 0..LINES {
+                    pending.extend(line_of(w, seq));
+                    // Writes of every size, cutting lines anywhere.
+                    if pending.len() >= rng.between(1, 16 * KIB) || seq == LINES - 1 {
+                        let mut at = 0;
+                        while at < pending.len() {
+                            let n = rng.between(1, 8 * KIB).min(pending.len() - at);
+                            write_all(&f, &pending[at..at + n], end);
+                            at += n;
+                        }
+                        pending.clear();
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let total = WRITERS as u64 * LINES;
+    let mut rng = Rng::new(5);
+    let step = total / (2 * CRASHES as u64);
+    for crash in 0..CRASHES {
+        let at = got.load(Ordering::Relaxed) + rng.between(1, step as usize) as u64;
+        let end = Instant::now() + BULK_TIMEOUT;
+        while got.load(Ordering::Relaxed) < at.min(total - 1) {
+            if let Some(e) = failure.lock().unwrap().take() {
+                panic!("crash {crash}: {e}\n{}", all_logs(&d.sb));
+            }
+            assert!(
+                Instant::now() < end,
+                "crash {crash}: the lines stalled at {} of {total}\n{}\n{}",
+                got.load(Ordering::Relaxed),
+                all_logs(&d.sb),
+                crate::common::status_of(&d.sb, true).stdout
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        d = manager.crash_and_restart(d);
+    }
+    for writer in writers {
+        writer.join(BULK_TIMEOUT);
+    }
+    if let Err(e) = reader.join(BULK_TIMEOUT) {
+        panic!(
+            "{e}\n{}\n{}",
+            all_logs(&d.sb),
+            crate::common::status_of(&d.sb, true).stdout
+        );
+    }
+    d.stop_ok();
+    assert_eq!(
+        manager.names(),
+        Vec::<String>::new(),
+        "a clean stop leaves the fd store empty"
+    );
+}
+
+/// Reads lines until each of `writers` gave `lines`, checking each line
+/// against `line_of` and each writer's order; `got` counts lines.
+fn read_lines(f: File, writers: usize, lines: u64, got: &AtomicU64) -> Result<(), String> {
+    let end = Instant::now() + BULK_TIMEOUT;
+    let mut next = vec![0u64; writers];
+    let mut buf = vec![0u8; 64 * KIB];
+    let mut partial = Vec::new();
+    let mut count = 0u64;
+    while next.iter().any(|&n| n < lines) {
+        let mut r = &f;
+        match r.read(&mut buf) {
+            Ok(0) => return Err(format!("EOF after {count} lines")),
+            Ok(n) => {
+                partial.extend_from_slice(&buf[..n]);
+                let mut start = 0;
+                while let Some(i) = partial[start..].iter().position(|&b| b == b'\n') {
+                    let line = &partial[start..start + i + 1];
+                    start += i + 1;
+                    let text = String::from_utf8_lossy(line);
+                    let mut fields = text.splitn(3, ' ');
+                    let w: usize = fields
+                        .next()
+                        .and_then(|w| w.strip_prefix('w'))
+                        .and_then(|w| w.parse().ok())
+                        .filter(|&w| w < writers)
+                        .ok_or_else(|| format!("line {count} is not a writer's: {text:.80}"))?;
+                    let seq = next[w];
+                    if line != line_of(w, seq).as_slice() {
+                        let want = line_of(w, seq);
+                        let same = want.iter().zip(line).take_while(|(a, b)| a == b).count();
+                        return Err(format!(
+                            "line {count} should be w{w}'s line {seq} ({} bytes), it has {} \
+                             bytes, the first {same} right: {text:.80}",
+                            want.len(),
+                            line.len()
+                        ));
+                    }
+                    next[w] += 1;
+                    count += 1;
+                    got.store(count, Ordering::Relaxed);
+                }
+                partial.drain(..start);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= end {
+                    return Err(format!("read timed out after {count} lines ({next:?})"));
+                }
+                poll_one(&f, PollFlags::POLLIN, Duration::from_millis(200));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read after {count} lines: {e}")),
+        }
+    }
+    if !partial.is_empty() {
+        return Err(format!("{} bytes after the last line", partial.len()));
+    }
+    Ok(())
+}

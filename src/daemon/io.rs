@@ -137,6 +137,9 @@ impl Daemon {
     // ---- Moving bytes -------------------------------------------------------
 
     pub(super) fn read_source(&mut self, s: SourceId) {
+        if self.read_into_line_log(s) {
+            return;
+        }
         self.splice_stop = None;
         let moved = self.splice_source(s);
         // With an fd store, bytes of a byte route never wait in fifod's
@@ -598,6 +601,12 @@ impl Daemon {
         self.note_drops_of_sink(k);
         let feeding: Vec<SourceId> = self.relay.sources_feeding(k).collect();
         for s in feeding {
+            if !self.line_logs.is_empty()
+                && self.line_logs.contains_key(&self.sources[s].name)
+                && !self.line_logs_due.contains(&s)
+            {
+                self.line_logs_due.push(s);
+            }
             self.resume_if_room(s);
         }
     }

@@ -36,6 +36,8 @@ use crate::relay::{LaneId, SinkId, SourceId, Target, Took};
 
 /// Where each of the two slots begins.
 const SLOT: u64 = 64 * 1024;
+/// Where the records end: a line log's bytes come after them.
+pub(super) const RECORDS: u64 = 2 * SLOT;
 /// The first line of every slot.
 const MAGIC: &str = "fifod-tee 1";
 
@@ -59,13 +61,27 @@ pub(super) enum Record {
     /// No round under way; the lanes ahead of the source, and by how much
     /// (`queued` is not used).
     Settled(Vec<LaneMark>),
+    /// A line log's run `done..cut` may be partly written into the lanes'
+    /// pipes, which held `queued` bytes before (`line_log`).
+    LinesInFlight {
+        done: u64,
+        cut: u64,
+        lanes: Vec<LaneMark>,
+    },
+    /// A line log has given out everything before `done`.
+    LinesSettled { done: u64 },
 }
 
 impl Record {
     fn encode(&self) -> String {
+        let none = Vec::new();
         let (head, lanes) = match self {
             Record::InFlight { anchor, lanes } => (format!("in-flight {anchor}"), lanes),
             Record::Settled(lanes) => ("settled".to_string(), lanes),
+            Record::LinesInFlight { done, cut, lanes } => {
+                (format!("lines-in-flight {done} {cut}"), lanes)
+            }
+            Record::LinesSettled { done } => (format!("lines-settled {done}"), &none),
         };
         let mut body = head;
         body.push('\n');
@@ -87,14 +103,26 @@ impl Record {
                 name: fields.next()?.to_string(),
             });
         }
-        match head.strip_prefix("in-flight ") {
-            Some(anchor) => Some(Record::InFlight {
+        if let Some(anchor) = head.strip_prefix("in-flight ") {
+            return Some(Record::InFlight {
                 anchor: anchor.to_string(),
                 lanes,
-            }),
-            None if head == "settled" => Some(Record::Settled(lanes)),
-            None => None,
+            });
         }
+        if let Some(run) = head.strip_prefix("lines-in-flight ") {
+            let (done, cut) = run.split_once(' ')?;
+            return Some(Record::LinesInFlight {
+                done: done.parse().ok()?,
+                cut: cut.parse().ok()?,
+                lanes,
+            });
+        }
+        if let Some(done) = head.strip_prefix("lines-settled ") {
+            return Some(Record::LinesSettled {
+                done: done.parse().ok()?,
+            });
+        }
+        (head == "settled").then_some(Record::Settled(lanes))
     }
 }
 
@@ -143,6 +171,11 @@ impl Journal {
 
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+
+    /// The memfd: past `RECORDS`, a line log keeps its bytes in it.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Writes `record` over the older slot. False if it could not be
@@ -315,7 +348,7 @@ impl Daemon {
         if self.journals.contains_key(name) {
             return true;
         }
-        let journal = match Journal::new(name) {
+        let journal = match Journal::new(&format!("tee:{name}")) {
             Ok(journal) => journal,
             Err(e) => {
                 warn!(
@@ -429,7 +462,9 @@ impl Daemon {
             self.fd_store.known(&stored_as, 1);
             self.journals.insert(source.clone(), journal);
             let aheads: Vec<(LaneId, usize)> = match record {
-                None => Vec::new(),
+                None | Some(Record::LinesInFlight { .. } | Record::LinesSettled { .. }) => {
+                    Vec::new()
+                }
                 Some(Record::Settled(marks)) => marks
                     .iter()
                     .filter_map(|m| Some((*lanes.get(&m.name)?, m.ahead)))

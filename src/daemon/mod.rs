@@ -35,6 +35,7 @@ mod io;
 mod journal;
 mod lanes;
 mod last_reload;
+mod line_log;
 mod loader;
 mod processes;
 mod reload;
@@ -292,6 +293,10 @@ pub struct Daemon {
     fifo_held: HashMap<String, stored::Held>,
     /// Fanned-out sources' journals in the store, by source name.
     journals: HashMap<String, journal::Journal>,
+    /// Line routes' sources' logs in the store, by source name.
+    line_logs: HashMap<String, line_log::LineLog>,
+    /// Sources whose logs may give out lines now (their sinks took some).
+    line_logs_due: Vec<SourceId>,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -679,6 +684,8 @@ impl Daemon {
             fd_store: crate::fdstore::FdStore::from_env(),
             fifo_held: HashMap::default(),
             journals: HashMap::default(),
+            line_logs: HashMap::default(),
+            line_logs_due: Vec::new(),
             config_path,
             last_reload: last_reload::LastReload::default(),
             retiring: retiring::RetiringOutputs::default(),
@@ -807,6 +814,7 @@ impl Daemon {
                 self.handle(event);
             }
             self.on_timers();
+            self.give_out_due();
             self.unstore_lane_pipes();
             if !events.is_empty() && self.state == State::Running {
                 self.offer_status();

@@ -31,6 +31,7 @@ impl Daemon {
                 // A clean stop leaves the fd store empty, and the store's
                 // fds must not count as readers of the outputs.
                 self.fd_store.close();
+                self.hand_over_line_logs();
                 // Take what writers already put in the inputs, and no more.
                 for s in self.sources.ids() {
                     if self.sources[s].kind.written_by_others() {

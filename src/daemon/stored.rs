@@ -50,6 +50,7 @@ impl Daemon {
             mut fifos,
             mut lanes,
             journals,
+            line_logs,
             stale,
         } = stored;
         let mut kept_fifos = 0;
@@ -83,10 +84,7 @@ impl Daemon {
             .live_lanes()
             .map(|(l, lane)| (l, lane.sink, lane.lines()))
             .collect();
-        for (l, k, lines) in live {
-            if lines {
-                continue;
-            }
+        for (l, k, _) in live {
             let name = self.lane_store_name(l);
             let Some((read, write)) = lanes.remove(&name) else {
                 continue;
@@ -129,6 +127,7 @@ impl Daemon {
             );
         }
         self.take_back_journals(journals);
+        self.take_back_line_logs(line_logs);
         self.store_fifos();
         flush.sort_unstable();
         flush.dedup();
@@ -251,6 +250,7 @@ impl Daemon {
         }
         // Then the journals name them as they are stored now.
         self.settle_journals();
+        self.check_line_logs();
     }
 
     /// Stores FIFO `f`'s fd unless the store has it as fifod holds it now

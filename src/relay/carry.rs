@@ -28,6 +28,14 @@ impl Relay {
         let n = bytes.len().min(lane.piped);
         let lost = lane.piped - n;
         lane.piped = 0;
+        // Their lines are those the memory now has (a pipe taken back
+        // after a crash did not say how many it had).
+        if lane.lines {
+            lane.recovered = 0;
+            let runs: u64 = lane.piped_runs.drain(..).map(|(_, lines)| lines).sum();
+            lane.stats.lines_accepted =
+                lane.stats.lines_accepted.saturating_sub(runs) + newlines(&bytes[..n]);
+        }
         for &b in bytes[..n].iter().rev() {
             lane.held.push_front(b);
         }
@@ -41,6 +49,11 @@ impl Relay {
         let lane = &mut self.lanes[lane];
         lane.piped += n;
         lane.stats.accepted += n as u64;
+        if lane.lines && n > 0 {
+            // Whole lines, but how many is not known.
+            lane.piped_runs.push_back((n, 0));
+            lane.recovered += n;
+        }
     }
 
     /// Records that `lane`'s pipe went away with what it held: those bytes
@@ -51,6 +64,9 @@ impl Relay {
         lane.ahead_piped = 0;
         lane.unwanted = 0;
         let lost = std::mem::take(&mut lane.piped);
+        let lines: u64 = lane.piped_runs.drain(..).map(|(_, lines)| lines).sum();
+        lane.stats.lines_dropped += lines;
+        lane.recovered = 0;
         lane.forget(0, lost);
         lost
     }

@@ -59,6 +59,12 @@ pub struct Lane {
     /// not spliced while any lane it feeds is ahead).
     pub(super) ahead_from: SourceId,
     pub(super) stats: LaneStats,
+    /// A line lane's piped bytes in the runs they were piped in, with the
+    /// lines in each, oldest first: delivering a run delivers its lines.
+    pub(super) piped_runs: VecDeque<(usize, u64)>,
+    /// Bytes at the front of the pipe taken back after a crash, written in
+    /// runs that are not known (nor how many pages they take).
+    pub(super) recovered: usize,
 }
 
 /// The next bytes for a sink: in fifod's memory, or in the lane's pipe.
@@ -116,6 +122,8 @@ impl Lane {
             ahead_piped: 0,
             ahead_from: 0,
             stats: LaneStats::default(),
+            piped_runs: VecDeque::new(),
+            recovered: 0,
         }
     }
 
@@ -137,6 +145,8 @@ impl Lane {
             ahead_piped: 0,
             ahead_from: 0,
             stats: LaneStats::default(),
+            piped_runs: VecDeque::new(),
+            recovered: 0,
         }
     }
 
@@ -181,7 +191,9 @@ impl Lane {
     /// Lines held, counted by their newline.
     pub fn held_lines(&self) -> u64 {
         let s = &self.stats;
-        s.lines_accepted - s.lines_delivered - s.lines_dropped
+        s.lines_accepted
+            .saturating_sub(s.lines_delivered)
+            .saturating_sub(s.lines_dropped)
     }
 
     /// Room left: bytes piped ahead of a source take room too, as they
@@ -228,6 +240,24 @@ impl Lane {
         let first = self.held.as_slices().0;
         let bytes = &first[..first.len().min(before_end)];
         (!bytes.is_empty()).then_some(Out::Bytes(bytes))
+    }
+
+    /// Counts the lines of the first `n` piped bytes as delivered: those
+    /// of every run they finish.
+    pub(super) fn deliver_runs(&mut self, mut n: usize) {
+        self.recovered = self.recovered.saturating_sub(n);
+        while n > 0 {
+            let Some(run) = self.piped_runs.front_mut() else {
+                return;
+            };
+            if run.0 > n {
+                run.0 -= n;
+                return;
+            }
+            n -= run.0;
+            self.stats.lines_delivered += run.1;
+            self.piped_runs.pop_front();
+        }
     }
 
     pub(super) fn remove_front(&mut self, n: usize) {

@@ -36,6 +36,7 @@ use crate::config::WhenFull;
 mod carry;
 mod framing;
 mod lane;
+mod logged;
 mod zero_copy;
 pub use carry::RelayMap;
 use lane::newlines;
@@ -276,6 +277,7 @@ impl Relay {
         if lane_ref.piped > 0 {
             let n = n.min(lane_ref.piped);
             lane_ref.piped -= n;
+            lane_ref.deliver_runs(n);
             lane_ref.front += n as u64;
             lane_ref.stats.delivered += n as u64;
             let sink = lane_ref.sink;
