@@ -73,6 +73,25 @@ fn read_stream(
     }
 }
 
+/// Checks the last fifod's accounting once every reader has everything:
+/// for each sink of each route, what was produced since its start (bytes
+/// taken back included) was delivered, none held or dropped.
+fn assert_all_delivered(d: &Daemon) {
+    let status = crate::common::status_of(&d.sb, true).stdout;
+    let doc: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    for route in doc["routes"].as_array().expect("routes") {
+        for sink in route["sinks"].as_array().expect("sinks") {
+            let n = |key: &str| sink[key].as_u64().unwrap_or(u64::MAX);
+            assert!(
+                n("produced") == n("delivered") + n("held") + n("dropped")
+                    && n("held") == 0
+                    && n("dropped") == 0,
+                "produced = delivered + held + dropped, nothing held or dropped:\n{status}"
+            );
+        }
+    }
+}
+
 /// What every fifod started in `sb` logged, in order.
 fn all_logs(sb: &Sandbox) -> String {
     let mut logs: Vec<(u64, String)> = std::fs::read_dir(sb.path(""))
@@ -210,6 +229,7 @@ fn stream_survives_crashes(config: &str, outputs: &[&str], len: u64, slow: bool,
             );
         }
     }
+    assert_all_delivered(&d);
     d.stop_ok();
     assert_eq!(
         manager.names(),
@@ -380,6 +400,7 @@ fn a_line_route_gives_every_line_once_and_whole_when_fifod_is_killed() {
             crate::common::status_of(&d.sb, true).stdout
         );
     }
+    assert_all_delivered(&d);
     d.stop_ok();
     assert_eq!(
         manager.names(),

@@ -48,7 +48,8 @@ pub(super) struct LineLog {
 }
 
 impl LineLog {
-    fn pending(&self) -> usize {
+    /// Bytes taken from the source and not given out yet.
+    pub(super) fn pending(&self) -> usize {
         usize::try_from(self.end - self.done).unwrap_or(usize::MAX)
     }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use log::warn;
 
+use super::line_log;
 use super::{CONTROL_RETRY, Daemon, SinkKind, SourceKind, State};
 use crate::config::{Eof, Framing};
 use crate::control::{
@@ -200,7 +201,17 @@ impl Daemon {
             .iter()
             .enumerate()
             .map(|(r, route)| {
-                let waiting = self.relay.partial_bytes(r) as u64;
+                // A line in progress is in the relay, or in its source's log.
+                let logged: usize = route
+                    .from
+                    .iter()
+                    .filter_map(|from| match from {
+                        crate::config::SourceRef::Fifo(name) => self.line_logs.get(name),
+                        _ => None,
+                    })
+                    .map(line_log::LineLog::pending)
+                    .sum();
+                let waiting = (self.relay.partial_bytes(r) + logged) as u64;
                 let sinks = self
                     .relay
                     .lanes_of_route(r)
