@@ -34,6 +34,9 @@ _fifod() {
             fifod,status)
                 cmd="fifod__subcmd__status"
                 ;;
+            fifod,upgrade)
+                cmd="fifod__subcmd__upgrade"
+                ;;
             fifod__subcmd__help,check)
                 cmd="fifod__subcmd__help__subcmd__check"
                 ;;
@@ -52,6 +55,9 @@ _fifod() {
             fifod__subcmd__help,status)
                 cmd="fifod__subcmd__help__subcmd__status"
                 ;;
+            fifod__subcmd__help,upgrade)
+                cmd="fifod__subcmd__help__subcmd__upgrade"
+                ;;
             *)
                 ;;
         esac
@@ -59,7 +65,7 @@ _fifod() {
 
     case "${cmd}" in
         fifod)
-            opts="-h -V --help --version run check reload status completions help"
+            opts="-h -V --help --version run check reload upgrade status completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -109,7 +115,7 @@ _fifod() {
             return 0
             ;;
         fifod__subcmd__help)
-            opts="run check reload status completions help"
+            opts="run check reload upgrade status completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -206,6 +212,20 @@ _fifod() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fifod__subcmd__help__subcmd__upgrade)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fifod__subcmd__reload)
             opts="-c -h -V --config --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -270,6 +290,28 @@ _fifod() {
                     return 0
                     ;;
                 --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fifod__subcmd__upgrade)
+            opts="-c -h -V --config --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

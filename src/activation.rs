@@ -11,7 +11,9 @@
 //! fifod restarts waits in the pipe.
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
 use nix::sys::stat::{SFlag, fstat};
 
@@ -34,21 +36,29 @@ pub struct Passed {
 pub fn passed_fds(config: &Config) -> Result<Passed, String> {
     // LISTEN_FDNAMES is read only when fds are really for fifod: variables
     // meant for another process (LISTEN_PID names it) are none of its business.
-    let none = sd_notify::listen_fds()
-        .map_err(|e| format!("cannot take the fds passed by the service manager: {e}"))?
-        .len()
-        == 0;
-    if none {
-        return Ok(Passed::default());
-    }
-    let passed = sd_notify::listen_fds_with_names()
-        .map_err(|e| format!("cannot take the fds passed by the service manager: {e}"))?;
+    let passed = match handover()? {
+        Some(handed) => handed,
+        None => {
+            let none = sd_notify::listen_fds()
+                .map_err(|e| format!("cannot take the fds passed by the service manager: {e}"))?
+                .len()
+                == 0;
+            if none {
+                return Ok(Passed::default());
+            }
+            sd_notify::listen_fds_with_names()
+                .map_err(|e| format!("cannot take the fds passed by the service manager: {e}"))?
+                .collect()
+        }
+    };
     let mut fifos = HashMap::new();
     let mut stored = Vec::new();
     for (raw, name) in passed {
         // SAFETY: by the LISTEN_FDS protocol (checked against LISTEN_PID),
-        // fds 3..3+LISTEN_FDS were open before fifod started and are passed
-        // for it to own; nothing else in fifod owns them, and this runs once.
+        // or the handover of the fifod this process was before it executed
+        // itself (checked against FIFOD_HANDOVER_PID), the fd was open
+        // before fifod started and is passed for it to own; nothing else in
+        // fifod owns it, and this runs once.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         if name.starts_with(fdstore::PREFIX) {
             stored.push((name, fd));
@@ -77,4 +87,34 @@ pub fn passed_fds(config: &Config) -> Result<Passed, String> {
         fifos,
         stored: Stored::sort(stored),
     })
+}
+
+/// The fds an earlier fifod in this process handed over before it executed
+/// this one (`fifod upgrade`): `$FIFOD_HANDOVER`, `FD=NAME` pairs split by
+/// `:`, honoured only when `$FIFOD_HANDOVER_PID` is this process. Each is
+/// made close-on-exec again.
+fn handover() -> Result<Option<Vec<(RawFd, String)>>, String> {
+    let ours = std::env::var("FIFOD_HANDOVER_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        == Some(std::process::id());
+    let Some(list) = std::env::var("FIFOD_HANDOVER").ok().filter(|_| ours) else {
+        return Ok(None);
+    };
+    let mut handed = Vec::new();
+    for item in list.split(':').filter(|i| !i.is_empty()) {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(fd, name)| Some((fd.parse::<RawFd>().ok()?, name)));
+        let Some((raw, name)) = parsed.filter(|&(raw, _)| raw > 2) else {
+            return Err(format!("FIFOD_HANDOVER: not FD=NAME: {item}"));
+        };
+        // SAFETY: `raw` is only borrowed to set its flags; F_SETFD fails
+        // on an fd that is not open, which is then refused.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+            .map_err(|e| format!("FIFOD_HANDOVER: fd {raw} ({name}): {}", e.desc()))?;
+        handed.push((raw, name.to_string()));
+    }
+    Ok(Some(handed))
 }

@@ -31,9 +31,12 @@ const STABLE_RUN: Duration = Duration::from_secs(10);
 
 /// Variables a supervisor sets for fifod alone; a child must not answer
 /// systemd in fifod's name or take its sockets.
-const PRIVATE_VARIABLES: [&str; 7] = [
+const PRIVATE_VARIABLES: [&str; 10] = [
     "NOTIFY_SOCKET",
     "FDSTORE",
+    "FIFOD_HANDOVER",
+    "FIFOD_HANDOVER_PID",
+    "FIFOD_UPGRADES",
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",

@@ -44,6 +44,15 @@ enum Command {
     /// the daemon rejected it (printing every error; the running config
     /// stays in force), 3 when no daemon answers.
     Reload(ConfigArgs),
+    /// Replace the running fifod's binary in place, and wait until it runs
+    ///
+    /// Sends SIGUSR2: fifod executes its binary again (the one now at its
+    /// path), same pid, handing over its FIFOs, the bytes it holds and its
+    /// lines in progress; the new one reads the config again. Nobody
+    /// connected notices and nothing is lost. Exits 0 once the new binary
+    /// runs, 1 when fifod could not upgrade (it goes on as it was; not with
+    /// processes in the config), 3 when no daemon answers.
+    Upgrade(ConfigArgs),
     /// Show what a running fifod relays, holds and dropped
     Status {
         #[command(flatten)]
@@ -111,6 +120,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
         Command::Reload(args) => reload(&args.config),
+        Command::Upgrade(args) => upgrade(&args.config),
         Command::Status {
             config,
             format,
@@ -316,6 +326,75 @@ fn reload(path: &Path) -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
             _ => {}
+        }
+    }
+}
+
+/// How long `fifod upgrade` waits for the new binary to answer.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn upgrade(path: &Path) -> ExitCode {
+    let env = Environment::from_process();
+    let socket = match config::load_untrusted(path, &env) {
+        Ok(config) => config.daemon.control,
+        Err(_) => config::locate_control(path, &env),
+    };
+    let Some(socket) = socket else {
+        eprintln!(
+            "{}: no control socket to ask (daemon.control is empty or the [daemon] table is \
+             invalid); `kill -USR2` the daemon instead",
+            path.display()
+        );
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    let ask = || control::query_peer(&socket, Duration::from_secs(5));
+    let (before, pid) = match ask() {
+        Ok(answer) => answer,
+        Err(e) => return query_failed(e),
+    };
+    if before.state != "running" {
+        eprintln!("fifod is {}: not upgrading", before.state);
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    if pid <= 0 {
+        eprintln!("fifod upgrade: the daemon's pid is not visible from here; send it SIGUSR2");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGUSR2) {
+        eprintln!("fifod upgrade: cannot signal fifod (pid {pid}): {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let end = Instant::now() + UPGRADE_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+        // While the binary is executed again, the socket is not there.
+        if let Ok((now, now_pid)) = ask() {
+            if now_pid != pid {
+                eprintln!("fifod upgrade: another fifod (pid {now_pid}) answers now");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            if now.upgrades > before.upgrades && now.state == "running" {
+                println!("upgraded: fifod (pid {pid}) runs the new binary");
+                return ExitCode::SUCCESS;
+            }
+            if now.upgrade_failures > before.upgrade_failures {
+                let why = now.upgrade_error.unwrap_or_default();
+                eprintln!("upgrade failed: {why}; fifod goes on as it was");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+        if kill(Pid::from_raw(pid), None).is_err() {
+            eprintln!("fifod upgrade: fifod (pid {pid}) exited (see its log)");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        if Instant::now() >= end {
+            eprintln!(
+                "fifod upgrade: fifod did not answer as upgraded within {}s (see its log)",
+                UPGRADE_TIMEOUT.as_secs()
+            );
+            return ExitCode::from(EXIT_FAILURE);
         }
     }
 }

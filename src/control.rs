@@ -43,6 +43,15 @@ pub struct Status {
     /// Reload requests (SIGHUPs) the daemon took so far.
     #[serde(default)]
     pub reload_requests: u64,
+    /// Upgrades (`fifod upgrade`, SIGUSR2) since fifod was started.
+    #[serde(default)]
+    pub upgrades: u64,
+    /// Upgrades that failed since the last one that worked, and why the
+    /// last of them did.
+    #[serde(default)]
+    pub upgrade_failures: u64,
+    #[serde(default)]
+    pub upgrade_error: Option<String>,
     pub fifos: Vec<FifoStatus>,
     pub processes: Vec<ProcessStatus>,
     pub routes: Vec<RouteStatus>,
@@ -646,6 +655,9 @@ mod tests {
             state: "running".into(),
             last_reload: None,
             reload_requests: 0,
+            upgrades: 0,
+            upgrade_failures: 0,
+            upgrade_error: None,
             fifos: vec![FifoStatus {
                 name: "in".into(),
                 path: "/run/fifod/in".into(),
@@ -718,6 +730,9 @@ mod tests {
             state: "running".into(),
             last_reload,
             reload_requests: 0,
+            upgrades: 0,
+            upgrade_failures: 0,
+            upgrade_error: None,
             fifos: Vec::new(),
             processes: Vec::new(),
             routes: Vec::new(),

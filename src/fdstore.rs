@@ -67,6 +67,8 @@ pub struct Stored {
     pub journals: HashMap<String, OwnedFd>,
     /// Line logs (memfds), by source name.
     pub line_logs: HashMap<String, OwnedFd>,
+    /// What the relay held in memory, handed over by `fifod upgrade`.
+    pub state: Option<OwnedFd>,
     /// Each lane's pipe, as (read end, write end).
     pub lanes: HashMap<String, (OwnedFd, OwnedFd)>,
     /// Anything else under fifod's prefix: not fifod's to use any more.
@@ -79,7 +81,9 @@ impl Stored {
         let mut stored = Stored::default();
         let mut lane_ends: HashMap<String, Vec<OwnedFd>> = HashMap::new();
         for (name, fd) in passed {
-            if let Some(fifo) = name
+            if name == format!("{PREFIX}state") {
+                stored.state = Some(fd);
+            } else if let Some(fifo) = name
                 .strip_prefix(PREFIX)
                 .and_then(|n| n.strip_prefix("fifo/"))
             {
@@ -266,7 +270,7 @@ impl FdStore {
 
     /// Takes `name` out of the store.
     pub fn remove(&mut self, name: &str) {
-        if self.names.remove(name).is_none() {
+        if self.names.remove(name).is_none() || !self.enabled() {
             return;
         }
         let message = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");

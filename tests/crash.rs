@@ -18,8 +18,68 @@ use crate::common::{
     open_reader, open_writer, poll_one, spawn, write_all,
 };
 
-/// How many times each stream is cut short by a SIGKILL.
+/// How many times each stream is cut short.
 const CRASHES: usize = 20;
+
+/// How fifod is cut short mid-stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// SIGKILL, and a start by the stand-in manager with what it stored.
+    Kill,
+    /// `fifod upgrade`, without a service manager: the same process
+    /// executes its binary again.
+    Upgrade,
+}
+
+/// Starts fifod in `sb` for `cut`: under the stand-in manager for `Kill`.
+fn start_for(cut: Cut, sb: Sandbox) -> (Option<StandIn>, Daemon) {
+    match cut {
+        Cut::Kill => {
+            let mut manager = StandIn::new(&sb);
+            let d = manager.start(sb);
+            (Some(manager), d)
+        }
+        Cut::Upgrade => {
+            let mut launch = crate::common::Launch::default();
+            if let Some(level) = std::env::var_os("FIFOD_TEST_LOG") {
+                launch.env.push(("RUST_LOG".into(), level));
+            }
+            (None, Daemon::start_with(sb, &launch))
+        }
+    }
+}
+
+/// Cuts fifod short once, as `cut` says, and returns it running again.
+fn cut_short(cut: Cut, manager: &mut Option<StandIn>, d: Daemon) -> Daemon {
+    match (cut, manager) {
+        (Cut::Kill, Some(manager)) => manager.crash_and_restart(d),
+        _ => {
+            let pid = d.pid();
+            let out =
+                d.sb.run_to_exit(&d.sb.cmd_args("upgrade"), &Default::default());
+            assert!(
+                out.status.success(),
+                "fifod upgrade failed: {}{}\n{}",
+                out.stdout,
+                out.stderr,
+                all_logs(&d.sb)
+            );
+            assert_eq!(d.pid(), pid, "an upgrade keeps the pid");
+            d
+        }
+    }
+}
+
+/// After a clean stop: the stand-in's store is empty.
+fn assert_store_empty(manager: &mut Option<StandIn>) {
+    if let Some(manager) = manager {
+        assert_eq!(
+            manager.names(),
+            Vec::<String>::new(),
+            "a clean stop leaves the fd store empty"
+        );
+    }
+}
 
 fn inode(path: &Path) -> u64 {
     std::fs::symlink_metadata(path)
@@ -48,7 +108,22 @@ fn read_stream(
         match r.read(&mut buf[..want]) {
             Ok(0) => return Err(format!("EOF after {} of {len} bytes", v.offset)),
             Ok(n) => {
-                v.check(&buf[..n])?;
+                let at = v.offset;
+                if let Err(e) = v.check(&buf[..n]) {
+                    // Where in the stream what was read comes from: how
+                    // many bytes were lost (or, negative, repeated).
+                    let window = 8 * MIB as u64;
+                    let from = at.saturating_sub(window);
+                    let stream = crate::common::pattern(seed, from, 2 * window as usize);
+                    let probe = &buf[..n.min(64)];
+                    let found = stream
+                        .windows(probe.len())
+                        .position(|w| w == probe)
+                        .map(|p| p as i64 + from as i64 - at as i64);
+                    return Err(format!(
+                        "{e}; the {n} bytes read at {at} are the stream's {found:?} bytes on"
+                    ));
+                }
                 progress.store(v.offset, Ordering::Relaxed);
                 if slow && rng.between(0, 15) == 0 {
                     std::thread::sleep(Duration::from_millis(1));
@@ -149,11 +224,17 @@ to = ["a", "b", "c"]
 /// killed `CRASHES` times while it flows; every reader gets exactly the
 /// stream, the writer never an error, the FIFOs stay the same nodes, and a
 /// clean stop empties the store.
-fn stream_survives_crashes(config: &str, outputs: &[&str], len: u64, slow: bool, seed: u64) {
+fn stream_survives_crashes(
+    cut: Cut,
+    config: &str,
+    outputs: &[&str],
+    len: u64,
+    slow: bool,
+    seed: u64,
+) {
     let sb = Sandbox::new();
     sb.write_config(config);
-    let mut manager = StandIn::new(&sb);
-    let mut d = manager.start(sb);
+    let (mut manager, mut d) = start_for(cut, sb);
     let fifos: Vec<_> = std::iter::once("in")
         .chain(outputs.iter().copied())
         .map(|name| d.fifo(name))
@@ -212,7 +293,7 @@ fn stream_survives_crashes(config: &str, outputs: &[&str], len: u64, slow: bool,
             );
             std::thread::sleep(Duration::from_micros(200));
         }
-        d = manager.crash_and_restart(d);
+        d = cut_short(cut, &mut manager, d);
         let now: Vec<u64> = fifos.iter().map(|p| inode(p)).collect();
         assert_eq!(
             now, nodes,
@@ -231,11 +312,7 @@ fn stream_survives_crashes(config: &str, outputs: &[&str], len: u64, slow: bool,
     }
     assert_all_delivered(&d);
     d.stop_ok();
-    assert_eq!(
-        manager.names(),
-        Vec::<String>::new(),
-        "a clean stop leaves the fd store empty"
-    );
+    assert_store_empty(&mut manager);
     for fifo in &fifos {
         assert!(!fifo.exists(), "a clean stop removes {}", fifo.display());
     }
@@ -243,22 +320,53 @@ fn stream_survives_crashes(config: &str, outputs: &[&str], len: u64, slow: bool,
 
 #[test]
 fn a_byte_stream_loses_nothing_when_fifod_is_killed() {
-    stream_survives_crashes(IN_OUT, &["out"], 256 * MIB as u64, false, 1);
+    stream_survives_crashes(Cut::Kill, IN_OUT, &["out"], 256 * MIB as u64, false, 1);
 }
 
 #[test]
 fn bytes_held_for_a_slow_reader_survive_a_kill() {
-    stream_survives_crashes(IN_OUT, &["out"], 16 * MIB as u64, true, 2);
+    stream_survives_crashes(Cut::Kill, IN_OUT, &["out"], 16 * MIB as u64, true, 2);
 }
 
 #[test]
 fn a_fanned_out_stream_loses_and_repeats_nothing_when_fifod_is_killed() {
-    stream_survives_crashes(FAN_OUT, &["a", "b", "c"], 64 * MIB as u64, false, 3);
+    stream_survives_crashes(
+        Cut::Kill,
+        FAN_OUT,
+        &["a", "b", "c"],
+        64 * MIB as u64,
+        false,
+        3,
+    );
 }
 
 #[test]
 fn a_fan_out_to_a_slow_reader_survives_kills() {
-    stream_survives_crashes(FAN_OUT, &["a", "b", "c"], 16 * MIB as u64, true, 4);
+    stream_survives_crashes(
+        Cut::Kill,
+        FAN_OUT,
+        &["a", "b", "c"],
+        16 * MIB as u64,
+        true,
+        4,
+    );
+}
+
+#[test]
+fn a_byte_stream_loses_nothing_through_upgrades() {
+    stream_survives_crashes(Cut::Upgrade, IN_OUT, &["out"], 256 * MIB as u64, false, 6);
+}
+
+#[test]
+fn a_fan_out_to_a_slow_reader_loses_and_repeats_nothing_through_upgrades() {
+    stream_survives_crashes(
+        Cut::Upgrade,
+        FAN_OUT,
+        &["a", "b", "c"],
+        16 * MIB as u64,
+        true,
+        7,
+    );
 }
 
 /// What fifod stores: each FIFO's fd, under names of its own, and nothing
@@ -325,12 +433,20 @@ fn line_of(w: usize, seq: u64) -> Vec<u8> {
 /// whole, each writer's in order.
 #[test]
 fn a_line_route_gives_every_line_once_and_whole_when_fifod_is_killed() {
+    lines_survive(Cut::Kill);
+}
+
+#[test]
+fn a_line_route_gives_every_line_once_and_whole_through_upgrades() {
+    lines_survive(Cut::Upgrade);
+}
+
+fn lines_survive(cut: Cut) {
     const WRITERS: usize = 4;
     const LINES: u64 = 12_000;
     let sb = Sandbox::new();
     sb.write_config(FAN_IN_LINES);
-    let mut manager = StandIn::new(&sb);
-    let mut d = manager.start(sb);
+    let (mut manager, mut d) = start_for(cut, sb);
     let output = d.fifo("out");
     let got = Arc::new(AtomicU64::new(0));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
@@ -388,7 +504,7 @@ fn a_line_route_gives_every_line_once_and_whole_when_fifod_is_killed() {
             );
             std::thread::sleep(Duration::from_micros(200));
         }
-        d = manager.crash_and_restart(d);
+        d = cut_short(cut, &mut manager, d);
     }
     for writer in writers {
         writer.join(BULK_TIMEOUT);
@@ -402,11 +518,7 @@ fn a_line_route_gives_every_line_once_and_whole_when_fifod_is_killed() {
     }
     assert_all_delivered(&d);
     d.stop_ok();
-    assert_eq!(
-        manager.names(),
-        Vec::<String>::new(),
-        "a clean stop leaves the fd store empty"
-    );
+    assert_store_empty(&mut manager);
 }
 
 /// Reads lines until each of `writers` gave `lines`, checking each line

@@ -240,8 +240,7 @@ to = ["a", "b"]
         );
     }
     assert!(
-        m.console()
-            .contains("took back from the service manager's fd store"),
+        m.console().contains("took back what the fifod before held"),
         "{}",
         m.console()
     );

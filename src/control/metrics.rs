@@ -324,6 +324,9 @@ mod tests {
                 answers: 2,
             }),
             reload_requests: 2,
+            upgrades: 0,
+            upgrade_failures: 0,
+            upgrade_error: None,
             fifos: vec![
                 FifoStatus {
                     name: "in".into(),

@@ -320,6 +320,9 @@ mod tests {
             state: "running".into(),
             last_reload: None,
             reload_requests: 0,
+            upgrades: 0,
+            upgrade_failures: 0,
+            upgrade_error: None,
             fifos: vec![
                 fifo("a", &a),
                 fifo("b", &b),

@@ -57,6 +57,10 @@ impl LineLog {
         self.journal.file()
     }
 
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.journal.fd()
+    }
+
     /// Reads `len` bytes of the log from `at` into `buf`.
     fn read(&self, at: u64, len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
         buf.resize(len, 0);

@@ -46,6 +46,7 @@ mod slots;
 mod status;
 mod stored;
 mod timers;
+mod upgrade;
 
 use slots::Slots;
 
@@ -297,6 +298,11 @@ pub struct Daemon {
     line_logs: HashMap<String, line_log::LineLog>,
     /// Sources whose logs may give out lines now (their sinks took some).
     line_logs_due: Vec<SourceId>,
+    /// Upgrades (`fifod upgrade`) since fifod was started, carried over.
+    upgrades: u64,
+    /// Upgrades that failed in this process, and why the last one did.
+    upgrade_failures: u64,
+    upgrade_error: Option<String>,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -310,8 +316,14 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), RunError> {
     ensure_fd_limit(&config)?;
     // Handlers first: a SIGTERM during start must not kill fifod before it
     // can remove what it made.
-    let events = EventLoop::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
-        .map_err(|e| RunError::Start(format!("cannot set up the event loop: {e}")))?;
+    let events = EventLoop::new(&[
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGUSR2,
+        libc::SIGCHLD,
+    ])
+    .map_err(|e| RunError::Start(format!("cannot set up the event loop: {e}")))?;
     // Nodes are created private and given their exact mode by fchmod; the
     // umask must not narrow that first step. Children get the umask back.
     let passed = crate::activation::passed_fds(&config).map_err(RunError::Start)?;
@@ -686,6 +698,12 @@ impl Daemon {
             journals: HashMap::default(),
             line_logs: HashMap::default(),
             line_logs_due: Vec::new(),
+            upgrades: std::env::var("FIFOD_UPGRADES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            upgrade_failures: 0,
+            upgrade_error: None,
             config_path,
             last_reload: last_reload::LastReload::default(),
             retiring: retiring::RetiringOutputs::default(),
@@ -830,6 +848,7 @@ impl Daemon {
                 self.reload();
             }
             Event::Signal(libc::SIGCHLD) => self.on_children_exited(),
+            Event::Signal(libc::SIGUSR2) => self.upgrade(),
             Event::Signal(signal) => self.on_stop_signal(signal),
             // An event for an endpoint that went away or was replaced since
             // the batch was read names a generation its slot no longer has.

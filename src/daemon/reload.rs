@@ -1012,7 +1012,7 @@ impl Daemon {
     /// Reads from `s` what its sinks already have through `tee`, so that
     /// no lane is ahead of it. Bytes the stream no longer has (someone else
     /// read them) count as taken.
-    fn settle(&mut self, s: SourceId) {
+    pub(super) fn settle(&mut self, s: SourceId) {
         let mut interrupted = 0;
         loop {
             let need = self.relay.ahead_of(s);

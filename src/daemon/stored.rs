@@ -51,6 +51,7 @@ impl Daemon {
             mut lanes,
             journals,
             line_logs,
+            state,
             stale,
         } = stored;
         let mut kept_fifos = 0;
@@ -122,13 +123,23 @@ impl Daemon {
         }
         if kept_fifos + kept_lanes > 0 {
             info!(
-                "took back from the service manager's fd store: {kept_fifos} FIFOs, \
+                "took back what the fifod before held: {kept_fifos} FIFOs, \
                  {kept_lanes} lane pipes holding {kept_bytes} bytes"
             );
         }
         self.take_back_journals(journals);
         self.take_back_line_logs(line_logs);
+        if let Some(state) = state {
+            self.take_back_memory(state);
+        }
         self.store_fifos();
+        // Sinks with bytes handed over in memory, too.
+        flush.extend(
+            self.sinks
+                .ids()
+                .into_iter()
+                .filter(|&k| self.relay.held_for(k) > 0),
+        );
         flush.sort_unstable();
         flush.dedup();
         for k in flush {
@@ -172,7 +183,7 @@ impl Daemon {
     }
 
     /// The fd fifod holds on each FIFO now, by FIFO index.
-    fn fifo_fds(&self) -> Vec<Option<BorrowedFd<'_>>> {
+    pub(super) fn fifo_fds(&self) -> Vec<Option<BorrowedFd<'_>>> {
         let mut fds: Vec<Option<BorrowedFd<'_>>> =
             self.footprint.fifos.iter().map(|f| f.fd()).collect();
         for s in self.sources.values() {

@@ -35,10 +35,12 @@ use crate::config::WhenFull;
 
 mod carry;
 mod framing;
+mod handover;
 mod lane;
 mod logged;
 mod zero_copy;
 pub use carry::RelayMap;
+pub use handover::{HeldBytes, LineInProgress};
 use lane::newlines;
 pub use lane::{Lane, LaneStats, Out, Target, Took};
 

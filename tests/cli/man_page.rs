@@ -312,6 +312,15 @@ asks: fifod reads and checks the file while it goes on relaying, then applies
 the difference.
 An invalid file changes nothing: every error is logged, and the running
 config stays in force.
+.TP
+.B SIGUSR2
+Upgrade, as
+.B fifod upgrade
+asks: fifod executes its binary again (the one now at its path), same pid,
+handing over every FIFO, the bytes it holds and its lines in progress; the
+new binary reads the config again.
+Writers and readers stay connected and nothing is lost.
+Not with processes in the config; a failed upgrade leaves fifod as it was.
 .SH FILES
 .TP
 .I /etc/fifod/fifod.toml

@@ -1,0 +1,286 @@
+//! `fifod upgrade` (SIGUSR2): fifod executes its binary again in place,
+//! same pid, handing over everything that holds bytes, so that nobody
+//! connected notices and nothing is lost.
+//!
+//! What goes over, as fds left open across `execve` and named in
+//! `$FIFOD_HANDOVER` (`FD=NAME:FD=NAME...`, honoured only by the process
+//! whose pid `$FIFOD_HANDOVER_PID` names): the fd held on every FIFO, both
+//! ends of every lane pipe, fan-out journals and line logs, under the names
+//! the fd store uses, socket units' FIFOs under their own names, and a
+//! memfd (`fifod/state`) with what the relay holds in memory: each lane's
+//! held bytes, each source's line in progress, each sink's line owner. The
+//! new fifod reads its config again and takes them back as it would after
+//! a crash (`stored.rs`), the memory state on top.
+//!
+//! Before it executes, fifod reads every source until no lane is ahead of
+//! it and lets go of what `drop-oldest` dropped at the front of pipes; it
+//! does not read anything into memory after that. If `execve` fails, the
+//! handed fds are closed and fifod goes on as it was.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use log::{error, info, warn};
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+
+use super::{Daemon, State};
+use crate::fdstore;
+use crate::relay::{HeldBytes, LineInProgress};
+
+/// What the memory state is stored under.
+pub const STATE_NAME: &str = "fifod/state";
+
+impl Daemon {
+    /// SIGUSR2: executes fifod again in place, everything handed over.
+    pub(super) fn upgrade(&mut self) {
+        match self.try_upgrade() {
+            // Only returns on failure: on success, this process image is gone.
+            Ok(never) => match never {},
+            Err(why) => {
+                error!("upgrade failed: {why}; fifod goes on as it was");
+                self.upgrade_failures += 1;
+                self.upgrade_error = Some(why);
+                self.offer_status();
+            }
+        }
+    }
+
+    fn try_upgrade(&mut self) -> Result<std::convert::Infallible, String> {
+        if self.state != State::Running {
+            return Err("fifod is stopping".into());
+        }
+        if !self.config.processes.is_empty() {
+            return Err(
+                "the config has processes, which would have to be restarted: \
+                        restart fifod instead"
+                    .into(),
+            );
+        }
+        let program = program()?;
+        for s in self.sources.ids() {
+            self.settle(s);
+            if self.relay.ahead_of(s) > 0 {
+                return Err(format!("{} cannot be read now", self.sources[s].name));
+            }
+        }
+        let lanes: Vec<_> = self
+            .relay
+            .live_lanes()
+            .map(|(l, lane)| (l, lane.sink))
+            .collect();
+        for (l, k) in lanes {
+            if !self.let_go_unwanted(k, l) {
+                return Err("a lane's pipe lost track of its bytes".into());
+            }
+        }
+        let mut handed: Vec<(String, OwnedFd)> = Vec::new();
+        let mut hand = |name: String, fd: BorrowedFd<'_>| -> Result<(), String> {
+            let fd = fd
+                .try_clone_to_owned()
+                .map_err(|e| format!("cannot hand over {name}: {e}"))?;
+            fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty()))
+                .map_err(|e| format!("cannot hand over {name}: {}", e.desc()))?;
+            handed.push((name, fd));
+            Ok(())
+        };
+        for (f, fd) in self.fifo_fds().into_iter().enumerate() {
+            let fifo = &self.footprint.fifos[f];
+            let Some(fd) = fd else { continue };
+            let name = if fifo.passed {
+                fifo.name.clone()
+            } else {
+                fdstore::fifo_name(&fifo.name)
+            };
+            hand(name, fd)?;
+        }
+        for (l, _) in self.relay.live_lanes() {
+            if let Some(pipe) = self.lane_pipes.get(l) {
+                let name = self.lane_store_name(l);
+                hand(name.clone(), pipe.read.as_fd())?;
+                hand(name, pipe.write.as_fd())?;
+            }
+        }
+        for (source, journal) in &self.journals {
+            hand(fdstore::journal_name(source), journal.fd())?;
+        }
+        for (source, log) in &self.line_logs {
+            hand(fdstore::line_log_name(source), log.fd())?;
+        }
+        let state = self.memory_state()?;
+        hand(STATE_NAME.into(), state.as_fd())?;
+        let list: Vec<String> = handed
+            .iter()
+            .map(|(name, fd)| format!("{}={name}", fd.as_raw_fd()))
+            .collect();
+        info!(
+            "upgrading: executing {} again with {} fds handed over",
+            program.display(),
+            handed.len()
+        );
+        self.notifier.reloading();
+        let e = std::process::Command::new(&program)
+            .args(std::env::args_os().skip(1))
+            .env("FIFOD_HANDOVER", list.join(":"))
+            .env("FIFOD_HANDOVER_PID", std::process::id().to_string())
+            .env("FIFOD_UPGRADES", (self.upgrades + 1).to_string())
+            // What systemd passed at the start is not for the next image.
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .exec();
+        let line = self.status_line();
+        self.notifier.ready(&line);
+        Err(format!("cannot execute {}: {e}", program.display()))
+    }
+
+    /// A memfd with what the relay holds in memory (see the module's
+    /// comment), by the names of lanes, routes, sources and sinks.
+    fn memory_state(&self) -> Result<File, String> {
+        let fd = memfd_create("fifod-state", MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| format!("cannot make the state to hand over: {}", e.desc()))?;
+        let mut file = File::from(fd);
+        let mut text = Vec::new();
+        for held in self.relay.held_in_memory() {
+            let name = self.lane_store_name(held.lane);
+            text.extend(
+                format!(
+                    "held {name} {} {}\n",
+                    u8::from(held.mid_line),
+                    held.bytes.len()
+                )
+                .bytes(),
+            );
+            text.extend(&held.bytes);
+        }
+        for line in self.relay.lines_in_progress() {
+            let route = &self.config.routes[line.route].name;
+            let source = &self.sources[line.source].name;
+            text.extend(
+                format!(
+                    "line {route} {source} {} {}\n",
+                    u8::from(line.long),
+                    line.bytes.len()
+                )
+                .bytes(),
+            );
+            text.extend(&line.bytes);
+        }
+        for (k, l) in self.relay.sink_owners() {
+            text.extend(
+                format!("owner {} {}\n", self.sinks[k].name, self.lane_store_name(l)).bytes(),
+            );
+        }
+        file.write_all(&text)
+            .map_err(|e| format!("cannot write the state to hand over: {e}"))?;
+        Ok(file)
+    }
+
+    /// Takes back the memory state a fifod handed over before it executed
+    /// this one: lanes' held bytes behind their pipes, lines in progress,
+    /// line owners. What no longer fits the config is logged as lost.
+    pub(super) fn take_back_memory(&mut self, fd: OwnedFd) {
+        let mut text = Vec::new();
+        // From its start: the handing fifod's writes left the offset at the
+        // end, and the open file is shared.
+        let mut file = File::from(fd);
+        let read = file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut text));
+        if let Err(e) = read {
+            error!("the state handed over cannot be read ({e}): what fifod held in memory is lost");
+            return;
+        }
+        let lanes: std::collections::HashMap<String, usize> = self
+            .relay
+            .live_lanes()
+            .map(|(l, _)| l)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|l| (self.lane_store_name(l), l))
+            .collect();
+        let mut rest = &text[..];
+        let mut held_bytes = 0;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let header = String::from_utf8_lossy(&rest[..end]).into_owned();
+            rest = &rest[end + 1..];
+            let fields: Vec<&str> = header.split(' ').collect();
+            let len = match fields.as_slice() {
+                ["held", _, _, len] | ["line", _, _, _, len] => len.parse::<usize>().unwrap_or(0),
+                _ => 0,
+            };
+            let Some(bytes) = rest.get(..len) else {
+                error!("the state handed over is cut short: what fifod held in memory is lost");
+                return;
+            };
+            rest = &rest[len..];
+            match fields.as_slice() {
+                ["held", lane, mid, _] => match lanes.get(*lane) {
+                    Some(&l) => {
+                        self.relay.restore_held(&HeldBytes {
+                            lane: l,
+                            bytes: bytes.to_vec(),
+                            mid_line: *mid == "1",
+                        });
+                        held_bytes += len;
+                    }
+                    None => warn!(
+                        "{len} bytes held for {} are lost: the config has no such lane now",
+                        lane.trim_start_matches(fdstore::PREFIX)
+                    ),
+                },
+                ["line", route, source, long, _] => {
+                    let r = self.config.routes.iter().position(|x| x.name == *route);
+                    let s = self
+                        .sources
+                        .ids()
+                        .into_iter()
+                        .find(|&s| self.sources[s].name == *source);
+                    let restored = match (r, s) {
+                        (Some(r), Some(s)) => self.relay.restore_line(&LineInProgress {
+                            route: r,
+                            source: s,
+                            bytes: bytes.to_vec(),
+                            long: *long == "1",
+                        }),
+                        _ => false,
+                    };
+                    if !restored {
+                        warn!(
+                            "{len} bytes of a line in progress from {source} on {route} are lost"
+                        );
+                    }
+                }
+                ["owner", sink, lane] => {
+                    let k = self
+                        .sinks
+                        .ids()
+                        .into_iter()
+                        .find(|&k| self.sinks[k].name == *sink);
+                    if let (Some(k), Some(&l)) = (k, lanes.get(*lane)) {
+                        self.relay.restore_owner(k, l);
+                    }
+                }
+                _ => warn!("the state handed over has a line fifod does not know: {header}"),
+            }
+        }
+        if held_bytes > 0 {
+            info!("took back {held_bytes} bytes held in memory before the upgrade");
+        }
+    }
+}
+
+/// The binary to execute: the one at the path this one was started from,
+/// which an upgrade replaced (`/proc/self/exe` names the old one, deleted).
+fn program() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find fifod's binary: {e}"))?;
+    let text = exe.to_string_lossy();
+    let path = PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text));
+    if !path.is_file() {
+        return Err(format!("{} is not there", path.display()));
+    }
+    Ok(path)
+}
