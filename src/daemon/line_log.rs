@@ -94,6 +94,9 @@ impl Daemon {
     /// `s` keeps its lines in a log. False if it does not: the copying
     /// path reads it.
     pub(super) fn read_into_line_log(&mut self, s: SourceId) -> bool {
+        if !self.fd_store.enabled() && self.line_logs.is_empty() {
+            return false;
+        }
         if self.log_max_line(s).is_none() {
             self.hand_over_line_log(s);
             return false;
