@@ -162,7 +162,8 @@ fn socket_units_hold_the_fifos_while_fifod_restarts_under_a_real_systemd() {
 /// `systemctl kill -s KILL` takes fifod down three times and Restart=
 /// brings it back: the readers get exactly what was written (nothing lost,
 /// nothing twice), writers and readers never see an error or an end of
-/// file, and the stop after it leaves systemd's fd store empty.
+/// file; `fifod upgrade` then keeps the main pid, and the stop after it
+/// leaves systemd's fd store empty.
 #[test]
 fn a_killed_fifod_loses_no_byte_under_a_real_systemd() {
     let Some(m) = Machine::boot("a_killed_fifod_loses_no_byte_under_a_real_systemd") else {
@@ -244,6 +245,15 @@ to = ["a", "b"]
         "{}",
         m.console()
     );
+    // An upgrade in place under systemd: the same main pid, no restart,
+    // and the route flows on.
+    let pid = m.property(FIFOD, "MainPID");
+    let upgraded = m.ok("fifod upgrade");
+    assert!(upgraded.starts_with("upgraded"), "{upgraded}");
+    assert_eq!(m.property(FIFOD, "MainPID"), pid, "an upgrade keeps the pid");
+    assert_eq!(m.property(FIFOD, "SubState"), "running");
+    assert_eq!(m.property(FIFOD, "NRestarts"), "3");
+    relays(&m, "after an upgrade");
     m.ok("systemctl stop fifod");
     assert_eq!(m.property(FIFOD, "Result"), "success");
     assert_eq!(m.ok("ls -A /run/fifod"), "", "fifod left files behind");
