@@ -47,11 +47,11 @@ enum Command {
     /// Replace the running fifod's binary in place, and wait until it runs
     ///
     /// Sends SIGUSR2: fifod executes its binary again (the one now at its
-    /// path), same pid, handing over its FIFOs, the bytes it holds and its
-    /// lines in progress; the new one reads the config again. Nobody
-    /// connected notices and nothing is lost. Exits 0 once the new binary
-    /// runs, 1 when fifod could not upgrade (it goes on as it was; not with
-    /// processes in the config), 3 when no daemon answers.
+    /// path), same pid, handing over its FIFOs, the bytes it holds, its
+    /// lines in progress and its processes (they run on); the new one
+    /// reads the config again. Nobody connected notices and nothing is
+    /// lost. Exits 0 once the new binary runs, 1 when fifod could not
+    /// upgrade (it goes on as it was), 3 when no daemon answers.
     Upgrade(ConfigArgs),
     /// Show what a running fifod relays, holds and dropped
     Status {

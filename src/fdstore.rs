@@ -69,6 +69,9 @@ pub struct Stored {
     pub line_logs: HashMap<String, OwnedFd>,
     /// What the relay held in memory, handed over by `fifod upgrade`.
     pub state: Option<OwnedFd>,
+    /// Processes' pipes handed over by `fifod upgrade`, by `NAME/stdin`,
+    /// `NAME/stdout` or `NAME/stderr`.
+    pub processes: HashMap<String, OwnedFd>,
     /// Each lane's pipe, as (read end, write end).
     pub lanes: HashMap<String, (OwnedFd, OwnedFd)>,
     /// Anything else under fifod's prefix: not fifod's to use any more.
@@ -83,6 +86,11 @@ impl Stored {
         for (name, fd) in passed {
             if name == format!("{PREFIX}state") {
                 stored.state = Some(fd);
+            } else if let Some(stream) = name
+                .strip_prefix(PREFIX)
+                .and_then(|n| n.strip_prefix("process/"))
+            {
+                stored.processes.insert(stream.to_string(), fd);
             } else if let Some(fifo) = name
                 .strip_prefix(PREFIX)
                 .and_then(|n| n.strip_prefix("fifo/"))

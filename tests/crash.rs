@@ -55,6 +55,7 @@ fn cut_short(cut: Cut, manager: &mut Option<StandIn>, d: Daemon) -> Daemon {
         (Cut::Kill, Some(manager)) => manager.crash_and_restart(d),
         _ => {
             let pid = d.pid();
+            let processes = process_pids(&d);
             let out =
                 d.sb.run_to_exit(&d.sb.cmd_args("upgrade"), &Default::default());
             assert!(
@@ -65,9 +66,32 @@ fn cut_short(cut: Cut, manager: &mut Option<StandIn>, d: Daemon) -> Daemon {
                 all_logs(&d.sb)
             );
             assert_eq!(d.pid(), pid, "an upgrade keeps the pid");
+            assert_eq!(
+                process_pids(&d),
+                processes,
+                "an upgrade keeps the processes running"
+            );
             d
         }
     }
+}
+
+/// The pid of each process, by name, as `fifod status` says.
+fn process_pids(d: &Daemon) -> Vec<(String, u64)> {
+    let status = crate::common::status_json(d);
+    status["processes"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or_default().to_string(),
+                        p["pid"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// After a clean stop: the stand-in's store is empty.
@@ -349,6 +373,35 @@ fn a_fan_out_to_a_slow_reader_survives_kills() {
         16 * MIB as u64,
         true,
         4,
+    );
+}
+
+/// A route through a process: `in` → `cat` → `out`.
+const THROUGH_A_PROCESS: &str = r#"
+[fifo.in]
+[fifo.out]
+
+[process.relay]
+command = ["cat"]
+
+[[route]]
+from = ["in"]
+to = ["relay"]
+
+[[route]]
+from = ["relay"]
+to = ["out"]
+"#;
+
+#[test]
+fn a_stream_through_a_process_loses_nothing_through_upgrades() {
+    stream_survives_crashes(
+        Cut::Upgrade,
+        THROUGH_A_PROCESS,
+        &["out"],
+        64 * MIB as u64,
+        false,
+        8,
     );
 }
 

@@ -250,7 +250,11 @@ to = ["a", "b"]
     let pid = m.property(FIFOD, "MainPID");
     let upgraded = m.ok("fifod upgrade");
     assert!(upgraded.starts_with("upgraded"), "{upgraded}");
-    assert_eq!(m.property(FIFOD, "MainPID"), pid, "an upgrade keeps the pid");
+    assert_eq!(
+        m.property(FIFOD, "MainPID"),
+        pid,
+        "an upgrade keeps the pid"
+    );
     assert_eq!(m.property(FIFOD, "SubState"), "running");
     assert_eq!(m.property(FIFOD, "NRestarts"), "3");
     relays(&m, "after an upgrade");

@@ -303,6 +303,10 @@ pub struct Daemon {
     /// Upgrades that failed in this process, and why the last one did.
     upgrade_failures: u64,
     upgrade_error: Option<String>,
+    /// Processes an upgrade handed over, by name, with their pipes: they
+    /// are adopted rather than started.
+    adopted: HashMap<String, nix::unistd::Pid>,
+    handed_processes: std::collections::HashMap<String, OwnedFd>,
 }
 
 fn signal_name(signal: libc::c_int) -> &'static str {
@@ -704,6 +708,8 @@ impl Daemon {
                 .unwrap_or(0),
             upgrade_failures: 0,
             upgrade_error: None,
+            adopted: HashMap::default(),
+            handed_processes: std::collections::HashMap::new(),
             config_path,
             last_reload: last_reload::LastReload::default(),
             retiring: retiring::RetiringOutputs::default(),
@@ -806,7 +812,15 @@ impl Daemon {
             Err(e) => warn!("cannot watch the FIFOs' directories: {e}"),
         }
         for c in 0..self.children.len() {
-            self.start_child(c);
+            if !self.adopt_child(c) {
+                self.start_child(c);
+            }
+        }
+        self.release_unadopted();
+        // One of them may have exited while the binary was executed, before
+        // this image could hear of it.
+        if self.children.iter().any(|c| c.pid.is_some()) {
+            self.on_children_exited();
         }
         info!(
             "ready: {} fifos, {} processes, {} routes in {}",

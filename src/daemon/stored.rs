@@ -52,8 +52,10 @@ impl Daemon {
             journals,
             line_logs,
             state,
+            processes,
             stale,
         } = stored;
+        self.handed_processes = processes;
         let mut kept_fifos = 0;
         for f in 0..self.footprint.fifos.len() {
             let managed = &self.footprint.fifos[f];

@@ -53,13 +53,6 @@ impl Daemon {
         if self.state != State::Running {
             return Err("fifod is stopping".into());
         }
-        if !self.config.processes.is_empty() {
-            return Err(
-                "the config has processes, which would have to be restarted: \
-                        restart fifod instead"
-                    .into(),
-            );
-        }
         let program = program()?;
         for s in self.sources.ids() {
             self.settle(s);
@@ -109,6 +102,32 @@ impl Daemon {
         }
         for (source, log) in &self.line_logs {
             hand(fdstore::line_log_name(source), log.fd())?;
+        }
+        for (c, child) in self.children.iter().enumerate() {
+            if child.pid.is_none() {
+                continue;
+            }
+            let ends = self.ends[c];
+            let name = child.name();
+            let streams = [
+                ("stdin", ends.stdin.and_then(|k| self.sinks[k].fd.as_ref())),
+                (
+                    "stdout",
+                    ends.stdout.and_then(|s| self.sources[s].fd.as_ref()),
+                ),
+                (
+                    "stderr",
+                    ends.stderr.and_then(|s| self.sources[s].fd.as_ref()),
+                ),
+            ];
+            for (stream, fd) in streams {
+                if let Some(fd) = fd {
+                    hand(
+                        format!("{}process/{name}/{stream}", fdstore::PREFIX),
+                        fd.as_fd(),
+                    )?;
+                }
+            }
         }
         let state = self.memory_state()?;
         hand(STATE_NAME.into(), state.as_fd())?;
@@ -168,6 +187,11 @@ impl Daemon {
                 .bytes(),
             );
             text.extend(&line.bytes);
+        }
+        for child in &self.children {
+            if let Some(pid) = child.pid {
+                text.extend(format!("process {} {pid}\n", child.name()).bytes());
+            }
         }
         for (k, l) in self.relay.sink_owners() {
             text.extend(
@@ -254,6 +278,12 @@ impl Daemon {
                         );
                     }
                 }
+                ["process", name, pid] => {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        self.adopted
+                            .insert((*name).to_string(), nix::unistd::Pid::from_raw(pid));
+                    }
+                }
                 ["owner", sink, lane] => {
                     let k = self
                         .sinks
@@ -283,4 +313,41 @@ fn program() -> Result<PathBuf, String> {
         return Err(format!("{} is not there", path.display()));
     }
     Ok(path)
+}
+
+impl Daemon {
+    /// Adopts process `c` if the fifod before this one handed it over:
+    /// it runs on, its pipes are the ones it has. False if it was not.
+    pub(super) fn adopt_child(&mut self, c: usize) -> bool {
+        let name = self.children[c].name().to_string();
+        let Some(pid) = self.adopted.remove(&name) else {
+            return false;
+        };
+        self.children[c].started(pid, std::time::Instant::now());
+        let ends = self.ends[c];
+        let mut take = |stream: &str| self.handed_processes.remove(&format!("{name}/{stream}"));
+        let (stdin, stdout, stderr) = (take("stdin"), take("stdout"), take("stderr"));
+        if let Some(k) = ends.stdin {
+            self.set_sink_fd(k, stdin);
+            self.sinks[k].intake = super::Intake::Open;
+            self.flush(k);
+        }
+        for (s, fd) in [(ends.stdout, stdout), (ends.stderr, stderr)] {
+            if let Some(s) = s {
+                self.set_source_fd(s, fd);
+            }
+        }
+        info!("process {name} (pid {pid}) runs on after the upgrade");
+        true
+    }
+
+    /// Processes handed over that the config no longer has: stopped
+    /// (SIGTERM to their group), and reaped as any.
+    pub(super) fn release_unadopted(&mut self) {
+        for (name, pid) in std::mem::take(&mut self.adopted) {
+            warn!("process {name} (pid {pid}) is no longer in the config: stopping it");
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        self.handed_processes.clear();
+    }
 }

@@ -317,10 +317,10 @@ config stays in force.
 Upgrade, as
 .B fifod upgrade
 asks: fifod executes its binary again (the one now at its path), same pid,
-handing over every FIFO, the bytes it holds and its lines in progress; the
-new binary reads the config again.
+handing over every FIFO, the bytes it holds, its lines in progress and its
+processes, which run on; the new binary reads the config again.
 Writers and readers stay connected and nothing is lost.
-Not with processes in the config; a failed upgrade leaves fifod as it was.
+A failed upgrade leaves fifod as it was.
 .SH FILES
 .TP
 .I /etc/fifod/fifod.toml
