@@ -231,8 +231,11 @@ impl Daemon {
         );
         let mut next = Next::new(new, vanished, diff, fifos, counts);
         self.plan_processes(&mut next);
-        // Before anything moves: no sink may be ahead of its source, and the
+        // Before anything moves: line logs give what they hold to the relay,
+        // which carries it over (a log comes back once its source's routes
+        // allow it again), no sink may be ahead of its source, and the
         // streams that are not carried over are read one last time.
+        self.hand_over_line_logs();
         for s in self.sources.ids() {
             self.settle(s);
         }

@@ -3,6 +3,7 @@ use super::*;
 mod carry;
 mod ends;
 mod lines;
+mod logged;
 mod pipes;
 mod policies;
 
