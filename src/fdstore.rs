@@ -160,6 +160,8 @@ pub struct FdStore {
     names: HashMap<String, usize>,
     /// Names that could not be stored (logged once each).
     refused: HashSet<String>,
+    /// A full store was logged (once).
+    full_warned: bool,
 }
 
 impl FdStore {
@@ -188,6 +190,7 @@ impl FdStore {
             capacity,
             names: HashMap::new(),
             refused: HashSet::new(),
+            full_warned: false,
         }
     }
 
@@ -198,6 +201,7 @@ impl FdStore {
             capacity: 0,
             names: HashMap::new(),
             refused: HashSet::new(),
+            full_warned: false,
         }
     }
 
@@ -314,7 +318,11 @@ impl FdStore {
     }
 
     fn refuse(&mut self, name: &str, why: &str) {
-        if self.refused.insert(name.to_string()) {
+        // Once per name, and for a full store once in all: a large config
+        // would otherwise log a line for each of thousands of names.
+        let full = why.starts_with("the store is full");
+        if self.refused.insert(name.to_string()) && !(full && self.full_warned) {
+            self.full_warned |= full;
             warn!(
                 "cannot keep {name} in the service manager's fd store ({why}): \
                  what it holds would not outlive a crash of fifod"
