@@ -90,30 +90,65 @@ pub fn passed_fds(config: &Config) -> Result<Passed, String> {
 }
 
 /// The fds an earlier fifod in this process handed over before it executed
-/// this one (`fifod upgrade`): `$FIFOD_HANDOVER`, `FD=NAME` pairs split by
-/// `:`, honoured only when `$FIFOD_HANDOVER_PID` is this process. Each is
-/// made close-on-exec again.
+/// this one (`fifod upgrade`): `$FIFOD_HANDOVER` is the fd of its state (a
+/// memfd), whose first lines name the others (`fd RAW NAME`); honoured only
+/// when `$FIFOD_HANDOVER_PID` is this process. Each is made close-on-exec
+/// again.
 fn handover() -> Result<Option<Vec<(RawFd, String)>>, String> {
     let ours = std::env::var("FIFOD_HANDOVER_PID")
         .ok()
         .and_then(|pid| pid.parse::<u32>().ok())
         == Some(std::process::id());
-    let Some(list) = std::env::var("FIFOD_HANDOVER").ok().filter(|_| ours) else {
+    let Some(state) = std::env::var("FIFOD_HANDOVER").ok().filter(|_| ours) else {
         return Ok(None);
     };
-    let mut handed = Vec::new();
-    for item in list.split(':').filter(|i| !i.is_empty()) {
-        let parsed = item
-            .split_once('=')
-            .and_then(|(fd, name)| Some((fd.parse::<RawFd>().ok()?, name)));
-        let Some((raw, name)) = parsed.filter(|&(raw, _)| raw > 2) else {
-            return Err(format!("FIFOD_HANDOVER: not FD=NAME: {item}"));
-        };
+    let state = state
+        .parse::<RawFd>()
+        .ok()
+        .filter(|&fd| fd > 2)
+        .ok_or_else(|| format!("FIFOD_HANDOVER is not an fd: {state}"))?;
+    let claim = |raw: RawFd, name: &str| -> Result<(), String> {
         // SAFETY: `raw` is only borrowed to set its flags; F_SETFD fails
         // on an fd that is not open, which is then refused.
         let fd = unsafe { BorrowedFd::borrow_raw(raw) };
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-            .map_err(|e| format!("FIFOD_HANDOVER: fd {raw} ({name}): {}", e.desc()))?;
+            .map(drop)
+            .map_err(|e| format!("FIFOD_HANDOVER: fd {raw} ({name}): {}", e.desc()))
+    };
+    claim(state, fdstore::STATE)?;
+    // SAFETY: as above; the clone is this function's own.
+    let file = unsafe { BorrowedFd::borrow_raw(state) }
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| format!("FIFOD_HANDOVER: {e}"))?;
+    let mut text = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    // Up to the first line that is not an `fd` line.
+    while !text
+        .split(|&b| b == b'\n')
+        .any(|line: &[u8]| !line.is_empty() && !line.starts_with(b"fd "))
+    {
+        match std::os::unix::fs::FileExt::read_at(&file, &mut chunk, text.len() as u64) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("FIFOD_HANDOVER: the state cannot be read: {e}")),
+        }
+    }
+    let mut handed = vec![(state, fdstore::STATE.to_string())];
+    for line in text.split(|&b| b == b'\n') {
+        let Some(rest) = line.strip_prefix(b"fd ") else {
+            break;
+        };
+        let rest = String::from_utf8_lossy(rest);
+        let Some((raw, name)) = rest
+            .split_once(' ')
+            .and_then(|(raw, name)| Some((raw.parse::<RawFd>().ok()?, name)))
+            .filter(|&(raw, _)| raw > 2)
+        else {
+            return Err(format!("FIFOD_HANDOVER: not an fd line: {rest}"));
+        };
+        claim(raw, name)?;
         handed.push((raw, name.to_string()));
     }
     Ok(Some(handed))

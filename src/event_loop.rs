@@ -146,6 +146,15 @@ impl EventLoop {
         })
     }
 
+    /// Whether a signal other than SIGCHLD came that the loop has not
+    /// taken yet.
+    pub fn signals_pending(&self) -> bool {
+        self.signals
+            .iter()
+            .filter(|(signal, _)| *signal != libc::SIGCHLD)
+            .any(|(_, read_end)| crate::pipe::queued_bytes(std::os::fd::AsFd::as_fd(read_end)) > 0)
+    }
+
     pub fn add(&self, fd: BorrowedFd<'_>, token: Token, interest: Interest) -> io::Result<()> {
         self.epoll
             .add(fd, EpollEvent::new(flags(interest), encode(token)))?;

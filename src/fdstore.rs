@@ -39,6 +39,9 @@ const NAME_MAX: usize = 255;
 /// How long a message may wait for room in the manager's queue.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What an upgrade hands the relay's memory over under (never stored).
+pub const STATE: &str = "fifod/state";
+
 /// The name a managed FIFO's fd is stored under.
 pub fn fifo_name(fifo: &str) -> String {
     format!("{PREFIX}fifo/{fifo}")
@@ -84,7 +87,7 @@ impl Stored {
         let mut stored = Stored::default();
         let mut lane_ends: HashMap<String, Vec<OwnedFd>> = HashMap::new();
         for (name, fd) in passed {
-            if name == format!("{PREFIX}state") {
+            if name == STATE {
                 stored.state = Some(fd);
             } else if let Some(stream) = name
                 .strip_prefix(PREFIX)

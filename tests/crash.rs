@@ -632,3 +632,45 @@ fn read_lines(f: File, writers: usize, lines: u64, got: &AtomicU64) -> Result<()
     }
     Ok(())
 }
+
+/// An upgrade whose new binary would refuse the config on disk is not
+/// made: fifod goes on as it was, and says why.
+#[test]
+fn an_upgrade_to_a_config_the_binary_refuses_leaves_fifod_as_it_was() {
+    let sb = Sandbox::new();
+    sb.write_config(IN_OUT);
+    let d = Daemon::start_with(sb, &Default::default());
+    let pid = d.pid();
+    d.sb.write_config("[fifo.in]\nmode = \"999\"\n");
+    let out =
+        d.sb.run_to_exit(&d.sb.cmd_args("upgrade"), &Default::default());
+    assert_eq!(out.status.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("refuses the config") && out.stderr.contains("invalid mode"),
+        "{}",
+        out.stderr
+    );
+    let status = crate::common::status_json(&d);
+    assert_eq!(status["upgrades"], 0);
+    assert_eq!(status["upgrade_failures"], 1);
+    assert_eq!(d.pid(), pid);
+    // Still relaying.
+    let reader = open_reader(&d.fifo("out"));
+    let writer = open_writer(&d.fifo("in"));
+    write_all(&writer, b"still here\n", Instant::now() + TIMEOUT);
+    let mut got = [0u8; 11];
+    let end = Instant::now() + TIMEOUT;
+    let mut n = 0;
+    while n < got.len() {
+        poll_one(&reader, PollFlags::POLLIN, TIMEOUT);
+        match (&reader).read(&mut got[n..]) {
+            Ok(0) => panic!("EOF after a refused upgrade"),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < end, "nothing came after a refused upgrade")
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert_eq!(&got, b"still here\n");
+}

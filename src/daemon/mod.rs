@@ -303,11 +303,22 @@ pub struct Daemon {
     /// Upgrades that failed in this process, and why the last one did.
     upgrade_failures: u64,
     upgrade_error: Option<String>,
+    /// SIGUSR2 came: upgrade once the batch of events is handled.
+    upgrade_requested: bool,
     /// Processes an upgrade handed over, by name, with their pipes: they
     /// are adopted rather than started.
     adopted: HashMap<String, nix::unistd::Pid>,
     handed_processes: std::collections::HashMap<String, OwnedFd>,
 }
+
+/// The signals the loop takes.
+pub(crate) const LOOP_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR2,
+    libc::SIGCHLD,
+];
 
 fn signal_name(signal: libc::c_int) -> &'static str {
     Signal::try_from(signal).map_or("a signal", Signal::as_str)
@@ -320,14 +331,11 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), RunError> {
     ensure_fd_limit(&config)?;
     // Handlers first: a SIGTERM during start must not kill fifod before it
     // can remove what it made.
-    let events = EventLoop::new(&[
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGHUP,
-        libc::SIGUSR2,
-        libc::SIGCHLD,
-    ])
-    .map_err(|e| RunError::Start(format!("cannot set up the event loop: {e}")))?;
+    let events = EventLoop::new(&LOOP_SIGNALS)
+        .map_err(|e| RunError::Start(format!("cannot set up the event loop: {e}")))?;
+    // An upgrade executed this image with them blocked (`upgrade.rs`): those
+    // that came meanwhile are taken now.
+    let _ = upgrade::loop_signals().thread_unblock();
     // Nodes are created private and given their exact mode by fchmod; the
     // umask must not narrow that first step. Children get the umask back.
     let passed = crate::activation::passed_fds(&config).map_err(RunError::Start)?;
@@ -708,6 +716,7 @@ impl Daemon {
                 .unwrap_or(0),
             upgrade_failures: 0,
             upgrade_error: None,
+            upgrade_requested: false,
             adopted: HashMap::default(),
             handed_processes: std::collections::HashMap::new(),
             config_path,
@@ -818,10 +827,8 @@ impl Daemon {
         }
         self.release_unadopted();
         // One of them may have exited while the binary was executed, before
-        // this image could hear of it.
-        if self.children.iter().any(|c| c.pid.is_some()) {
-            self.on_children_exited();
-        }
+        // this image could hear of it (its SIGCHLD is not waited for).
+        self.on_children_exited();
         info!(
             "ready: {} fifos, {} processes, {} routes in {}",
             self.footprint.fifos.len(),
@@ -846,6 +853,9 @@ impl Daemon {
                 self.handle(event);
             }
             self.on_timers();
+            if std::mem::take(&mut self.upgrade_requested) {
+                self.upgrade();
+            }
             self.give_out_due();
             self.unstore_lane_pipes();
             if !events.is_empty() && self.state == State::Running {
@@ -862,7 +872,8 @@ impl Daemon {
                 self.reload();
             }
             Event::Signal(libc::SIGCHLD) => self.on_children_exited(),
-            Event::Signal(libc::SIGUSR2) => self.upgrade(),
+            // After the rest of the batch: a stop in it comes first.
+            Event::Signal(libc::SIGUSR2) => self.upgrade_requested = true,
             Event::Signal(signal) => self.on_stop_signal(signal),
             // An event for an endpoint that went away or was replaced since
             // the batch was read names a generation its slot no longer has.

@@ -17,10 +17,11 @@
 //! does not read anything into memory after that. If `execve` fails, the
 //! handed fds are closed and fifod goes on as it was.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use log::{error, info, warn};
@@ -30,9 +31,6 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use super::{Daemon, State};
 use crate::fdstore;
 use crate::relay::{HeldBytes, LineInProgress};
-
-/// What the memory state is stored under.
-pub const STATE_NAME: &str = "fifod/state";
 
 impl Daemon {
     /// SIGUSR2: executes fifod again in place, everything handed over.
@@ -53,13 +51,36 @@ impl Daemon {
         if self.state != State::Running {
             return Err("fifod is stopping".into());
         }
+        if self.retiring.paths().next().is_some() || self.replaced.next_deadline().is_some() {
+            return Err("a reload is still retiring outputs or stopping processes: \
+                        try again once it is done"
+                .into());
+        }
         let program = program()?;
+        // The new binary must take the config as it is on disk now: one it
+        // refuses would stop fifod, with everything handed over to it lost.
+        let check = std::process::Command::new(&program)
+            .arg("check")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot run {} check: {e}", program.display()))?;
+        if !check.status.success() {
+            let errors = String::from_utf8_lossy(&check.stderr);
+            let first = errors.lines().next().unwrap_or("it failed");
+            return Err(format!("the new binary refuses the config: {first}"));
+        }
         for s in self.sources.ids() {
             self.settle(s);
             if self.relay.ahead_of(s) > 0 {
                 return Err(format!("{} cannot be read now", self.sources[s].name));
             }
         }
+        // The journals say so too: the new image reads them.
+        self.settle_journals();
         let lanes: Vec<_> = self
             .relay
             .live_lanes()
@@ -129,40 +150,82 @@ impl Daemon {
                 }
             }
         }
-        let state = self.memory_state()?;
-        hand(STATE_NAME.into(), state.as_fd())?;
-        let list: Vec<String> = handed
-            .iter()
-            .map(|(name, fd)| format!("{}={name}", fd.as_raw_fd()))
+        // The list of fds goes in the state itself: in the environment it
+        // could outgrow what one variable may hold.
+        let state = self.memory_state(&handed)?;
+        let state_fd = OwnedFd::from(state);
+        fcntl(&state_fd, FcntlArg::F_SETFD(FdFlag::empty()))
+            .map_err(|e| format!("cannot hand over the state: {}", e.desc()))?;
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.to_str(),
+                    Some(
+                        "LISTEN_FDS"
+                            | "LISTEN_PID"
+                            | "LISTEN_FDNAMES"
+                            | "FIFOD_HANDOVER"
+                            | "FIFOD_HANDOVER_PID"
+                            | "FIFOD_UPGRADES"
+                    )
+                )
+            })
+            .filter_map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend(v.into_vec());
+                CString::new(kv).ok()
+            })
             .collect();
+        for (k, v) in [
+            ("FIFOD_HANDOVER", state_fd.as_raw_fd().to_string()),
+            ("FIFOD_HANDOVER_PID", std::process::id().to_string()),
+            ("FIFOD_UPGRADES", (self.upgrades + 1).to_string()),
+        ] {
+            env.extend(CString::new(format!("{k}={v}")).ok());
+        }
+        let argv: Vec<CString> = std::env::args_os()
+            .filter_map(|a| CString::new(a.into_vec()).ok())
+            .collect();
+        let path = CString::new(program.as_os_str().as_bytes())
+            .map_err(|_| format!("{} has a NUL byte", program.display()))?;
+        // Signals that come now stay pending across execve, for the new
+        // image to take once it can (`run` unblocks them); one already
+        // taken and not yet handled would be lost: then not now (but for
+        // SIGCHLD: the new image reaps once at start).
+        let signals = loop_signals();
+        let _ = signals.thread_block();
+        if self.events.signals_pending() {
+            let _ = signals.thread_unblock();
+            return Err("a signal came in meanwhile: try again".into());
+        }
         info!(
             "upgrading: executing {} again with {} fds handed over",
             program.display(),
-            handed.len()
+            handed.len() + 1
         );
         self.notifier.reloading();
-        let e = std::process::Command::new(&program)
-            .args(std::env::args_os().skip(1))
-            .env("FIFOD_HANDOVER", list.join(":"))
-            .env("FIFOD_HANDOVER_PID", std::process::id().to_string())
-            .env("FIFOD_UPGRADES", (self.upgrades + 1).to_string())
-            // What systemd passed at the start is not for the next image.
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .exec();
+        let Err(e) = nix::unistd::execve(&path, &argv, &env);
+        let _ = signals.thread_unblock();
         let line = self.status_line();
         self.notifier.ready(&line);
-        Err(format!("cannot execute {}: {e}", program.display()))
+        Err(format!(
+            "cannot execute {}: {}",
+            program.display(),
+            e.desc()
+        ))
     }
 
     /// A memfd with what the relay holds in memory (see the module's
     /// comment), by the names of lanes, routes, sources and sinks.
-    fn memory_state(&self) -> Result<File, String> {
+    fn memory_state(&self, handed: &[(String, OwnedFd)]) -> Result<File, String> {
         let fd = memfd_create("fifod-state", MFdFlags::MFD_CLOEXEC)
             .map_err(|e| format!("cannot make the state to hand over: {}", e.desc()))?;
         let mut file = File::from(fd);
         let mut text = Vec::new();
+        for (name, fd) in handed {
+            text.extend(format!("fd {} {name}\n", fd.as_raw_fd()).bytes());
+        }
         for held in self.relay.held_in_memory() {
             let name = self.lane_store_name(held.lane);
             text.extend(
@@ -278,6 +341,8 @@ impl Daemon {
                         );
                     }
                 }
+                // The fds, taken by `activation::handover`.
+                ["fd", _, _] => {}
                 ["process", name, pid] => {
                     if let Ok(pid) = pid.parse::<i32>() {
                         self.adopted
@@ -301,6 +366,17 @@ impl Daemon {
             info!("took back {held_bytes} bytes held in memory before the upgrade");
         }
     }
+}
+
+/// The signals the loop takes (`run`): blocked around `execve`.
+pub fn loop_signals() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for signal in crate::daemon::LOOP_SIGNALS {
+        if let Ok(signal) = nix::sys::signal::Signal::try_from(signal) {
+            set.add(signal);
+        }
+    }
+    set
 }
 
 /// The binary to execute: the one at the path this one was started from,
