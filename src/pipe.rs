@@ -37,6 +37,24 @@ pub fn has_reader(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// Whether the pipe that the read-only `fd` is on has no writer left (the
+/// kernel reports a hang-up on a pipe's read side then).
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+    loop {
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+            Ok(_) => {
+                return fds[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Cannot tell: let a read find out.
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Fills the pipe `fd` is on to the brim through a write fd of fifod's
 /// own, so that no writer can put another byte in it, and returns how many
 /// bytes others had put in it and nobody read: an exact count of what a

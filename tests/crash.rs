@@ -674,3 +674,52 @@ fn an_upgrade_to_a_config_the_binary_refuses_leaves_fifod_as_it_was() {
     }
     assert_eq!(&got, b"still here\n");
 }
+
+/// Under a store, a line longer than a lane's pipe can take whole goes on
+/// all the same (through memory), and the lines after it too.
+#[test]
+fn a_line_too_long_for_a_lane_pipe_is_not_stuck() {
+    let sb = Sandbox::new();
+    sb.write_config(
+        r#"
+[fifo.in]
+[fifo.out]
+
+[[route]]
+from = ["in"]
+to = ["out"]
+framing = "lines"
+buffer = "64KiB"
+"#,
+    );
+    let mut manager = StandIn::new(&sb);
+    let d = manager.start(sb);
+    let reader = open_reader(&d.fifo("out"));
+    let writer = open_writer(&d.fifo("in"));
+    // Longer than max_line (the buffer, 64 KiB), whose pieces are as
+    // large as a 64 KiB pipe, less what fifod keeps aside in it.
+    let mut lines = vec![b'x'; 100 * KIB];
+    lines.push(b'\n');
+    lines.extend_from_slice(b"short\n");
+    write_all(&writer, &lines, Instant::now() + TIMEOUT);
+    let mut got = Vec::new();
+    let end = Instant::now() + TIMEOUT;
+    let mut buf = vec![0u8; 64 * KIB];
+    while got.len() < lines.len() {
+        assert!(
+            Instant::now() < end,
+            "{} of {} bytes came\n{}",
+            got.len(),
+            lines.len(),
+            d.log()
+        );
+        poll_one(&reader, PollFlags::POLLIN, Duration::from_millis(200));
+        match (&reader).read(&mut buf) {
+            Ok(0) => panic!("EOF"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert!(got == lines, "the lines came changed");
+}

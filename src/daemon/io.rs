@@ -85,6 +85,7 @@ impl Daemon {
         self.unwatch_source(s);
         // Bytes a `tee` gave lanes ahead of the old stream stay given.
         self.relay.commit_ahead(s);
+        self.journal_may_change(s);
         self.sources[s].fd = fd;
         self.watch_source(s);
     }
@@ -224,6 +225,8 @@ impl Daemon {
                     } => write_some(fd.as_fd(), bytes),
                     _ => 0,
                 });
+            // What lanes had ahead of `s` is consumed now.
+            self.journal_may_change(s);
             let fed: Vec<SinkId> = self.relay.sinks_of(s).collect();
             for k in fed {
                 if !self.sinks[k].watched && self.relay.held_for(k) > 0 {

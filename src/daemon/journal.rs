@@ -240,7 +240,11 @@ impl Daemon {
     ) -> Option<(Vec<Took>, usize)> {
         let queued = pipe::queued_bytes(source);
         if queued == 0 {
-            self.splice_stop = Some(SpliceStop::SourceEmpty);
+            // Empty, or at its end (no writer left): the copying path's read
+            // tells which, and handles an end.
+            if !pipe::hung_up(source) {
+                self.splice_stop = Some(SpliceStop::SourceEmpty);
+            }
             return None;
         }
         let active: Vec<(LaneId, SinkId, Target)> = plan
@@ -392,9 +396,7 @@ impl Daemon {
         }
         let lanes: Vec<LaneMark> = self
             .relay
-            .live_lanes()
-            .map(|(l, _)| l)
-            .collect::<Vec<_>>()
+            .lanes_fed_by(s)
             .into_iter()
             .filter_map(|l| {
                 let ahead = self.relay.piped_ahead(l, s);
@@ -406,6 +408,15 @@ impl Daemon {
             })
             .collect();
         self.write_journal(s, &Record::Settled(lanes));
+    }
+
+    /// How far lanes are ahead of `s` may have changed outside a round (the
+    /// copying path read it, or its stream was replaced): its journal, if
+    /// it has one, says so at once.
+    pub(super) fn journal_may_change(&mut self, s: SourceId) {
+        if !self.journals.is_empty() && self.journals.contains_key(&self.sources[s].name) {
+            self.settle_journal(s);
+        }
     }
 
     /// Brings the journals in line with the sources after a reload: those
@@ -461,6 +472,14 @@ impl Daemon {
             let (journal, record) = Journal::adopt(fd);
             self.fd_store.known(&stored_as, 1);
             self.journals.insert(source.clone(), journal);
+            // A lane that `s` does not feed now (routes were renumbered) is
+            // not ahead of it.
+            let fed = self.relay.lanes_fed_by(s);
+            let lanes: HashMap<String, LaneId> = lanes
+                .iter()
+                .filter(|&(_, l)| fed.contains(l))
+                .map(|(name, &l)| (name.clone(), l))
+                .collect();
             let aheads: Vec<(LaneId, usize)> = match record {
                 None | Some(Record::LinesInFlight { .. } | Record::LinesSettled { .. }) => {
                     Vec::new()

@@ -220,6 +220,8 @@ impl Daemon {
             // not fit, whole.
             let lanes = self.relay.lanes_fed_by(s);
             let mut rooms = Vec::with_capacity(lanes.len());
+            // A lane whose pipe is empty and still has no room for the run.
+            let mut never_fits = false;
             for &l in &lanes {
                 let Some(room) = self.line_lane_room(l) else {
                     warn!("{name}: a lane has no pipe for its lines: they go on without a log");
@@ -228,6 +230,7 @@ impl Daemon {
                 };
                 rooms.push(room);
                 if self.relay.lanes()[l].policy() == WhenFull::Block && room < cut {
+                    never_fits |= self.relay.lanes()[l].held() == 0;
                     cut = if long {
                         0
                     } else {
@@ -236,6 +239,15 @@ impl Daemon {
                 }
             }
             if cut == 0 {
+                if never_fits {
+                    // A pipe smaller than a line (a small `buffer`, or the
+                    // pipe budget spent): such lines go the copying way.
+                    warn!(
+                        "{name}: a line does not fit in a lane's pipe: its lines go through \
+                         memory (not kept across a crash) until they fit again"
+                    );
+                    self.hand_over_line_log(s);
+                }
                 break;
             }
             let run = &run[..cut];
@@ -285,13 +297,16 @@ impl Daemon {
             } else if let Some(log) = self.line_logs.get_mut(&name) {
                 log.in_long_line = false;
             }
-            if !self.write_line_journal(&name, &Record::LinesSettled { done: next }) {
-                self.hand_over_line_log(s);
-                return;
-            }
+            // The run is in the pipes: the log is past it, whatever the
+            // journal says.
+            let settled = self.write_line_journal(&name, &Record::LinesSettled { done: next });
             if let Some(log) = self.line_logs.get_mut(&name) {
                 log.done = next;
                 free_given_out(log);
+            }
+            if !settled {
+                self.hand_over_line_log(s);
+                return;
             }
             let sinks: Vec<SinkId> = lanes.iter().map(|&l| self.relay.lanes()[l].sink).collect();
             for k in sinks {

@@ -250,10 +250,13 @@ impl Daemon {
                 continue;
             };
             if stored != self.lane_store_name(l) {
+                // Under the new name first: a crash in between finds the
+                // pipe under one name or both, never under none.
                 let stored = stored.to_string();
+                let kept = self.store_lane_pipe(l);
                 self.fd_store.remove(&stored);
-                self.lane_pipes.set_stored_as(l, None);
-                if !self.store_lane_pipe(l) {
+                if !kept {
+                    self.lane_pipes.set_stored_as(l, None);
                     warn!(
                         "{}: its held bytes are no longer in the service manager's fd store",
                         self.lane_store_name(l).trim_start_matches(fdstore::PREFIX)
