@@ -723,3 +723,43 @@ buffer = "64KiB"
     }
     assert!(got == lines, "the lines came changed");
 }
+
+/// A process the config no longer has when fifod upgrades is stopped by
+/// the new image, and one it still has runs on.
+#[test]
+fn an_upgrade_stops_a_process_the_config_dropped_and_keeps_the_others() {
+    let with = |both: bool| {
+        let mut config = String::from(
+            "[fifo.in]\n[process.kept]\ncommand = [\"sleep\", \"1000\"]\n\
+             [[route]]\nfrom = [\"in\"]\nto = [\"kept\"]\n",
+        );
+        if both {
+            config.push_str("[process.dropped]\ncommand = [\"sleep\", \"1000\"]\n");
+        }
+        config
+    };
+    let sb = Sandbox::new();
+    sb.write_config(&with(true));
+    let d = Daemon::start_with(sb, &Default::default());
+    let before = process_pids(&d);
+    let pid_of = |pids: &[(String, u64)], name: &str| {
+        pids.iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, pid)| pid)
+            .unwrap_or_else(|| panic!("no process {name} in {pids:?}"))
+    };
+    let (kept, dropped) = (pid_of(&before, "kept"), pid_of(&before, "dropped"));
+    d.sb.write_config(&with(false));
+    let out =
+        d.sb.run_to_exit(&d.sb.cmd_args("upgrade"), &Default::default());
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let after = process_pids(&d);
+    assert_eq!(after, vec![("kept".to_string(), kept)], "{after:?}");
+    let gone =
+        crate::common::wait_until(TIMEOUT, || !Path::new(&format!("/proc/{dropped}")).exists());
+    assert!(
+        gone,
+        "the dropped process (pid {dropped}) still runs\n{}",
+        d.log()
+    );
+}

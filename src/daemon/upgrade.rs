@@ -417,12 +417,14 @@ impl Daemon {
         true
     }
 
-    /// Processes handed over that the config no longer has: stopped
-    /// (SIGTERM to their group), and reaped as any.
+    /// Processes handed over that the config no longer has: stopped as a
+    /// reload stops a process it replaces (SIGTERM to the group, SIGKILL
+    /// after the grace), and reaped as any.
     pub(super) fn release_unadopted(&mut self) {
+        let now = std::time::Instant::now();
         for (name, pid) in std::mem::take(&mut self.adopted) {
             warn!("process {name} (pid {pid}) is no longer in the config: stopping it");
-            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGTERM);
+            self.replaced.stop(&name, pid, now);
         }
         self.handed_processes.clear();
     }
