@@ -116,6 +116,20 @@ pub fn render(status: &Status, now: SystemTime) -> String {
     );
     requests.sample(&[], status.reload_requests);
     families.push(requests);
+    let mut upgrades = Family::new(
+        "fifod_upgrades_total",
+        Counter,
+        "Upgrades in place (fifod upgrade) since fifod was started.",
+    );
+    upgrades.sample(&[], status.upgrades);
+    families.push(upgrades);
+    let mut failures = Family::new(
+        "fifod_upgrade_failures",
+        Gauge,
+        "Upgrades that failed since the last one that worked; fifod went on as it was.",
+    );
+    failures.sample(&[], status.upgrade_failures);
+    families.push(failures);
     let mut success = Family::new(
         "fifod_last_reload_success",
         Gauge,
@@ -456,6 +470,12 @@ fifod_uptime_seconds 90.25
 # HELP fifod_reload_requests_total Reload requests (SIGHUPs) fifod took.
 # TYPE fifod_reload_requests_total counter
 fifod_reload_requests_total 2
+# HELP fifod_upgrades_total Upgrades in place (fifod upgrade) since fifod was started.
+# TYPE fifod_upgrades_total counter
+fifod_upgrades_total 0
+# HELP fifod_upgrade_failures Upgrades that failed since the last one that worked; fifod went on as it was.
+# TYPE fifod_upgrade_failures gauge
+fifod_upgrade_failures 0
 # HELP fifod_last_reload_success Whether the last reload succeeded (1) or failed and the config before it stays in force (0); absent before the first reload.
 # TYPE fifod_last_reload_success gauge
 fifod_last_reload_success 0
