@@ -15,6 +15,10 @@
 //! - `fifod/lines/SOURCE`: the log of a source of line routes, a memfd with
 //!   its line in progress and a journal (`daemon::line_log`).
 //!
+//! `fifod upgrade` hands the same over across `execve`, with two more kinds
+//! of names that are never stored: `fifod/process/NAME/STREAM` (a running
+//! process's pipes) and `fifod/state` (`daemon::upgrade`).
+//!
 //! The store is used only when the service manager says it has one
 //! (`$FDSTORE`, set by systemd 254 and later from `FileDescriptorStoreMax=`,
 //! and by the shipped unit for older ones), and it is emptied by a clean
@@ -191,17 +195,6 @@ impl FdStore {
         FdStore {
             socket,
             capacity,
-            names: HashMap::new(),
-            refused: HashSet::new(),
-            full_warned: false,
-        }
-    }
-
-    /// A store that is not there.
-    pub fn none() -> FdStore {
-        FdStore {
-            socket: None,
-            capacity: 0,
             names: HashMap::new(),
             refused: HashSet::new(),
             full_warned: false,

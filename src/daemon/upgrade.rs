@@ -2,20 +2,25 @@
 //! same pid, handing over everything that holds bytes, so that nobody
 //! connected notices and nothing is lost.
 //!
-//! What goes over, as fds left open across `execve` and named in
-//! `$FIFOD_HANDOVER` (`FD=NAME:FD=NAME...`, honoured only by the process
-//! whose pid `$FIFOD_HANDOVER_PID` names): the fd held on every FIFO, both
-//! ends of every lane pipe, fan-out journals and line logs, under the names
-//! the fd store uses, socket units' FIFOs under their own names, and a
-//! memfd (`fifod/state`) with what the relay holds in memory: each lane's
-//! held bytes, each source's line in progress, each sink's line owner. The
-//! new fifod reads its config again and takes them back as it would after
-//! a crash (`stored.rs`), the memory state on top.
+//! What goes over, as fds left open across `execve`: the fd held on every
+//! FIFO, both ends of every lane pipe, fan-out journals and line logs,
+//! under the names the fd store uses, socket units' FIFOs under their own
+//! names, running processes' pipes (`fifod/process/NAME/STREAM`), and a
+//! memfd (`fifod/state`) whose first lines name the others (`fd RAW NAME`)
+//! and whose rest is what the relay holds in memory (each lane's held
+//! bytes, each source's line in progress, each sink's line owner) and each
+//! running process's pid. `$FIFOD_HANDOVER` names the state's fd, honoured
+//! only by the process whose pid `$FIFOD_HANDOVER_PID` names. The new fifod
+//! reads its config again and takes them back as it would after a crash
+//! (`stored.rs`), the memory state on top, and adopts the processes.
 //!
-//! Before it executes, fifod reads every source until no lane is ahead of
-//! it and lets go of what `drop-oldest` dropped at the front of pipes; it
-//! does not read anything into memory after that. If `execve` fails, the
-//! handed fds are closed and fifod goes on as it was.
+//! Before it executes, the new binary must accept the config on disk
+//! (`fifod check`); fifod reads every source until no lane is ahead of it
+//! and lets go of what `drop-oldest` dropped at the front of pipes; it
+//! does not read anything into memory after that. The loop's signals are
+//! blocked across `execve` (the new image unblocks them once it handles
+//! them). If `execve` fails, the handed fds are closed and fifod goes on
+//! as it was.
 
 use std::ffi::CString;
 use std::fs::File;
