@@ -81,6 +81,9 @@ pub enum Exit {
     Signal(Signal),
     /// It could not be started at all.
     SpawnFailed,
+    /// It was adopted after fifod restarted, so its status is not fifod's
+    /// to read (it is not fifod's child).
+    Unknown,
 }
 
 impl Exit {
@@ -95,6 +98,7 @@ impl fmt::Display for Exit {
             Exit::Code(code) => write!(f, "exited with status {code}"),
             Exit::Signal(signal) => write!(f, "was killed by {}", signal.as_str()),
             Exit::SpawnFailed => f.write_str("could not be started"),
+            Exit::Unknown => f.write_str("exited (status unknown: adopted after a restart)"),
         }
     }
 }
@@ -107,7 +111,13 @@ fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
 
 /// Starts `spec` in its own process group, with pipes where `wiring` says
 /// fifod relays a stream and `/dev/null` where nobody would read or write.
-pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
+/// `outlive_fifod`: the process runs on if fifod dies (with an fd store,
+/// where the next fifod adopts it); otherwise it is killed with fifod.
+pub fn spawn(
+    spec: &ProcessConfig,
+    wiring: Wiring,
+    outlive_fifod: bool,
+) -> io::Result<(Pid, Pipes)> {
     let Some((program, args)) = spec.command.split_first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
     };
@@ -191,9 +201,12 @@ pub fn spawn(spec: &ProcessConfig, wiring: Wiring) -> io::Result<(Pid, Pipes)> {
         command.pre_exec(move || {
             identity.assume()?;
             // If fifod dies (even by SIGKILL), the child goes too, rather
-            // than run on beside the next fifod's copy of it. Set after the
-            // uid changed (std does that first), which would clear it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // than run on beside the next fifod's copy of it; unless the
+            // next fifod will adopt it. Set after the uid changed (std does
+            // that first), which would clear it.
+            if !outlive_fifod {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
             if libc::getppid() as u32 != fifod {
                 libc::_exit(1);
             }

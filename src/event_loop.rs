@@ -41,6 +41,9 @@ pub enum Token {
     Dirs,
     /// A config loaded for a reload is ready.
     Loaded,
+    /// A process fifod adopted after a restart, not its child, exited (its
+    /// pidfd, by the process's index).
+    Process(usize),
 }
 
 /// Which readiness to wait for.
@@ -75,6 +78,7 @@ const KIND_CONTROL: u64 = 3;
 const KIND_CLIENT: u64 = 4;
 const KIND_DIRS: u64 = 5;
 const KIND_LOADED: u64 = 6;
+const KIND_PROCESS: u64 = 7;
 
 fn encode_key(kind: u64, key: SlotKey) -> u64 {
     (kind << KIND_SHIFT)
@@ -90,6 +94,7 @@ fn encode(token: Token) -> u64 {
         Token::Client(i) => (KIND_CLIENT << KIND_SHIFT) | i as u64,
         Token::Dirs => KIND_DIRS << KIND_SHIFT,
         Token::Loaded => KIND_LOADED << KIND_SHIFT,
+        Token::Process(i) => (KIND_PROCESS << KIND_SHIFT) | i as u64,
     }
 }
 
@@ -106,6 +111,7 @@ fn decode(data: u64) -> Option<Token> {
         KIND_CLIENT => Some(Token::Client(index as usize)),
         KIND_DIRS => Some(Token::Dirs),
         KIND_LOADED => Some(Token::Loaded),
+        KIND_PROCESS => Some(Token::Process(index as usize)),
         _ => None,
     }
 }

@@ -14,6 +14,9 @@
 //!   how far each lane's pipe is ahead of the source (`daemon::journal`).
 //! - `fifod/lines/SOURCE`: the log of a source of line routes, a memfd with
 //!   its line in progress and a journal (`daemon::line_log`).
+//! - `fifod/running/NAME/PID/STREAM`: a running process's pipes (its stdin's
+//!   write end, its stdout's and stderr's read ends): after a crash the
+//!   process runs on (the unit's `KillMode=process`) and is adopted.
 //!
 //! `fifod upgrade` hands the same over across `execve`, with two more kinds
 //! of names that are never stored: `fifod/process/NAME/STREAM` (a running
@@ -56,6 +59,11 @@ pub fn lane_name(route: &str, sink: &str) -> String {
     format!("{PREFIX}lane/{route}/{sink}")
 }
 
+/// The name a running process's `stream` pipe is stored under.
+pub fn running_name(process: &str, pid: i32, stream: &str) -> String {
+    format!("{PREFIX}running/{process}/{pid}/{stream}")
+}
+
 /// The name the fan-out journal of source `source` is stored under.
 pub fn journal_name(source: &str) -> String {
     format!("{PREFIX}tee/{source}")
@@ -79,6 +87,9 @@ pub struct Stored {
     /// Processes' pipes handed over by `fifod upgrade`, by `NAME/stdin`,
     /// `NAME/stdout` or `NAME/stderr`.
     pub processes: HashMap<String, OwnedFd>,
+    /// Running processes' pipes stored before a crash: (process name, pid,
+    /// stream, fd).
+    pub running: Vec<(String, i32, String, OwnedFd)>,
     /// Each lane's pipe, as (read end, write end).
     pub lanes: HashMap<String, (OwnedFd, OwnedFd)>,
     /// Anything else under fifod's prefix: not fifod's to use any more.
@@ -93,6 +104,16 @@ impl Stored {
         for (name, fd) in passed {
             if name == STATE {
                 stored.state = Some(fd);
+            } else if let Some((process, pid, stream)) = name
+                .strip_prefix(PREFIX)
+                .and_then(|n| n.strip_prefix("running/"))
+                .and_then(|n| {
+                    let (rest, stream) = n.rsplit_once('/')?;
+                    let (process, pid) = rest.rsplit_once('/')?;
+                    Some((process.to_string(), pid.parse().ok()?, stream.to_string()))
+                })
+            {
+                stored.running.push((process, pid, stream, fd));
             } else if let Some(stream) = name
                 .strip_prefix(PREFIX)
                 .and_then(|n| n.strip_prefix("process/"))

@@ -52,7 +52,17 @@ fn start_for(cut: Cut, sb: Sandbox) -> (Option<StandIn>, Daemon) {
 /// Cuts fifod short once, as `cut` says, and returns it running again.
 fn cut_short(cut: Cut, manager: &mut Option<StandIn>, d: Daemon) -> Daemon {
     match (cut, manager) {
-        (Cut::Kill, Some(manager)) => manager.crash_and_restart(d),
+        (Cut::Kill, Some(manager)) => {
+            let processes = process_pids(&d);
+            let d = manager.crash_and_restart(d);
+            assert_eq!(
+                process_pids(&d),
+                processes,
+                "a crash leaves the processes running, and they are adopted\n{}",
+                all_logs(&d.sb)
+            );
+            d
+        }
         _ => {
             let pid = d.pid();
             let processes = process_pids(&d);
@@ -392,6 +402,18 @@ to = ["relay"]
 from = ["relay"]
 to = ["out"]
 "#;
+
+#[test]
+fn a_stream_through_a_process_loses_nothing_when_fifod_is_killed() {
+    stream_survives_crashes(
+        Cut::Kill,
+        THROUGH_A_PROCESS,
+        &["out"],
+        64 * MIB as u64,
+        false,
+        9,
+    );
+}
 
 #[test]
 fn a_stream_through_a_process_loses_nothing_through_upgrades() {

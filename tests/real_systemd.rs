@@ -158,12 +158,14 @@ fn socket_units_hold_the_fifos_while_fifod_restarts_under_a_real_systemd() {
     assert_eq!(m.ok("ls -A /run/fifod"), "");
 }
 
-/// A 1→1 route and a 1→2 fan-out, each stream written and read whole while
-/// `systemctl kill -s KILL` takes fifod down three times and Restart=
-/// brings it back: the readers get exactly what was written (nothing lost,
-/// nothing twice), writers and readers never see an error or an end of
-/// file; `fifod upgrade` then keeps the main pid, and the stop after it
-/// leaves systemd's fd store empty.
+/// A 1→1 route, a 1→2 fan-out and a route through a process (`cat`), each
+/// stream written and read whole while `systemctl kill --kill-whom=main -s
+/// KILL` takes fifod down three times (a crash: its process runs on) and
+/// Restart= brings it back: the readers get exactly what was written
+/// (nothing lost, nothing twice), writers and readers never see an error or
+/// an end of file, the process keeps its pid (adopted); `fifod upgrade`
+/// then keeps the main pid, and the stop after it leaves systemd's fd store
+/// empty.
 #[test]
 fn a_killed_fifod_loses_no_byte_under_a_real_systemd() {
     let Some(m) = Machine::boot("a_killed_fifod_loses_no_byte_under_a_real_systemd") else {
@@ -184,18 +186,34 @@ to = ["out"]
 [[route]]
 from = ["fan"]
 to = ["a", "b"]
+
+[fifo.pin]
+[fifo.pout]
+[process.relay]
+command = ["cat"]
+
+[[route]]
+from = ["pin"]
+to = ["relay"]
+
+[[route]]
+from = ["relay"]
+to = ["pout"]
 "#,
     );
     m.ok("systemctl start fifod");
+    let relay_pid = || m.ok("fifod status | awk '$1 == \"relay\" { print $2 }'");
+    let relay = relay_pid();
+    assert!(!relay.trim().is_empty(), "no pid for the process relay");
     let size = 256 * 1024 * 1024;
     // Readers first, each bounded; then the writers. `head -c` stops at
     // `size` bytes, and fails the comparison if an end of file came first.
     m.ok(&format!(
         "head -c {size} /dev/urandom > /tmp/data
-         for out in out a b; do
+         for out in out a b pout; do
            (timeout 300 head -c {size} /run/fifod/$out > /tmp/got-$out; echo $? > /tmp/rc-$out) &
          done
-         for in in in fan; do
+         for in in in fan pin; do
            (timeout 300 cat /tmp/data > /run/fifod/$in; echo $? > /tmp/rc-$in) &
          done
          true"
@@ -205,12 +223,12 @@ to = ["a", "b"]
         let at = size / 4 * kill;
         m.ok(&format!(
             "for i in $(seq 3000); do
-               n=$(stat -c %s /tmp/got-out /tmp/got-a /tmp/got-b | sort -n | head -1)
+               n=$(stat -c %s /tmp/got-out /tmp/got-a /tmp/got-b /tmp/got-pout | sort -n | head -1)
                [ \"$n\" -ge {at} ] && break
                sleep 0.01
              done
              pid=$(systemctl show -p MainPID --value fifod)
-             systemctl kill -s KILL fifod
+             systemctl kill --kill-whom=main -s KILL fifod
              # Restart= starts a new fifod.
              for i in $(seq 3000); do
                new=$(systemctl show -p MainPID --value fifod)
@@ -221,18 +239,24 @@ to = ["a", "b"]
              exit 1"
         ));
     }
-    let outcome = m.ok("for f in in fan out a b; do
+    let outcome = m.ok("for f in in fan pin out a b pout; do
            while [ ! -s /tmp/rc-$f ]; do sleep 0.05; done
            echo \"$f $(cat /tmp/rc-$f)\"
          done
-         for out in out a b; do cmp /tmp/data /tmp/got-$out && echo \"$out same\"; done");
+         for out in out a b pout; do cmp /tmp/data /tmp/got-$out && echo \"$out same\"; done");
     assert_eq!(
         outcome,
-        "in 0\nfan 0\nout 0\na 0\nb 0\nout same\na same\nb same\n",
+        "in 0\nfan 0\npin 0\nout 0\na 0\nb 0\npout 0\nout same\na same\nb same\npout same\n",
         "{}",
         m.console()
     );
     assert_eq!(m.property(FIFOD, "NRestarts"), "3");
+    assert_eq!(
+        relay_pid(),
+        relay,
+        "the process ran on through the kills and was adopted\n{}",
+        m.console()
+    );
     for warning in ["not kept across a crash", "would not outlive a crash"] {
         assert!(
             !m.console().contains(warning),

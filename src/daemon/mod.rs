@@ -308,6 +308,12 @@ pub struct Daemon {
     /// Processes an upgrade handed over, by name, with their pipes: they
     /// are adopted rather than started.
     adopted: HashMap<String, nix::unistd::Pid>,
+    /// Of those, the ones a crash left behind: not fifod's children, their
+    /// exits are seen through a pidfd (`pidfds`, by process index).
+    foreign: HashSet<String>,
+    pidfds: HashMap<usize, OwnedFd>,
+    /// The names each running process's pipes are stored under.
+    running_stored: HashMap<usize, Vec<String>>,
     handed_processes: std::collections::HashMap<String, OwnedFd>,
 }
 
@@ -718,6 +724,9 @@ impl Daemon {
             upgrade_error: None,
             upgrade_requested: false,
             adopted: HashMap::default(),
+            foreign: HashSet::default(),
+            pidfds: HashMap::default(),
+            running_stored: HashMap::default(),
             handed_processes: std::collections::HashMap::new(),
             config_path,
             last_reload: last_reload::LastReload::default(),
@@ -897,6 +906,10 @@ impl Daemon {
                 token: Token::Control,
                 ..
             } => self.answer_status(),
+            Event::Ready {
+                token: Token::Process(c),
+                ..
+            } => self.foreign_exited(c),
             Event::Ready {
                 token: Token::Dirs, ..
             } => self.on_dirs_changed(),

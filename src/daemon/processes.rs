@@ -17,14 +17,13 @@ impl Daemon {
             stderr: ends.stderr.is_some(),
         };
         let now = Instant::now();
-        match child::spawn(&self.children[c].spec, wiring) {
+        match child::spawn(&self.children[c].spec, wiring, self.fd_store.enabled()) {
             Ok((pid, pipes)) => {
                 info!("started process {} (pid {pid})", self.children[c].name());
                 self.children[c].started(pid, now);
                 if let Some(k) = ends.stdin {
                     self.set_sink_fd(k, pipes.stdin);
                     self.sinks[k].intake = Intake::Open;
-                    self.flush(k);
                 }
                 for (s, fd) in [(ends.stdout, pipes.stdout), (ends.stderr, pipes.stderr)] {
                     if let Some(s) = s {
@@ -38,6 +37,12 @@ impl Daemon {
                         self.sources[s].partial.clear();
                         self.set_source_fd(s, fd);
                     }
+                }
+                // Before a byte goes into its stdin: a crash of fifod leaves
+                // it running, with its pipes kept.
+                self.store_running(c);
+                if let Some(k) = ends.stdin {
+                    self.flush(k);
                 }
             }
             Err(e) => {
@@ -60,6 +65,10 @@ impl Daemon {
     pub(super) fn child_exited(&mut self, c: usize, pid: Option<nix::unistd::Pid>, how: Exit) {
         let stopping = self.state != State::Running;
         let now = Instant::now();
+        self.unstore_running(c);
+        if let Some(fd) = self.pidfds.remove(&c) {
+            let _ = self.events.remove(std::os::fd::AsFd::as_fd(&fd));
+        }
         let restart_at = self.children[c].exited(how, now, stopping);
         let name = self.children[c].name().to_string();
         let pid = pid.map_or(String::new(), |p| format!(" (pid {p})"));

@@ -7,12 +7,12 @@
 //! pipes come back with what they held and go back to their lanes, found by
 //! route and sink name.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use log::{error, info, warn};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-use rustc_hash::FxHashSet as HashSet;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{Daemon, SinkKind, SourceKind};
 use crate::fdstore::{self, Stored};
@@ -53,9 +53,11 @@ impl Daemon {
             line_logs,
             state,
             processes,
+            running,
             stale,
         } = stored;
         self.handed_processes = processes;
+        self.take_back_running(running);
         let mut kept_fifos = 0;
         for f in 0..self.footprint.fifos.len() {
             let managed = &self.footprint.fifos[f];
@@ -296,4 +298,97 @@ impl Daemon {
             Err(e) => warn!("fifo {name}: cannot store its fd: {e}"),
         }
     }
+}
+
+impl Daemon {
+    /// Takes back the processes an earlier fifod stored before it died:
+    /// each that still runs, with the pipes it has open (checked by the
+    /// pipes' inodes in /proc), is adopted rather than started again; the
+    /// others' pipes are taken out of the store.
+    fn take_back_running(&mut self, running: Vec<(String, i32, String, OwnedFd)>) {
+        let mut by_process: HashMap<(String, i32), Vec<(String, OwnedFd)>> = HashMap::default();
+        for (name, pid, stream, fd) in running {
+            by_process
+                .entry((name, pid))
+                .or_default()
+                .push((stream, fd));
+        }
+        for ((name, pid), streams) in by_process {
+            let alive = streams
+                .iter()
+                .all(|(stream, fd)| holds(pid, stream, fd.as_fd()));
+            let known = self.children.iter().any(|c| c.name() == name);
+            for (stream, fd) in streams {
+                let stored_as = fdstore::running_name(&name, pid, &stream);
+                if alive && known {
+                    self.fd_store.known(&stored_as, 1);
+                    self.handed_processes.insert(format!("{name}/{stream}"), fd);
+                } else {
+                    self.fd_store.forget(&stored_as);
+                }
+            }
+            if alive && known {
+                self.adopted
+                    .insert(name.clone(), nix::unistd::Pid::from_raw(pid));
+                self.foreign.insert(name);
+            }
+        }
+    }
+
+    /// Stores the pipes of process `c`, which runs now.
+    pub(super) fn store_running(&mut self, c: usize) {
+        if !self.fd_store.enabled() {
+            return;
+        }
+        let Some(pid) = self.children[c].pid else {
+            return;
+        };
+        let name = self.children[c].name().to_string();
+        let ends = self.ends[c];
+        let mut fds: Vec<(String, OwnedFd)> = Vec::new();
+        let streams = [
+            ("stdin", ends.stdin.and_then(|k| self.sinks[k].fd.as_ref())),
+            (
+                "stdout",
+                ends.stdout.and_then(|s| self.sources[s].fd.as_ref()),
+            ),
+            (
+                "stderr",
+                ends.stderr.and_then(|s| self.sources[s].fd.as_ref()),
+            ),
+        ];
+        for (stream, fd) in streams {
+            if let Some(Ok(fd)) = fd.map(|fd| fd.try_clone()) {
+                fds.push((fdstore::running_name(&name, pid.as_raw(), stream), fd));
+            }
+        }
+        for (stored_as, fd) in fds {
+            if self.fd_store.store(&stored_as, &[fd.as_fd()]) {
+                self.running_stored.entry(c).or_default().push(stored_as);
+            }
+        }
+    }
+
+    /// Takes process `c`'s pipes out of the store: it exited.
+    pub(super) fn unstore_running(&mut self, c: usize) {
+        for stored_as in self.running_stored.remove(&c).unwrap_or_default() {
+            self.fd_store.remove(&stored_as);
+        }
+    }
+}
+
+/// Whether process `pid` has the pipe `fd` is on open as its `stream`
+/// (fd 0, 1 or 2): the same process, still running, with its pipes.
+fn holds(pid: i32, stream: &str, fd: BorrowedFd<'_>) -> bool {
+    let n = match stream {
+        "stdin" => 0,
+        "stdout" => 1,
+        "stderr" => 2,
+        _ => return false,
+    };
+    let Ok(st) = nix::sys::stat::fstat(fd) else {
+        return false;
+    };
+    std::fs::read_link(format!("/proc/{pid}/fd/{n}"))
+        .is_ok_and(|target| target.to_string_lossy() == format!("pipe:[{}]", st.st_ino))
 }

@@ -34,6 +34,7 @@ use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use super::{Daemon, State};
+use crate::event_loop::{Interest, Token};
 use crate::fdstore;
 use crate::relay::{HeldBytes, LineInProgress};
 
@@ -418,8 +419,42 @@ impl Daemon {
                 self.set_source_fd(s, fd);
             }
         }
-        info!("process {name} (pid {pid}) runs on after the upgrade");
+        if self.foreign.remove(&name) {
+            // Left by a crash: its parent is gone, so its exit comes through
+            // a pidfd.
+            match pidfd_open(pid) {
+                Ok(fd) => {
+                    if let Err(e) = self
+                        .events
+                        .add(fd.as_fd(), Token::Process(c), Interest::Read)
+                    {
+                        warn!("process {name} (pid {pid}): cannot watch its exit: {e}");
+                    }
+                    self.pidfds.insert(c, fd);
+                }
+                Err(e) => warn!(
+                    "process {name} (pid {pid}): cannot watch its exit: {}",
+                    e.desc()
+                ),
+            }
+            info!("process {name} (pid {pid}) runs on after a restart: adopted");
+        } else {
+            info!("process {name} (pid {pid}) runs on after the upgrade");
+            self.store_running(c);
+        }
         true
+    }
+
+    /// A process adopted after a crash exited (its pidfd says so).
+    pub(super) fn foreign_exited(&mut self, c: usize) {
+        let Some(fd) = self.pidfds.remove(&c) else {
+            return;
+        };
+        let _ = self.events.remove(fd.as_fd());
+        let pid = self.children.get(c).and_then(|child| child.pid);
+        if pid.is_some() {
+            self.child_exited(c, pid, crate::child::Exit::Unknown);
+        }
     }
 
     /// Processes handed over that the config no longer has: stopped as a
@@ -433,4 +468,18 @@ impl Daemon {
         }
         self.handed_processes.clear();
     }
+}
+
+/// A pidfd for `pid`, which need not be fifod's child: readable once it
+/// exits.
+fn pidfd_open(pid: nix::unistd::Pid) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd (with
+    // close-on-exec set) or -1; nothing is borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    let fd = std::os::fd::RawFd::try_from(fd).map_err(|_| nix::errno::Errno::EBADF)?;
+    // SAFETY: the fd was just returned by pidfd_open and is owned by nobody.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
