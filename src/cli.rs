@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::config::{self, Environment, LoadError};
-use crate::control::{self, QueryError, ReloadStatus};
+use crate::control::{self, QueryError, ReloadStatus, Status};
 use crate::daemon;
 
 /// The config was invalid (sysexits' EX_CONFIG), so that a unit can say
@@ -265,51 +265,86 @@ fn status(path: &Path, format: StatusFormat, watch: Option<Duration>) -> ExitCod
 /// the file off the relay's path, then applies the difference.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn reload(path: &Path) -> ExitCode {
+/// What `fifod reload` and `fifod upgrade` have once they signalled the
+/// running daemon: how to ask it again, its status before, and its pid.
+struct Signalled {
+    socket: PathBuf,
+    before: Status,
+    pid: i32,
+}
+
+impl Signalled {
+    fn ask(&self) -> Result<(Status, i32), QueryError> {
+        control::query_peer(&self.socket, Duration::from_secs(5))
+    }
+}
+
+/// Finds the daemon that `path`'s control socket answers for, checks that
+/// it runs, and sends it `signal` for `command` (`reload`, `upgrade`;
+/// `doing` is `reloading`, `upgrading`). On failure, says why and gives
+/// the exit status.
+fn signal_daemon(
+    path: &Path,
+    (command, doing): (&str, &str),
+    signal: Signal,
+) -> Result<Signalled, ExitCode> {
     let env = Environment::from_process();
     // The file may well be invalid: the daemon says so, with every error.
     let socket = match config::load_untrusted(path, &env) {
         Ok(config) => config.daemon.control,
         Err(_) => config::locate_control(path, &env),
     };
+    let kill_name = signal.as_str().trim_start_matches("SIG");
     let Some(socket) = socket else {
         eprintln!(
             "{}: no control socket to ask (daemon.control is empty or the [daemon] table is \
-             invalid); `kill -HUP` the daemon instead",
+             invalid); `kill -{kill_name}` the daemon instead",
             path.display()
         );
-        return ExitCode::from(EXIT_FAILURE);
+        return Err(ExitCode::from(EXIT_FAILURE));
     };
-    let ask = || control::query_peer(&socket, Duration::from_secs(5));
-    let (before, pid) = match ask() {
-        Ok(answer) => answer,
-        Err(e) => return query_failed(e),
-    };
+    let (before, pid) = control::query_peer(&socket, Duration::from_secs(5))
+        .map_err(|e| query_failed(command, e))?;
     if before.state != "running" {
-        eprintln!("fifod is {}: not reloading", before.state);
-        return ExitCode::from(EXIT_FAILURE);
+        eprintln!("fifod is {}: not {doing}", before.state);
+        return Err(ExitCode::from(EXIT_FAILURE));
     }
-    // Every request after `before.reload_requests` is answered by a reload
-    // that read the file after it came: ours, or a later one.
-    let ours = before.reload_requests + 1;
     // A daemon in a pid namespace this one cannot see has no pid here (0):
     // kill(0) would signal this process's own group.
     if pid <= 0 {
-        eprintln!("fifod reload: the daemon's pid is not visible from here; send it SIGHUP");
-        return ExitCode::from(EXIT_FAILURE);
+        eprintln!(
+            "fifod {command}: the daemon's pid is not visible from here; send it {}",
+            signal.as_str()
+        );
+        return Err(ExitCode::from(EXIT_FAILURE));
     }
-    if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGHUP) {
-        eprintln!("fifod reload: cannot signal fifod (pid {pid}): {e}");
-        return ExitCode::from(EXIT_FAILURE);
+    if let Err(e) = kill(Pid::from_raw(pid), signal) {
+        eprintln!("fifod {command}: cannot signal fifod (pid {pid}): {e}");
+        return Err(ExitCode::from(EXIT_FAILURE));
     }
+    Ok(Signalled {
+        socket,
+        before,
+        pid,
+    })
+}
+
+fn reload(path: &Path) -> ExitCode {
+    let daemon = match signal_daemon(path, ("reload", "reloading"), Signal::SIGHUP) {
+        Ok(daemon) => daemon,
+        Err(code) => return code,
+    };
+    // Every request after `before.reload_requests` is answered by a reload
+    // that read the file after it came: ours, or a later one.
+    let ours = daemon.before.reload_requests + 1;
     let end = Instant::now() + RELOAD_TIMEOUT;
     let mut pause = Duration::from_millis(2);
     loop {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
-        let now = match ask() {
+        let now = match daemon.ask() {
             Ok((now, _)) => now,
-            Err(e) => return query_failed(e),
+            Err(e) => return query_failed("reload", e),
         };
         match now.last_reload {
             Some(last) if last.answers >= ours => return reload_outcome(&last),
@@ -334,43 +369,18 @@ fn reload(path: &Path) -> ExitCode {
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn upgrade(path: &Path) -> ExitCode {
-    let env = Environment::from_process();
-    let socket = match config::load_untrusted(path, &env) {
-        Ok(config) => config.daemon.control,
-        Err(_) => config::locate_control(path, &env),
+    let daemon = match signal_daemon(path, ("upgrade", "upgrading"), Signal::SIGUSR2) {
+        Ok(daemon) => daemon,
+        Err(code) => return code,
     };
-    let Some(socket) = socket else {
-        eprintln!(
-            "{}: no control socket to ask (daemon.control is empty or the [daemon] table is \
-             invalid); `kill -USR2` the daemon instead",
-            path.display()
-        );
-        return ExitCode::from(EXIT_FAILURE);
-    };
-    let ask = || control::query_peer(&socket, Duration::from_secs(5));
-    let (before, pid) = match ask() {
-        Ok(answer) => answer,
-        Err(e) => return query_failed(e),
-    };
-    if before.state != "running" {
-        eprintln!("fifod is {}: not upgrading", before.state);
-        return ExitCode::from(EXIT_FAILURE);
-    }
-    if pid <= 0 {
-        eprintln!("fifod upgrade: the daemon's pid is not visible from here; send it SIGUSR2");
-        return ExitCode::from(EXIT_FAILURE);
-    }
-    if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGUSR2) {
-        eprintln!("fifod upgrade: cannot signal fifod (pid {pid}): {e}");
-        return ExitCode::from(EXIT_FAILURE);
-    }
+    let (before, pid) = (&daemon.before, daemon.pid);
     let end = Instant::now() + UPGRADE_TIMEOUT;
     let mut pause = Duration::from_millis(2);
     loop {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
         // While the binary is executed again, the socket is not there.
-        if let Ok((now, now_pid)) = ask() {
+        if let Ok((now, now_pid)) = daemon.ask() {
             if now_pid != pid {
                 eprintln!("fifod upgrade: another fifod (pid {now_pid}) answers now");
                 return ExitCode::from(EXIT_FAILURE);
@@ -418,14 +428,14 @@ fn reload_outcome(last: &ReloadStatus) -> ExitCode {
     ExitCode::from(EXIT_FAILURE)
 }
 
-fn query_failed(e: QueryError) -> ExitCode {
+fn query_failed(command: &str, e: QueryError) -> ExitCode {
     match e {
         QueryError::NotRunning(why) => {
             eprintln!("fifod is not running ({why})");
             ExitCode::from(EXIT_NOT_RUNNING)
         }
         QueryError::Failed(why) => {
-            eprintln!("fifod reload: {why}");
+            eprintln!("fifod {command}: {why}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

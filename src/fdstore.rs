@@ -226,18 +226,9 @@ impl FdStore {
         self.socket.is_some()
     }
 
-    /// How many fds the manager keeps for fifod.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// How many fds are stored now.
-    pub fn used(&self) -> usize {
+    fn used(&self) -> usize {
         self.names.values().sum()
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.names.contains_key(name)
     }
 
     /// Records that `name` is in the store already (the manager passed it
@@ -327,11 +318,6 @@ impl FdStore {
             self.remove(&name);
         }
         self.socket = None;
-    }
-
-    /// The names stored now.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.keys().map(String::as_str)
     }
 
     fn refuse(&mut self, name: &str, why: &str) {

@@ -15,7 +15,7 @@ use nix::poll::PollFlags;
 
 use crate::common::{
     BULK_TIMEOUT, Daemon, IN_OUT, KIB, MIB, Rng, Sandbox, StandIn, TIMEOUT, Verifier, fill_pattern,
-    open_reader, open_writer, poll_one, spawn, write_all,
+    open_reader, open_writer, poll_one, read_exact, spawn, write_all,
 };
 
 /// How many times each stream is cut short.
@@ -242,6 +242,71 @@ fn write_stream(f: File, seed: u64, len: u64) {
     }
 }
 
+/// Cuts fifod short `CRASHES` times (as `cut` says), each at a random
+/// moment once `got` (how far the readers are, of `total`) has moved on a
+/// little; `after` checks what each cut must leave as it was. Fails at once
+/// when a reader reports a `failure`, or when the readers stall.
+#[allow(clippy::too_many_arguments)]
+fn cut_while_flowing(
+    cut: Cut,
+    manager: &mut Option<StandIn>,
+    mut d: Daemon,
+    seed: u64,
+    total: u64,
+    got: impl Fn() -> u64,
+    failure: &Mutex<Option<String>>,
+    mut after: impl FnMut(usize),
+) -> Daemon {
+    let mut rng = Rng::new(seed);
+    let step = (total / (2 * CRASHES as u64)).max(1);
+    for crash in 0..CRASHES {
+        // A random moment mid-stream: once the readers got a little further.
+        let at = got() + rng.between(1, step as usize) as u64;
+        let end = Instant::now() + BULK_TIMEOUT;
+        while got() < at.min(total - 1) {
+            if let Some(e) = failure.lock().unwrap().take() {
+                panic!("crash {crash}: {e}\n{}", all_logs(&d.sb));
+            }
+            assert!(
+                Instant::now() < end,
+                "crash {crash}: the readers stalled at {} of {total}\n{}\n{}",
+                got(),
+                all_logs(&d.sb),
+                crate::common::status_of(&d.sb, true).stdout
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        d = cut_short(cut, manager, d);
+        after(crash);
+    }
+    d
+}
+
+/// Once the writers are done: every reader got everything, the last
+/// fifod's accounting balances, and a clean stop empties the store.
+fn finish(
+    mut d: Daemon,
+    manager: &mut Option<StandIn>,
+    writers: Vec<crate::common::Joiner<()>>,
+    readers: Vec<crate::common::Joiner<Result<(), String>>>,
+) {
+    for writer in writers {
+        writer.join(BULK_TIMEOUT);
+    }
+    for reader in readers {
+        if let Err(e) = reader.join(BULK_TIMEOUT) {
+            panic!(
+                "{e}\n{}\n{}",
+                all_logs(&d.sb),
+                crate::common::status_of(&d.sb, true).stdout
+            );
+        }
+    }
+    assert_all_delivered(&d);
+    d.stop_ok();
+    assert_store_empty(manager);
+}
+
 /// A 1→3 fan-out: every output gets the whole stream.
 const FAN_OUT: &str = r#"
 [fifo.in]
@@ -268,7 +333,7 @@ fn stream_survives_crashes(
 ) {
     let sb = Sandbox::new();
     sb.write_config(config);
-    let (mut manager, mut d) = start_for(cut, sb);
+    let (mut manager, d) = start_for(cut, sb);
     let fifos: Vec<_> = std::iter::once("in")
         .chain(outputs.iter().copied())
         .map(|name| d.fifo(name))
@@ -308,45 +373,14 @@ fn stream_survives_crashes(
             .unwrap_or(len)
     };
 
-    let mut rng = Rng::new(seed);
-    let step = (len / (2 * CRASHES as u64)).max(1);
-    for crash in 0..CRASHES {
-        // A random moment mid-stream: once the readers got a little further.
-        let at = got() + rng.between(1, step as usize) as u64;
-        let end = Instant::now() + BULK_TIMEOUT;
-        while got() < at.min(len - 1) {
-            if let Some(e) = failure.lock().unwrap().take() {
-                panic!("crash {crash}: {e}\n{}", all_logs(&d.sb));
-            }
-            assert!(
-                Instant::now() < end,
-                "crash {crash}: the stream stalled at {} of {len} bytes\n{}\n{}",
-                got(),
-                d.log(),
-                crate::common::status_of(&d.sb, true).stdout
-            );
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        d = cut_short(cut, &mut manager, d);
+    let d = cut_while_flowing(cut, &mut manager, d, seed, len, got, &failure, |crash| {
         let now: Vec<u64> = fifos.iter().map(|p| inode(p)).collect();
         assert_eq!(
             now, nodes,
             "crash {crash}: the FIFOs are not the same nodes"
         );
-    }
-    writer.join(BULK_TIMEOUT);
-    for reader in readers {
-        if let Err(e) = reader.join(BULK_TIMEOUT) {
-            panic!(
-                "{e}\n{}\n{}",
-                all_logs(&d.sb),
-                crate::common::status_of(&d.sb, true).stdout
-            );
-        }
-    }
-    assert_all_delivered(&d);
-    d.stop_ok();
-    assert_store_empty(&mut manager);
+    });
+    finish(d, &mut manager, vec![writer], readers);
     for fifo in &fifos {
         assert!(!fifo.exists(), "a clean stop removes {}", fifo.display());
     }
@@ -521,7 +555,7 @@ fn lines_survive(cut: Cut) {
     const LINES: u64 = 12_000;
     let sb = Sandbox::new();
     sb.write_config(FAN_IN_LINES);
-    let (mut manager, mut d) = start_for(cut, sb);
+    let (mut manager, d) = start_for(cut, sb);
     let output = d.fifo("out");
     let got = Arc::new(AtomicU64::new(0));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
@@ -561,39 +595,9 @@ fn lines_survive(cut: Cut) {
         .collect();
 
     let total = WRITERS as u64 * LINES;
-    let mut rng = Rng::new(5);
-    let step = total / (2 * CRASHES as u64);
-    for crash in 0..CRASHES {
-        let at = got.load(Ordering::Relaxed) + rng.between(1, step as usize) as u64;
-        let end = Instant::now() + BULK_TIMEOUT;
-        while got.load(Ordering::Relaxed) < at.min(total - 1) {
-            if let Some(e) = failure.lock().unwrap().take() {
-                panic!("crash {crash}: {e}\n{}", all_logs(&d.sb));
-            }
-            assert!(
-                Instant::now() < end,
-                "crash {crash}: the lines stalled at {} of {total}\n{}\n{}",
-                got.load(Ordering::Relaxed),
-                all_logs(&d.sb),
-                crate::common::status_of(&d.sb, true).stdout
-            );
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        d = cut_short(cut, &mut manager, d);
-    }
-    for writer in writers {
-        writer.join(BULK_TIMEOUT);
-    }
-    if let Err(e) = reader.join(BULK_TIMEOUT) {
-        panic!(
-            "{e}\n{}\n{}",
-            all_logs(&d.sb),
-            crate::common::status_of(&d.sb, true).stdout
-        );
-    }
-    assert_all_delivered(&d);
-    d.stop_ok();
-    assert_store_empty(&mut manager);
+    let progress = || got.load(Ordering::Relaxed);
+    let d = cut_while_flowing(cut, &mut manager, d, 5, total, progress, &failure, |_| {});
+    finish(d, &mut manager, writers, vec![reader]);
 }
 
 /// Reads lines until each of `writers` gave `lines`, checking each line
@@ -680,21 +684,8 @@ fn an_upgrade_to_a_config_the_binary_refuses_leaves_fifod_as_it_was() {
     let reader = open_reader(&d.fifo("out"));
     let writer = open_writer(&d.fifo("in"));
     write_all(&writer, b"still here\n", Instant::now() + TIMEOUT);
-    let mut got = [0u8; 11];
-    let end = Instant::now() + TIMEOUT;
-    let mut n = 0;
-    while n < got.len() {
-        poll_one(&reader, PollFlags::POLLIN, TIMEOUT);
-        match (&reader).read(&mut got[n..]) {
-            Ok(0) => panic!("EOF after a refused upgrade"),
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < end, "nothing came after a refused upgrade")
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    assert_eq!(&got, b"still here\n");
+    let got = read_exact(&reader, 11, TIMEOUT);
+    assert_eq!(got, b"still here\n");
 }
 
 /// Under a store, a line longer than a lane's pipe can take whole goes on
@@ -724,25 +715,7 @@ buffer = "64KiB"
     lines.push(b'\n');
     lines.extend_from_slice(b"short\n");
     write_all(&writer, &lines, Instant::now() + TIMEOUT);
-    let mut got = Vec::new();
-    let end = Instant::now() + TIMEOUT;
-    let mut buf = vec![0u8; 64 * KIB];
-    while got.len() < lines.len() {
-        assert!(
-            Instant::now() < end,
-            "{} of {} bytes came\n{}",
-            got.len(),
-            lines.len(),
-            d.log()
-        );
-        poll_one(&reader, PollFlags::POLLIN, Duration::from_millis(200));
-        match (&reader).read(&mut buf) {
-            Ok(0) => panic!("EOF"),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("read: {e}"),
-        }
-    }
+    let got = read_exact(&reader, lines.len(), TIMEOUT);
     assert!(got == lines, "the lines came changed");
 }
 

@@ -22,7 +22,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
-use log::{error, info, warn};
+use log::{error, info};
 use nix::fcntl::{SpliceFFlags, splice, tee};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use rustc_hash::FxHashMap as HashMap;
@@ -348,27 +348,15 @@ impl Daemon {
     /// Makes sure source `s` has a journal in the store. False if it
     /// cannot: its fan-out then goes the way it does without a store.
     fn journal_ready(&mut self, s: SourceId) -> bool {
-        let name = &self.sources[s].name;
-        if self.journals.contains_key(name) {
+        let name = self.sources[s].name.clone();
+        if self.journals.contains_key(&name) {
             return true;
         }
-        let journal = match Journal::new(&format!("tee:{name}")) {
-            Ok(journal) => journal,
-            Err(e) => {
-                warn!(
-                    "{name}: no journal for its fan-out ({}): it is not kept across a crash",
-                    e.desc()
-                );
-                return false;
-            }
-        };
-        if !self
-            .fd_store
-            .store(&fdstore::journal_name(name), &[journal.fd()])
-        {
+        let what = format!("tee:{name}");
+        let Some(journal) = self.stored_journal(&what, &fdstore::journal_name(&name)) else {
             return false;
-        }
-        self.journals.insert(name.clone(), journal);
+        };
+        self.journals.insert(name, journal);
         true
     }
 
@@ -450,22 +438,10 @@ impl Daemon {
         &mut self,
         journals: std::collections::HashMap<String, OwnedFd>,
     ) {
-        let lanes: HashMap<String, LaneId> = self
-            .relay
-            .live_lanes()
-            .map(|(l, _)| l)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|l| (self.lane_store_name(l), l))
-            .collect();
+        let lanes = self.lanes_by_store_name();
         for (source, fd) in journals {
             let stored_as = fdstore::journal_name(&source);
-            let Some(s) = self
-                .sources
-                .ids()
-                .into_iter()
-                .find(|&s| self.sources[s].name == source)
-            else {
+            let Some(s) = self.source_named(&source) else {
                 self.fd_store.forget(&stored_as);
                 continue;
             };

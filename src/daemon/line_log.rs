@@ -161,22 +161,12 @@ impl Daemon {
         if self.line_logs.contains_key(name) {
             return true;
         }
-        let journal = match Journal::new(&format!("lines:{name}")) {
-            Ok(journal) => journal,
-            Err(e) => {
-                warn!(
-                    "{name}: no log for its lines ({}): they are not kept across a crash",
-                    e.desc()
-                );
-                return false;
-            }
-        };
-        if !self
-            .fd_store
-            .store(&fdstore::line_log_name(name), &[journal.fd()])
-        {
+        let what = format!("lines:{name}");
+        let stored_as = fdstore::line_log_name(name);
+        let Some(journal) = self.stored_journal(&what, &stored_as) else {
             return false;
-        }
+        };
+        let name = &self.sources[s].name;
         let log = LineLog {
             journal,
             end: 0,
@@ -452,11 +442,7 @@ impl Daemon {
     pub(super) fn check_line_logs(&mut self) {
         let names: Vec<String> = self.line_logs.keys().cloned().collect();
         for name in names {
-            let source = self
-                .sources
-                .ids()
-                .into_iter()
-                .find(|&s| self.sources[s].name == name);
+            let source = self.source_named(&name);
             match source {
                 Some(s) if self.log_max_line(s).is_some() => {}
                 Some(s) => self.hand_over_line_log(s),
@@ -472,21 +458,10 @@ impl Daemon {
     /// pipes are back: a run it was giving out when it died is given to the
     /// lanes that did not get all of it, from the log.
     pub(super) fn take_back_line_logs(&mut self, logs: std::collections::HashMap<String, OwnedFd>) {
-        let lanes: std::collections::HashMap<String, LaneId> = self
-            .relay
-            .live_lanes()
-            .map(|(l, _)| l)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|l| (self.lane_store_name(l), l))
-            .collect();
+        let lanes = self.lanes_by_store_name();
         for (name, fd) in logs {
             let stored_as = fdstore::line_log_name(&name);
-            let source = self
-                .sources
-                .ids()
-                .into_iter()
-                .find(|&s| self.sources[s].name == name);
+            let source = self.source_named(&name);
             let Some(s) = source else {
                 self.fd_store.forget(&stored_as);
                 continue;

@@ -18,7 +18,7 @@ use super::{Daemon, SinkKind, SourceKind};
 use crate::fdstore::{self, Stored};
 use crate::fifo::NodeId;
 use crate::pipe::{self, PrivatePipe};
-use crate::relay::{LaneId, SinkId};
+use crate::relay::{LaneId, SinkId, SourceId};
 
 /// What a FIFO's stored fd is: the node, and how it is open. fifod stores
 /// its fd again only when what it holds differs in one of them.
@@ -149,6 +149,44 @@ impl Daemon {
         for k in flush {
             self.flush(k);
         }
+    }
+
+    /// Every lane, by the name its pipe is stored under.
+    pub(super) fn lanes_by_store_name(&self) -> std::collections::HashMap<String, LaneId> {
+        self.relay
+            .live_lanes()
+            .map(|(l, _)| (self.lane_store_name(l), l))
+            .collect()
+    }
+
+    /// The source named `name` (a stored name's), if the config has it.
+    pub(super) fn source_named(&self, name: &str) -> Option<SourceId> {
+        self.sources
+            .iter()
+            .find_map(|(s, source)| (source.name == name).then_some(s))
+    }
+
+    /// A new journal memfd (`what` names it in /proc), stored as
+    /// `stored_as`; `None` (logged) if either fails: what it would keep is
+    /// then not kept across a crash.
+    pub(super) fn stored_journal(
+        &mut self,
+        what: &str,
+        stored_as: &str,
+    ) -> Option<super::journal::Journal> {
+        let journal = match super::journal::Journal::new(what) {
+            Ok(journal) => journal,
+            Err(e) => {
+                warn!(
+                    "{what}: cannot make its journal ({}): it is not kept across a crash",
+                    e.desc()
+                );
+                return None;
+            }
+        };
+        self.fd_store
+            .store(stored_as, &[journal.fd()])
+            .then_some(journal)
     }
 
     /// The name `lane`'s pipe is stored under.

@@ -287,14 +287,7 @@ impl Daemon {
             error!("the state handed over cannot be read ({e}): what fifod held in memory is lost");
             return;
         }
-        let lanes: std::collections::HashMap<String, usize> = self
-            .relay
-            .live_lanes()
-            .map(|(l, _)| l)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|l| (self.lane_store_name(l), l))
-            .collect();
+        let lanes = self.lanes_by_store_name();
         let mut rest = &text[..];
         let mut held_bytes = 0;
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
@@ -327,11 +320,7 @@ impl Daemon {
                 },
                 ["line", route, source, long, _] => {
                     let r = self.config.routes.iter().position(|x| x.name == *route);
-                    let s = self
-                        .sources
-                        .ids()
-                        .into_iter()
-                        .find(|&s| self.sources[s].name == *source);
+                    let s = self.source_named(source);
                     let restored = match (r, s) {
                         (Some(r), Some(s)) => self.relay.restore_line(&LineInProgress {
                             route: r,
